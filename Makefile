@@ -1,0 +1,29 @@
+# ssm-gd: `make test` and `make reproduce` work on a fresh machine with Python >= 3.10 and pip.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test reproduce lint clean
+
+install: $(STAMP)
+
+# Re-runs only when the package metadata changes (the install is editable).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	JAX_PLATFORMS=cpu $(PY) -m pytest
+
+reproduce: install
+	$(PY) -m experiments.construction --out results/construction
+
+lint: install
+	$(VENV)/bin/ruff check ssm_gd experiments tests
+	$(VENV)/bin/ruff format --check ssm_gd experiments tests
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
