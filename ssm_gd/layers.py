@@ -1,0 +1,352 @@
+"""The GD-SSM layer (flax.nnx): local self-attention, a diagonal recurrence, a multiplicative readout.
+
+For windows ``X_t ∈ R^{w×H}`` of the token sequence (``w`` tokens, stride ``s``):
+
+1. local self-attention, a sum of cross products inside the window (no softmax)::
+
+       U_t = Σ_{a,b} Q_ab X_t[a] X_t[b]ᵀ = X_tᵀ Q X_t          (H × H),   Q ∈ R^{w×w}
+
+2. a diagonal linear recurrence on the matrix state, elementwise::
+
+       S_t = Λ ⊙ S_{t−1} + U_t                                   (via ssm_gd.scan)
+
+3. a multiplicative readout with the query picked out of the window::
+
+       ŷ_t = C S_t (X_tᵀ D),   D ∈ R^w.
+
+With ``Q = e_2 e_1ᵀ``, ``Λ = 1``, ``D = e_3``, ``C = (η/N) I`` on interleaved windows
+``[x_t; y_t; x_{t+1}]`` this is one GD step on the first ``t`` pairs, evaluated at ``x_{t+1}``.
+:class:`GDSSM` composes a second accumulator (``S_x = Σ x_i x_iᵀ``) into K steps;
+:mod:`ssm_gd.construction` builds the exact parameters.
+
+Modules hold parameters; the computations are the pure functions :func:`windows`,
+:func:`local_self_attention` and :func:`gd_readout`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssm_gd import scan
+from ssm_gd.tasks import check_layout, token_width
+
+__all__ = [
+    "GDSSM",
+    "GDSSMInit",
+    "DiagonalRecurrence",
+    "LocalMixing",
+    "LocalSelfAttention",
+    "gd_readout",
+    "local_self_attention",
+    "windows",
+]
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def windows(tokens: Array, window: int, stride: int) -> Array:
+    """Sliding windows ``(B, T, window, H)`` of ``tokens`` ``(B, L, H)``, ``T = (L − window)//stride + 1``.
+
+    Window ``t`` holds tokens ``t·stride, …, t·stride + window − 1``; a tail that does not fill a
+    window is dropped.
+    """
+    window = _positive_int("window", window)
+    stride = _positive_int("stride", stride)
+    if tokens.ndim != 3:
+        raise ValueError(f"tokens must be (B, L, H); got shape {tokens.shape}")
+    length = tokens.shape[1]
+    if window > length:
+        raise ValueError(f"window={window} is longer than the sequence (L={length})")
+    n = (length - window) // stride + 1
+    last = stride * (n - 1) + 1
+    return jnp.stack([tokens[:, a : a + last : stride] for a in range(window)], axis=2)
+
+
+def local_self_attention(x: Array, q: Array) -> Array:
+    """``U_t = Σ_{a,b} Q_ab X_t[a] X_t[b]ᵀ`` for windows ``x`` ``(B, T, w, H)``: ``(B, T, H, H)``."""
+    return jnp.einsum("ntah,ac,ntck->nthk", x, q, x)
+
+
+def gd_readout(
+    s_y: Array, s_x: Array | None, query: Array, c_y: Array, c_x: Array | None, steps: int
+):
+    """The K-step multiplicative readout ``ŷ_t = C_y S^y_t u_K`` with ``(B, T, d_out)`` output.
+
+    ``u_1 = q_t`` and ``u_{k+1} = q_t + u_k − C_x S^x_t u_k``, so that with ``C_y = C_x = (η/N) I``,
+    ``S^y = Σ y_i x_iᵀ`` and ``S^x = Σ x_i x_iᵀ``:  ``ŷ = (η/N) S^y Σ_{j<K} (I − (η/N) S^x)^j x_q
+    = W_K x_q``, the K-step GD prediction (unrolling ``W_{k+1} = W_k (I − (η/N) S^x) + (η/N) S^y``).
+
+    Shapes: ``s_y (B, T, R, H)``, ``s_x (B, T, H, H)``, ``query (B, T, H)``, ``c_y (d_out, R)``,
+    ``c_x (H, H)``.
+    """
+    u = query
+    for _ in range(steps - 1):
+        u = query + u - jnp.einsum("ij,btjk,btk->bti", c_x, s_x, u)
+    return jnp.einsum("or,btrk,btk->bto", c_y, s_y, u)
+
+
+class LocalSelfAttention(nnx.Module):
+    """Cross products inside sliding windows: ``(B, L, H) → (B, T, H, H)``, ``U_t = X_tᵀ Q X_t``.
+
+    Attributes: ``q`` (``nnx.Param``, ``(window, window)``).
+    """
+
+    def __init__(
+        self,
+        window: int = 3,
+        stride: int = 2,
+        *,
+        q_init: Initializer = nnx.initializers.normal(0.1),
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.window = _positive_int("window", window)
+        self.stride = _positive_int("stride", stride)
+        self.q = nnx.Param(q_init(rngs.params(), (window, window), param_dtype))
+
+    def __call__(self, tokens: Array) -> Array:
+        return local_self_attention(windows(tokens, self.window, self.stride), self.q[...])
+
+
+class LocalMixing(nnx.Module):
+    """A linear mix of the tokens in each window: ``(B, L, H) → (B, T, 1, H)``, ``U_t = Pᵀ X_t``.
+
+    The first-order counterpart of :class:`LocalSelfAttention`, for tokens that already carry a
+    product (the ``"constructed"`` layout's ``x_i·y_i``). Attributes: ``p`` (``(window,)``).
+    """
+
+    def __init__(
+        self,
+        window: int = 3,
+        stride: int = 2,
+        *,
+        p_init: Initializer = nnx.initializers.normal(0.1),
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.window = _positive_int("window", window)
+        self.stride = _positive_int("stride", stride)
+        self.p = nnx.Param(p_init(rngs.params(), (window,), param_dtype))
+
+    def __call__(self, tokens: Array) -> Array:
+        x = windows(tokens, self.window, self.stride)
+        return jnp.einsum("btah,a->bth", x, self.p[...])[:, :, None, :]
+
+
+def ones_init(key, shape, dtype=jnp.float32) -> Array:
+    """``Λ = 1``: a pure accumulator (the GD construction's choice)."""
+    del key
+    return jnp.ones(shape, dtype)
+
+
+def decay_init(value: float) -> Initializer:
+    """``Λ = value`` everywhere (``0 < value ≤ 1`` weights sample ``i`` by ``value^{t−i}``)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.full(shape, value, dtype)
+
+    return init
+
+
+def uniform_init(low: float, high: float) -> Initializer:
+    """``Λ ~ U(low, high)`` entrywise."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, low, high)
+
+    return init
+
+
+LAMBDA_INITS = {"ones": ones_init}
+PARAMETRIZATIONS = ("direct", "bounded")
+
+
+class DiagonalRecurrence(nnx.Module):
+    """``S_t = Λ ⊙ S_{t−1} + U_t`` over axis 1 of ``U`` ``(B, T, *state)``, one ``Λ`` per state entry.
+
+    Args:
+      state_shape: the shape of ``Λ`` and of one state (e.g. ``(H, H)``).
+      lam_init: ``"ones"``, or an initializer ``(key, shape, dtype) → Λ`` such as
+        :func:`decay_init` / :func:`uniform_init`.
+      parametrization: ``"direct"`` (the parameter is ``Λ``) or ``"bounded"``
+        (``Λ = exp(−exp(ν))`` ∈ (0, 1), so ``|Λ| ≤ 1`` whatever the optimiser does; ``Λ = 1`` is
+        reached to float precision as ``ν → −∞`` and initialised as ``ν = −40``).
+      impl: the :func:`ssm_gd.scan.linear_recurrence` implementation.
+
+    Attributes: ``nu`` (``nnx.Param``), the raw parameter; :attr:`lam`, the decay ``Λ``.
+    """
+
+    def __init__(
+        self,
+        state_shape: tuple[int, ...],
+        *,
+        lam_init: str | Initializer = "ones",
+        parametrization: str = "direct",
+        impl: str = "associative",
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"parametrization must be one of {PARAMETRIZATIONS}; got {parametrization!r}"
+            )
+        if impl not in scan.IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {sorted(scan.IMPLEMENTATIONS)}; got {impl!r}")
+        if isinstance(lam_init, str):
+            if lam_init not in LAMBDA_INITS:
+                raise ValueError(
+                    f"lam_init must be one of {sorted(LAMBDA_INITS)} or an initializer; "
+                    f"got {lam_init!r}"
+                )
+            lam_init = LAMBDA_INITS[lam_init]
+        self.parametrization = parametrization
+        self.impl = impl
+        lam = lam_init(rngs.params(), tuple(state_shape), param_dtype)
+        if parametrization == "bounded":
+            # ν = log(−log Λ); Λ = 1 maps to a finite ν whose Λ rounds to 1 (exp(−e^{−40}) ≈ 1 − 4e−18).
+            lam = jnp.log(jnp.maximum(-jnp.log(jnp.clip(lam, 1e-30, 1.0)), jnp.exp(-40.0)))
+        self.nu = nnx.Param(lam)
+
+    @property
+    def lam(self) -> Array:
+        nu = self.nu[...]
+        return nu if self.parametrization == "direct" else jnp.exp(-jnp.exp(nu))
+
+    def __call__(self, u: Array) -> Array:
+        h, _ = scan.linear_recurrence(self.lam, u, impl=self.impl, axis=1)
+        return h
+
+
+def identity_init(key, shape, dtype=jnp.float32) -> Array:
+    """The (rectangular) identity ``I``."""
+    del key
+    return jnp.eye(*shape, dtype=dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class GDSSMInit:
+    """Initializers ``(key, shape, dtype) → array`` for each parameter of a :class:`GDSSM`.
+
+    Defaults: ``Q ~ N(0, 0.1²)``, ``Λ = 1``, ``C = I``, ``D ~ N(0, 1)``. ``q_y`` also serves
+    ``P_y`` in the constructed layout; ``lam`` serves both recurrences unless ``lam_x`` is set.
+    """
+
+    q_y: Initializer = nnx.initializers.normal(0.1)
+    q_x: Initializer = nnx.initializers.normal(0.1)
+    lam: str | Initializer = "ones"
+    lam_x: str | Initializer | None = None
+    c_y: Initializer = identity_init
+    c_x: Initializer = identity_init
+    d: Initializer = nnx.initializers.normal(1.0)
+
+
+class GDSSM(nnx.Module):
+    """The GD-SSM model: tokens ``(B, L, H)`` → a prediction at every window ``(B, N, d_out)``.
+
+    Windows of 3 tokens, stride 2, over ``[x_1, y_1, …, x_N, y_N, x_q]`` give
+    ``X_t = [x_t; y_t; x_{t+1}]``, ``t = 1…N``. Two accumulators run side by side:
+
+    * the y·x branch: ``U^y_t = X_tᵀ Q_y X_t`` and ``S^y_t = Λ_y ⊙ S^y_{t−1} + U^y_t``;
+    * the x·x branch (``n_steps > 1``): ``U^x_t = X_tᵀ Q_x X_t`` and ``S^x_t = Λ_x ⊙ S^x_{t−1} + U^x_t``;
+
+    and the readout composes them step by step (:func:`gd_readout`), reading only ``S_t`` and the
+    query of window ``t``: every position is causal, a prediction for ``x_{t+1}`` from the first
+    ``t`` pairs; the last window is the query's prediction.
+
+    Layouts (:func:`ssm_gd.tasks.tokens`):
+
+    * ``"interleaved"``: ``H = max(d_in, d_out)``, ``L = 2N + 1``.
+    * ``"constructed"`` (``d_out = 1``): tokens ``[x_i·y_i, x_{i+1}]`` of width ``2 d_in`` after a
+      leading ``[0, x_1]``, ``L = N + 1``. Each token is read as two rows of width ``d_in``; the
+      rows form the same windows ``[x_t; x_t y_t; x_{t+1}]``. The label is already multiplied in,
+      so the y·x branch is first order (:class:`LocalMixing`, ``U^y_t = P_yᵀ X_t``, a ``(1, d_in)``
+      state); the x·x branch is unchanged.
+
+    Parameters: ``yx_attention`` (``Q_y`` or ``P_y``), ``yx_recurrence`` (``Λ_y``),
+    ``xx_attention`` (``Q_x``) and ``xx_recurrence`` (``Λ_x``) when ``n_steps > 1``, and the readout
+    ``d`` ``(3,)``, ``c_y`` ``(d_out, R)`` (``R = H``, or 1 constructed) and ``c_x`` ``(H, H)``.
+    """
+
+    window, stride = 3, 2
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int = 1,
+        *,
+        n_steps: int = 1,
+        layout: str = "interleaved",
+        init: GDSSMInit = GDSSMInit(),
+        parametrization: str = "direct",
+        impl: str = "associative",
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        check_layout(layout, d_in, d_out)
+        self.d_in, self.d_out = d_in, d_out
+        self.n_steps = _positive_int("n_steps", n_steps)
+        self.layout = layout
+        self.token_width = token_width(layout, d_in, d_out)
+        h = max(d_in, d_out) if layout == "interleaved" else d_in  # the width of a window row
+        rec = dict(parametrization=parametrization, impl=impl, param_dtype=param_dtype, rngs=rngs)
+        att = dict(param_dtype=param_dtype, rngs=rngs)
+        if layout == "interleaved":
+            self.yx_attention = LocalSelfAttention(self.window, self.stride, q_init=init.q_y, **att)
+            rows = h
+        else:
+            self.yx_attention = LocalMixing(self.window, self.stride, p_init=init.q_y, **att)
+            rows = 1
+        self.yx_recurrence = DiagonalRecurrence((rows, h), lam_init=init.lam, **rec)
+        if n_steps > 1:
+            self.xx_attention = LocalSelfAttention(self.window, self.stride, q_init=init.q_x, **att)
+            lam_x = init.lam if init.lam_x is None else init.lam_x
+            self.xx_recurrence = DiagonalRecurrence((h, h), lam_init=lam_x, **rec)
+            self.c_x = nnx.Param(init.c_x(rngs.params(), (h, h), param_dtype))
+        else:
+            self.xx_attention = self.xx_recurrence = self.c_x = None
+        self.c_y = nnx.Param(init.c_y(rngs.params(), (d_out, rows), param_dtype))
+        self.d = nnx.Param(init.d(rngs.params(), (self.window,), param_dtype))
+
+    def rows(self, tokens: Array) -> Array:
+        """The token sequence as window rows ``(B, 2N + 1, h)``, after checking its shape."""
+        if tokens.ndim != 3:
+            raise ValueError(f"tokens must be (B, L, H); got shape {tokens.shape}")
+        b, length, width = tokens.shape
+        if width != self.token_width:
+            raise ValueError(
+                f"tokens have width {width}, but layout={self.layout!r} with d_in={self.d_in}, "
+                f"d_out={self.d_out} needs H={self.token_width}"
+            )
+        if self.layout == "interleaved":
+            if length < 3 or length % 2 == 0:
+                raise ValueError(
+                    f"interleaved tokens need L = 2N + 1 >= 3 (pairs then the query); got L={length}"
+                )
+            return tokens
+        if length < 2:
+            raise ValueError(f"constructed tokens need L = N + 1 >= 2; got L={length}")
+        return tokens.reshape(b, 2 * length, self.d_in)[:, 1:]
+
+    def __call__(self, tokens: Array) -> Array:
+        """Predictions ``(B, N, d_out)``: entry ``t`` predicts ``y_{t+1}`` (``y_q`` for the last)."""
+        rows = self.rows(tokens)
+        s_y = self.yx_recurrence(self.yx_attention(rows))
+        s_x = c_x = None
+        if self.n_steps > 1:
+            s_x = self.xx_recurrence(self.xx_attention(rows))
+            c_x = self.c_x[...]
+        query = jnp.einsum("btah,a->bth", windows(rows, self.window, self.stride), self.d[...])
+        return gd_readout(s_y, s_x, query, self.c_y[...], c_x, self.n_steps)
