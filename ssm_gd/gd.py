@@ -18,6 +18,8 @@ All functions are pure and batched over a leading task axis ``B``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,7 +91,11 @@ def weights(x: Array, y: Array, *, lr, steps: int = 1) -> Array:
     Each step evaluates the gradient ``(1/N) Σ_i (W x_i − y_i) x_iᵀ`` from the residuals.
     """
     _check_context(x, y)
-    steps = _check_steps(steps)
+    return _weights(x, y, lr, _check_steps(steps))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _weights(x, y, lr, steps):
     n = x.shape[1]
     w = jnp.zeros(x.shape[:1] + (y.shape[-1], x.shape[-1]), jnp.result_type(x, y, lr))
     for _ in range(steps):
@@ -119,7 +125,11 @@ def predict_prefixes(x: Array, y: Array, x_query: Array, *, lr, steps: int = 1) 
     ``t`` pairs this is GD on that prefix's own mean loss with step size ``η t / N``.
     """
     _check_context(x, y, x_query)
-    steps = _check_steps(steps)
+    return _predict_prefixes(x, y, x_query, lr, _check_steps(steps))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _predict_prefixes(x, y, x_query, lr, steps):
     s_y, s_x = accumulators(x, y, prefix=True)
     queries = jnp.concatenate([x[:, 1:], x_query[:, None]], axis=1)
     c = lr / x.shape[1]

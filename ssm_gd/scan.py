@@ -13,6 +13,7 @@ is cast back. :func:`step` is the single update for recurrent (token-by-token) i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -85,7 +86,11 @@ def _check(a, b, h0, axis, impl) -> int:
         raise ValueError(f"a of shape {a.shape} must broadcast to b's shape {b.shape}")
     if h0 is not None:
         state = b.shape[:axis] + b.shape[axis + 1 :]
-        if np.broadcast_shapes(h0.shape, state) != state:
+        try:
+            fits = np.broadcast_shapes(h0.shape, state) == state
+        except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(
                 f"h0 of shape {h0.shape} must broadcast to the state shape {state} "
                 f"(b's shape {b.shape} without the time axis {axis})"
@@ -122,6 +127,12 @@ def linear_recurrence(
       ValueError: unknown ``impl``; shapes that do not broadcast. TypeError: integer inputs.
     """
     axis = _check(a, b, h0, axis, impl)
+    return _solve(a, b, h0, reverse=reverse, impl=impl, axis=axis)
+
+
+@functools.partial(jax.jit, static_argnames=("reverse", "impl", "axis"))
+def _solve(a, b, h0, *, reverse, impl, axis):
+    # Compiled as one computation, so that eager calls do not dispatch the scan op by op.
     out_dtype = jnp.result_type(a, b, *([] if h0 is None else [h0]))
     acc_dtype = jnp.float32 if out_dtype in _LOW_PRECISION else out_dtype
     a = jnp.broadcast_to(jnp.asarray(a, acc_dtype), b.shape)
