@@ -1,0 +1,158 @@
+"""The GD references against plain numpy loops written here, and the step-size searches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssm_gd import gd, tasks
+
+
+def _task(seed=0, batch=6, n=8, d_in=5, d_out=3, **kw):
+    return tasks.linear_regression(
+        jax.random.key(seed), batch=batch, n_context=n, d_in=d_in, d_out=d_out, **kw
+    )
+
+
+def numpy_gd(x, y, xq, lr, steps, n_norm=None):
+    """K steps of GD on 1/(2 n_norm) Σ ||W x_i − y_i||², one task at a time, in plain numpy."""
+    x, y, xq = (np.asarray(v, np.float64) for v in (x, y, xq))
+    n_norm = x.shape[1] if n_norm is None else n_norm
+    out = []
+    for xb, yb, qb in zip(x, y, xq, strict=True):
+        w = np.zeros((yb.shape[1], xb.shape[1]))
+        for _ in range(steps):
+            grad = np.zeros_like(w)
+            for xi, yi in zip(xb, yb, strict=True):
+                grad += np.outer(w @ xi - yi, xi)
+            w = w - lr * grad / n_norm
+        out.append(w @ qb)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize(("d_in", "d_out"), [(5, 1), (5, 3), (2, 4)])
+def test_predict_matches_numpy_loop(steps, d_in, d_out):
+    t = _task(d_in=d_in, d_out=d_out)
+    got = gd.predict(t.x, t.y, t.x_query, lr=0.7, steps=steps)
+    np.testing.assert_allclose(
+        got, numpy_gd(t.x, t.y, t.x_query, 0.7, steps), rtol=1e-12, atol=1e-14
+    )
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_predict_prefixes_is_gd_on_each_prefix(steps):
+    t = _task(n=7)
+    got = gd.predict_prefixes(t.x, t.y, t.x_query, lr=0.9, steps=steps)
+    assert got.shape == (6, 7, 3)
+    queries = np.concatenate([t.x[:, 1:], t.x_query[:, None]], axis=1)
+    for p in range(1, 8):  # p pairs, normaliser N = 7 on every prefix
+        ref = numpy_gd(t.x[:, :p], t.y[:, :p], queries[:, p - 1], 0.9, steps, n_norm=7)
+        np.testing.assert_allclose(got[:, p - 1], ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        got[:, -1], gd.predict(t.x, t.y, t.x_query, lr=0.9, steps=steps), rtol=1e-12
+    )
+
+
+def test_accumulators():
+    t = _task()
+    s_y, s_x = gd.accumulators(t.x, t.y)
+    np.testing.assert_allclose(s_y, np.einsum("bno,bni->boi", t.y, t.x), rtol=1e-13)
+    np.testing.assert_allclose(s_x, np.einsum("bnj,bni->bji", t.x, t.x), rtol=1e-13)
+    p_y, p_x = gd.accumulators(t.x, t.y, prefix=True)
+    np.testing.assert_allclose(p_y[:, -1], s_y, rtol=1e-13)
+    np.testing.assert_allclose(p_x[:, 2], np.einsum("bnj,bni->bji", t.x[:, :3], t.x[:, :3]))
+
+
+def test_many_small_steps_converge_to_least_squares():
+    # N > d, no noise: GD on the convex loss converges to the unique minimiser W*.
+    t = _task(n=40, d_in=3, d_out=2)
+    got = gd.predict(t.x, t.y, t.x_query, lr=6.0, steps=2000)
+    np.testing.assert_allclose(got, gd.least_squares(t.x, t.y, t.x_query), atol=1e-8)
+
+
+def test_least_squares_and_ridge():
+    t = _task(n=12, d_in=4, d_out=2)
+    # Noise-free, N ≥ d: least squares recovers the task exactly.
+    np.testing.assert_allclose(gd.least_squares(t.x, t.y, t.x_query), t.y_query, atol=1e-12)
+    # Ridge against a direct numpy solve of (XᵀX + λI) w = Xᵀy.
+    lam = 0.3
+    ref = [
+        q @ np.linalg.solve(x.T @ x + lam * np.eye(4), x.T @ y)
+        for x, y, q in zip(np.asarray(t.x), np.asarray(t.y), np.asarray(t.x_query), strict=True)
+    ]
+    np.testing.assert_allclose(gd.ridge(t.x, t.y, t.x_query, reg=lam), np.stack(ref), rtol=1e-11)
+    # Under-determined (N < d): least squares is the minimum-norm interpolant.
+    u = _task(n=2, d_in=6, d_out=1)
+    w = np.linalg.pinv(np.asarray(u.x)) @ np.asarray(u.y)
+    np.testing.assert_allclose(
+        gd.least_squares(u.x, u.y, u.x_query), np.einsum("bio,bi->bo", w, u.x_query), atol=1e-12
+    )
+    with pytest.raises(ValueError, match="reg"):
+        gd.ridge(t.x, t.y, t.x_query, reg=0.0)
+
+
+def test_optimal_lr_is_argmin_of_fine_grid():
+    t = _task(batch=512, n=10, d_in=10, d_out=1)
+    eta = float(gd.optimal_lr(t.x, t.y, t.x_query, t.y_query))
+    grid = np.linspace(0.5 * eta, 1.5 * eta, 20001)
+    losses = gd.lr_losses(t.x, t.y, t.x_query, t.y_query, grid, steps=1)
+    spacing = grid[1] - grid[0]
+    assert abs(grid[int(np.argmin(losses))] - eta) <= spacing
+    at_eta = gd.loss(gd.predict(t.x, t.y, t.x_query, lr=eta), t.y_query)
+    assert at_eta <= float(np.min(losses)) + 1e-15
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_best_lr_matches_dense_grid(steps):
+    t = _task(batch=512, n=10, d_in=10, d_out=1, seed=steps)
+    lr, best = gd.best_lr(t.x, t.y, t.x_query, t.y_query, steps=steps)
+    # A global grid finds the basin, a fine grid around its best point the minimiser.
+    coarse = np.linspace(0.001, 25, 2500)
+    losses = np.asarray(gd.lr_losses(t.x, t.y, t.x_query, t.y_query, coarse, steps=steps))
+    centre = coarse[np.argmin(losses)]
+    fine = np.linspace(centre - 0.02, centre + 0.02, 4001)  # spacing 1e-5
+    losses = np.asarray(gd.lr_losses(t.x, t.y, t.x_query, t.y_query, fine, steps=steps))
+    assert abs(float(lr) - fine[np.argmin(losses)]) <= 2e-5
+    assert float(best) <= losses.min() + 1e-12
+    np.testing.assert_allclose(
+        best, gd.loss(gd.predict(t.x, t.y, t.x_query, lr=lr, steps=steps), t.y_query), rtol=1e-12
+    )
+    # The published grid alone is coarser: refining never does worse.
+    _, grid_loss = gd.grid_search_lr(t.x, t.y, t.x_query, t.y_query, steps=steps)
+    assert float(best) <= float(grid_loss)
+
+
+def test_best_lr_one_step_is_closed_form():
+    t = _task(batch=256, n=10, d_in=10, d_out=1)
+    lr, _ = gd.best_lr(t.x, t.y, t.x_query, t.y_query, steps=1)
+    np.testing.assert_allclose(lr, gd.optimal_lr(t.x, t.y, t.x_query, t.y_query), rtol=1e-15)
+
+
+def test_diverging_step_sizes_are_inf_not_nan():
+    t = _task(n=10, d_in=10, d_out=1)
+    losses = gd.lr_losses(t.x, t.y, t.x_query, t.y_query, jnp.array([1.0, 1e30]), steps=40)
+    assert np.isfinite(losses[0]) and losses[1] == np.inf
+
+
+def test_loss_of_zero_predictor_at_default_setting():
+    # E||y||²/(2 d_out) with y = W x, W ~ N(0,1), x ~ U(-1/2, 1/2)^10: d_in · (1/12) / 2 = 10/24.
+    t = tasks.linear_regression(jax.random.key(9), batch=50_000, n_context=1, d_in=10, d_out=10)
+    value = float(gd.loss(jnp.zeros_like(t.y_query), t.y_query))
+    # y_j² has mean 10/12 and std ≈ 1.2 per entry; 5e5 entries: standard error ≈ 0.0017/2.
+    assert abs(value - 10 / 24) < 5 * 0.0009
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda t: gd.predict(t.x, t.y, t.x_query, lr=1.0, steps=0), "steps"),
+        (lambda t: gd.predict(t.x, t.y, t.x_query, lr=1.0, steps=1.5), "steps"),
+        (lambda t: gd.predict(t.x[0], t.y, t.x_query, lr=1.0), r"\(B, N, d_in\)"),
+        (lambda t: gd.predict(t.x, t.y[:, :-1], t.x_query, lr=1.0), "same B, N"),
+        (lambda t: gd.predict(t.x, t.y, t.x_query[:, :-1], lr=1.0), "x_query"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_task())
