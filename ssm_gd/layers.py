@@ -216,6 +216,11 @@ class DiagonalRecurrence(nnx.Module):
         self.impl = impl
         lam = lam_init(rngs.params(), tuple(state_shape), param_dtype)
         if parametrization == "bounded":
+            if not isinstance(lam, jax.core.Tracer) and not bool(jnp.all((lam > 0) & (lam <= 1))):
+                raise ValueError(
+                    "parametrization='bounded' keeps Λ in (0, 1]; lam_init gave values in "
+                    f"[{float(jnp.min(lam))}, {float(jnp.max(lam))}]"
+                )
             # ν = log(−log Λ); Λ = 1 maps to a finite ν whose Λ rounds to 1 (exp(−e^{−40}) ≈ 1 − 4e−18).
             lam = jnp.log(jnp.maximum(-jnp.log(jnp.clip(lam, 1e-30, 1.0)), jnp.exp(-40.0)))
         self.nu = nnx.Param(lam)

@@ -1,0 +1,193 @@
+"""What "the trained model does gradient descent" means, in numbers (DESIGN.md §2).
+
+* :func:`preds_diff`: mean distance between two predictors' query predictions.
+* :func:`sensitivity`: a predictor's implicit linear model ``∂ŷ/∂x_q`` ``(B, d_out, d_in)``, in
+  forward mode (one ``jvp`` per input dimension, vmapped); GD's is its weights ``W_K``.
+* :func:`alignment`: ``model_diff`` (mean Frobenius distance of two sensitivities) and
+  ``model_cos`` (mean cosine between them, flattened per task).
+* :func:`gd_loss`: GD's loss at its best step size on a task batch.
+* :func:`param_match_error`: trained against constructed parameters, per block and as one scalar,
+  after removing the model's exact symmetries.
+* :func:`evaluate`: all of the above for a model on a task batch, against GD at a given η.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssm_gd import gd, tasks
+from ssm_gd.layers import GDSSM
+
+__all__ = [
+    "alignment",
+    "evaluate",
+    "gd_loss",
+    "loss",
+    "param_match_error",
+    "preds_diff",
+    "query_predictor",
+    "sensitivity",
+]
+
+Array = jax.Array
+loss = gd.loss
+
+
+def preds_diff(pred: Array, ref: Array) -> Array:
+    """Mean over tasks of ``‖ŷ − ŷ_ref‖₂`` for query predictions ``(B, d_out)``."""
+    return jnp.mean(jnp.linalg.norm(pred - ref, axis=-1))
+
+
+def sensitivity(predict_query, x_query: Array) -> Array:
+    """``∂ŷ/∂x_q`` ``(B, d_out, d_in)`` of ``predict_query: (B, d_in) → (B, d_out)``.
+
+    Forward mode: one ``jvp`` per input direction ``e_j``, broadcast over the batch (each task's
+    prediction depends on its own query only), vmapped over the ``d_in`` directions.
+    """
+    d_in = x_query.shape[-1]
+
+    def column(direction):
+        tangent = jnp.broadcast_to(direction, x_query.shape).astype(x_query.dtype)
+        return jax.jvp(predict_query, (x_query,), (tangent,))[1]
+
+    columns = jax.vmap(column)(jnp.eye(d_in, dtype=x_query.dtype))  # (d_in, B, d_out)
+    return jnp.moveaxis(columns, 0, -1)
+
+
+def query_predictor(model, task, layout: str):
+    """``x_q ↦ model(tokens(task with x_q))[:, -1]``: a model's query prediction as a function."""
+
+    def predict_query(x_query):
+        return model(tasks.tokens(task._replace(x_query=x_query), layout))[:, -1]
+
+    return predict_query
+
+
+def alignment(sens: Array, ref: Array) -> dict[str, Array]:
+    """``model_diff`` = mean ``‖S − S_ref‖_F`` and ``model_cos`` = mean cosine, over tasks."""
+    a = sens.reshape(sens.shape[0], -1)
+    b = ref.reshape(ref.shape[0], -1)
+    na, nb = jnp.linalg.norm(a, axis=-1), jnp.linalg.norm(b, axis=-1)
+    tiny = jnp.finfo(a.dtype).tiny
+    cos = jnp.sum(a * b, axis=-1) / jnp.maximum(na * nb, tiny)
+    return {"model_diff": jnp.mean(jnp.linalg.norm(a - b, axis=-1)), "model_cos": jnp.mean(cos)}
+
+
+def gd_loss(task, *, steps: int = 1):
+    """``(η*, loss)`` of K-step GD at its best step size on ``task`` (:func:`ssm_gd.gd.best_lr`)."""
+    return gd.best_lr(task.x, task.y, task.x_query, task.y_query, steps=steps)
+
+
+def evaluate(
+    model, task, *, layout: str, gd_lr, steps: int = 1, sens_size: int | None = None
+) -> dict[str, Array]:
+    """Every metric of ``model`` on ``task`` against K-step GD with step size ``gd_lr``.
+
+    Returns ``loss`` (the model's query loss), ``gd_loss``, ``preds_diff`` (all on the whole
+    batch), ``model_diff`` and ``model_cos`` (on the first ``sens_size`` tasks, all when ``None``:
+    a sensitivity costs ``d_in`` forward passes). Jit-able (``layout``, ``steps``, ``sens_size``
+    static).
+    """
+    predict_query = query_predictor(model, task, layout)
+    pred = predict_query(task.x_query)
+    ref = gd.predict(task.x, task.y, task.x_query, lr=gd_lr, steps=steps)
+    sub = jax.tree.map(lambda v: v[:sens_size], task)
+    sens = sensitivity(query_predictor(model, sub, layout), sub.x_query)
+    ref_sens = gd.weights(sub.x, sub.y, lr=gd_lr, steps=steps)
+    return {
+        "loss": loss(pred, task.y_query),
+        "gd_loss": loss(ref, task.y_query),
+        "preds_diff": preds_diff(pred, ref),
+        **alignment(sens, ref_sens),
+    }
+
+
+# --------------------------------------------------------------------------- parameter match
+
+
+def _blocks(model: GDSSM) -> dict[str, np.ndarray]:
+    b = {
+        "Q_y": model.yx_attention.q[...] if hasattr(model.yx_attention, "q") else None,
+        "C_y": model.c_y[...],
+        "D": model.d[...],
+        "Λ_y": model.yx_recurrence.lam,
+    }
+    if b["Q_y"] is None:
+        b["Q_y"] = model.yx_attention.p[...]
+    if model.n_steps > 1:
+        b.update(Q_x=model.xx_attention.q[...], C_x=model.c_x[...], Λ_x=model.xx_recurrence.lam)
+    return {k: np.asarray(v, np.float64) for k, v in b.items()}
+
+
+def _unit(v):
+    return v / np.linalg.norm(v)
+
+
+def _scaled_group(trained, constructed, names):
+    """Errors of a group of blocks whose product is the only thing the output sees.
+
+    ``(B_1, …, B_m) → (α_1 B_1, …, α_m B_m)`` with ``Π α_i = 1`` leaves the model unchanged, so
+    each block is compared by direction (unit Frobenius norm) and the group by the product of
+    norms. Signs may flip in pairs (``Π sign(α_i) = +1``): the best admissible sign pattern is used.
+    """
+    t = [_unit(trained[n]) for n in names]
+    c = [_unit(constructed[n]) for n in names]
+    best = None
+    for signs in itertools.product((1.0, -1.0), repeat=len(names)):
+        if np.prod(signs) < 0:
+            continue
+        errs = [float(np.linalg.norm(ti - s * ci)) for ti, ci, s in zip(t, c, signs, strict=True)]
+        if best is None or max(errs) < max(best):
+            best = errs
+    norm_t = np.prod([np.linalg.norm(trained[n]) for n in names])
+    norm_c = np.prod([np.linalg.norm(constructed[n]) for n in names])
+    return dict(zip(names, best, strict=True)), abs(norm_t / norm_c - 1.0)
+
+
+def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
+    """How far ``trained``'s parameters are from ``constructed``'s, up to exact symmetries.
+
+    Symmetries removed (each leaves every prediction unchanged):
+
+    * ``(Q_y, C_y, D) → (α Q_y, β C_y, γ D)`` with ``αβγ = 1``, signs included: the y-branch
+      output is linear in each of the three;
+    * ``(Q_x, C_x) → (α Q_x, C_x / α)`` (``n_steps > 1``): only ``C_x S^x`` reaches the readout;
+    * entries of ``Λ`` whose state never reaches the output under the construction (rows of
+      ``S^y`` beyond ``d_out``, columns beyond ``d_in``: zero padding) are not compared.
+
+    Returns per-block errors — ``Q_y``, ``C_y``, ``D`` (and ``Q_x``, ``C_x``): the Frobenius
+    distance between unit-normalised blocks (0 … 2); ``scale_y`` (and ``scale_x``): the relative
+    error ``|Π‖B_t‖ / Π‖B_c‖ − 1|`` of the group's overall scale (the effective step size);
+    ``Λ_y`` (and ``Λ_x``): the root-mean-square ``Λ`` difference over reachable entries — and
+    ``total``, their maximum. Zero for any symmetry-transformed construction; linear in a small
+    perturbation.
+    """
+    if not isinstance(trained, GDSSM) or not isinstance(constructed, GDSSM):
+        raise TypeError("param_match_error compares two GDSSM models")
+    same = (trained.d_in, trained.d_out, trained.n_steps, trained.layout)
+    if same != (constructed.d_in, constructed.d_out, constructed.n_steps, constructed.layout):
+        raise ValueError(
+            "trained and constructed models must share d_in, d_out, n_steps and layout; got "
+            f"{same} and {(constructed.d_in, constructed.d_out, constructed.n_steps, constructed.layout)}"
+        )
+    t, c = _blocks(trained), _blocks(constructed)
+    out, scale = _scaled_group(t, c, ["Q_y", "C_y", "D"])
+    out["scale_y"] = scale
+    # Reachable Λ_y entries: rows of S^y that C_y reads, columns that meet the query x_{t+1}.
+    rows = np.any(c["C_y"] != 0, axis=0)
+    cols = np.arange(c["Λ_y"].shape[1]) < trained.d_in
+    mask = rows[:, None] & cols[None, :]
+    out["Λ_y"] = float(np.sqrt(np.mean((t["Λ_y"] - c["Λ_y"])[mask] ** 2)))
+    if trained.n_steps > 1:
+        group, scale = _scaled_group(t, c, ["Q_x", "C_x"])
+        out.update(group, scale_x=scale)
+        live = np.arange(c["Λ_x"].shape[0]) < trained.d_in
+        mask = live[:, None] & live[None, :]
+        out["Λ_x"] = float(np.sqrt(np.mean((t["Λ_x"] - c["Λ_x"])[mask] ** 2)))
+    out = {k: float(v) for k, v in out.items()}
+    out["total"] = max(out.values())
+    return out
