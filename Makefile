@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 test: install
 	JAX_PLATFORMS=cpu $(PY) -m pytest
 
+# QUICK=1: every experiment at smoke size.
 reproduce: install
-	$(PY) -m experiments.construction --out results/construction
+	$(PY) -m experiments.linear --out results/linear --no-progress $(if $(QUICK),--quick)
+	$(PY) -m experiments.linear --out results/linear_scalar --d-out 1 --no-progress $(if $(QUICK),--quick)
+	$(PY) -m experiments.construction --out results/construction $(if $(QUICK),--max-steps 2 --batch 64)
+	$(PY) -m experiments.report --results results
 
 lint: install
 	$(VENV)/bin/ruff check ssm_gd experiments tests

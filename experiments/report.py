@@ -1,0 +1,120 @@
+"""Gather ``results/*/summary.json`` into ``results/REPORT.md``: our numbers beside the anchors.
+
+python -m experiments.report [--results results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+# Published reference points (DESIGN.md §2). von Oswald et al. 2023: one-layer linear
+# self-attention at N = d = 10 with scalar labels.
+ANCHORS = {"gd_loss": 0.2047, "trained_loss": 0.2049, "model_cos": 0.9994}
+
+
+def _load(path: pathlib.Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+RUNS = {"linear": "vector labels (default)", "linear_scalar": "scalar labels (`--d-out 1`)"}
+
+
+def linear_section(results: pathlib.Path) -> list[str]:
+    runs = {name: _load(results / name / "summary.json") for name in RUNS}
+    runs = {name: s for name, s in runs.items() if s is not None}
+    if not runs:
+        return ["## Linear regression", "", "_not run (`python -m experiments.linear`)_", ""]
+    lines = ["## Linear regression: from random initialisation to GD", ""]
+    for name, s in runs.items():
+        c = s["config"]
+        lines.append(
+            f"* {RUNS[name]}: `python -m experiments.linear --d-out {c['d_out']} --out "
+            f"results/{name}`: N = {c['n_context']}, d_in = {c['d_in']}, {c['layout']} tokens, "
+            f"{s['steps']} steps × {s['batch_size']} fresh tasks, seed {s['seed']}, evaluated on "
+            f"{c['eval_size']} fixed tasks; {s['wall_seconds']:.1f} s on {len(s['devices'])} × "
+            f"{s['devices'][0]}."
+        )
+    a = ANCHORS
+    rows = [
+        (
+            "GD loss at its best η",
+            lambda s: f"{s['gd_loss']:.4f} (η = {s['gd_lr']:.3f})",
+            a["gd_loss"],
+        ),
+        ("trained loss", lambda s: f"{s['val_loss']:.4f}", a["trained_loss"]),
+        (
+            "trained / GD",
+            lambda s: f"{s['loss_ratio']:.4f}",
+            f"{a['trained_loss'] / a['gd_loss']:.4f}",
+        ),
+        ("model_cos", lambda s: f"{s['model_cos']:.5f}", a["model_cos"]),
+        ("model_diff", lambda s: f"{s['model_diff']:.4f}", ""),
+        ("preds_diff", lambda s: f"{s['preds_diff']:.4f}", ""),
+        ("param_match_error", lambda s: f"{s['param_match_error']:.4f}", ""),
+        ("least squares loss", lambda s: f"{s['lsq_loss']:.2e}", ""),
+        ("wall seconds", lambda s: f"{s['wall_seconds']:.1f}", ""),
+    ]
+    lines += [
+        "",
+        "| metric | " + " | ".join(RUNS[n] for n in runs) + " | anchor: von Oswald et al., "
+        "linear self-attention, N = d = 10, scalar labels |",
+        "|---" * (len(runs) + 2) + "|",
+    ]
+    for label, fmt, anchor in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt(s) for s in runs.values()) + f" | {anchor} |")
+    lines += [
+        "",
+        "Loss ratios are taken on one evaluation set, so its sampling noise cancels; the GD loss",
+        "itself moves by about 1% between sets of 10,000 tasks.",
+        "",
+    ]
+    for name, s in runs.items():
+        lines += [f"### {RUNS[name]}", ""]
+        lines += [f"![{f}]({name}/{f})" for f in s.get("figures", [])]
+        lines.append("")
+    return lines
+
+
+def construction_section(results: pathlib.Path) -> list[str]:
+    s = _load(results / "construction" / "summary.json")
+    if s is None:
+        return []
+    lines = [
+        "## The construction equals K-step GD",
+        "",
+        "`python -m experiments.construction`: largest error of the constructed GD-SSM against",
+        "explicit GD on every prefix (scalar labels).",
+        "",
+        "| layout | K | best η | GD loss | max abs err (float64) | max rel err (float32) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        lines.append(
+            f"| {r['layout']} | {r['steps']} | {r['lr']:.4f} | {r['gd_loss']:.4f} | "
+            f"{r['max_abs_err_float64']:.1e} | {r['max_rel_err_float32']:.1e} |"
+        )
+    return lines + [""]
+
+
+def build(results="results") -> pathlib.Path:
+    results = pathlib.Path(results)
+    lines = ["# ssm-gd: results", ""]
+    lines += linear_section(results)
+    lines += construction_section(results)
+    path = results / "REPORT.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    print(f"wrote {build(args.results)}")
+
+
+if __name__ == "__main__":
+    main()
