@@ -1,0 +1,46 @@
+"""The experiment entry points run end to end and write what they promise."""
+
+import json
+
+import pytest
+
+from experiments import construction, linear, report
+
+TINY = ["--n-context", "6", "--d-in", "3", "--d-out", "1", "--steps", "60", "--eval-every", "30",
+        "--batch-size", "64", "--warmup-steps", "5", "--eval-size", "256", "--sens-size", "64",
+        "--no-progress"]  # fmt: skip
+
+
+def test_linear_writes_summary_history_and_figures(tmp_path):
+    summary = linear.main(TINY + ["--out", str(tmp_path / "linear")])
+    out = tmp_path / "linear"
+    written = json.loads((out / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    for key in ("val_loss", "gd_loss", "gd_lr", "model_cos", "model_diff", "preds_diff",
+                "param_match_error", "steps", "batch_size", "seed", "wall_seconds", "devices",
+                "config", "icl_curve"):  # fmt: skip
+        assert key in written
+    assert written["steps"] == 60 and written["config"]["d_in"] == 3
+    assert len((out / "history.jsonl").read_text().splitlines()) == 3  # steps 0, 30, 60
+    for name in written["figures"]:
+        assert (out / name).stat().st_size > 1000
+    # The in-context curve has one point per prefix; least squares is exact from d_in = 3 on.
+    curve = written["icl_curve"]["least squares"]
+    assert len(curve) == 6 and max(curve[3:]) < 1e-8
+
+    construction.main(["--out", str(tmp_path / "construction"), "--max-steps", "2", "--batch", "16",
+                       "--n-context", "5", "--d-in", "3"])  # fmt: skip
+    rows = json.loads((tmp_path / "construction" / "summary.json").read_text())["rows"]
+    assert len(rows) == 4 and max(r["max_abs_err_float64"] for r in rows) < 1e-12
+    text = report.build(tmp_path).read_text()
+    assert "| model_cos |" in text and "linear/loss.png" in text and "| constructed | 2 |" in text
+
+
+def test_quick_sets_defaults_and_flags_override():
+    config, args = linear.parse(["--quick", "--steps", "80"])
+    assert args.quick and config.steps == 80 and config.eval_size == linear.QUICK["eval_size"]
+
+
+def test_bad_flag_value_is_rejected_before_training():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        linear.parse(["--batch-size", "0"])
