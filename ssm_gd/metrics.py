@@ -157,7 +157,10 @@ def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
       output is linear in each of the three;
     * ``(Q_x, C_x) → (α Q_x, C_x / α)`` (``n_steps > 1``): only ``C_x S^x`` reaches the readout;
     * entries of ``Λ`` whose state never reaches the output under the construction (rows of
-      ``S^y`` beyond ``d_out``, columns beyond ``d_in``: zero padding) are not compared.
+      ``S^y`` beyond ``d_out``, columns beyond ``d_in``: zero padding) are not compared;
+    * likewise the entries of ``C`` that only ever meet that zero padding (interleaved layout):
+      columns of ``C_y`` beyond ``d_out`` (the zero rows of ``S^y``), and rows and columns of
+      ``C_x`` beyond ``d_in``. They are set to zero in both models before comparing.
 
     Returns per-block errors — ``Q_y``, ``C_y``, ``D`` (and ``Q_x``, ``C_x``): the Frobenius
     distance between unit-normalised blocks (0 … 2); ``scale_y`` (and ``scale_x``): the relative
@@ -175,6 +178,15 @@ def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
             f"{same} and {(constructed.d_in, constructed.d_out, constructed.n_steps, constructed.layout)}"
         )
     t, c = _blocks(trained), _blocks(constructed)
+    # C_y's columns past d_out read rows of S^y = Σ y x^T that are zero padding under the
+    # construction; C_x's rows and columns past d_in meet only the zero padding of x (S^x, the
+    # query, and the columns of S^y).
+    live_y = np.arange(c["C_y"].shape[1]) < trained.d_out
+    t["C_y"], c["C_y"] = t["C_y"] * live_y, c["C_y"] * live_y
+    if trained.n_steps > 1:
+        live_x = np.arange(c["C_x"].shape[0]) < trained.d_in
+        keep = live_x[:, None] & live_x[None, :]
+        t["C_x"], c["C_x"] = t["C_x"] * keep, c["C_x"] * keep
     out, scale = _scaled_group(t, c, ["Q_y", "C_y", "D"])
     out["scale_y"] = scale
     # Reachable Λ_y entries: rows of S^y that C_y reads, columns that meet the query x_{t+1}.

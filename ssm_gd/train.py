@@ -181,7 +181,8 @@ def make_model(config: Config, key: int | None = None) -> GDSSM:
             init, c_y=nnx.initializers.normal(h**-0.5), c_x=nnx.initializers.normal(h**-0.5)
         )
     else:
-        init = dataclasses.replace(init, c_y=identity_init, c_x=identity_init)
+        small = nnx.initializers.normal(0.01)
+        init = dataclasses.replace(init, q_y=small, q_x=small, c_y=identity_init, c_x=identity_init)
     return GDSSM(
         config.d_in,
         config.d_out,
