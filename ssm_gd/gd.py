@@ -174,11 +174,14 @@ def optimal_lr(x: Array, y: Array, x_query: Array, y_query: Array) -> Array:
 def lr_losses(x, y, x_query, y_query, lrs, *, steps: int = 1) -> Array:
     """:func:`loss` of K-step GD for each step size in ``lrs`` ``(M,)``; diverging ones give ``inf``."""
     steps = _check_steps(steps)
-    # lax.map in chunks: memory stays O(chunk · B · d²) for grids of any length.
+    # lax.map in chunks of step sizes: about 2²² numbers of weights and residuals at a time,
+    # whatever the length of the grid and the size of the batch.
+    b, n, d_in = x.shape
+    per_lr = b * y.shape[-1] * max(d_in, n)
     losses = jax.lax.map(
         lambda lr: loss(predict(x, y, x_query, lr=lr, steps=steps), y_query),
         jnp.asarray(lrs),
-        batch_size=64,
+        batch_size=max(1, min(64, 2**22 // per_lr)),
     )
     return jnp.where(jnp.isfinite(losses), losses, jnp.inf)
 

@@ -46,7 +46,7 @@ def sensitivity(predict_query, x_query: Array) -> Array:
     """``∂ŷ/∂x_q`` ``(B, d_out, d_in)`` of ``predict_query: (B, d_in) → (B, d_out)``.
 
     Forward mode: one ``jvp`` per input direction ``e_j``, broadcast over the batch (each task's
-    prediction depends on its own query only), vmapped over the ``d_in`` directions.
+    prediction depends on its own query only), mapped over the ``d_in`` directions.
     """
     d_in = x_query.shape[-1]
 
@@ -54,7 +54,8 @@ def sensitivity(predict_query, x_query: Array) -> Array:
         tangent = jnp.broadcast_to(direction, x_query.shape).astype(x_query.dtype)
         return jax.jvp(predict_query, (x_query,), (tangent,))[1]
 
-    columns = jax.vmap(column)(jnp.eye(d_in, dtype=x_query.dtype))  # (d_in, B, d_out)
+    # One direction at a time (lax.map): memory of one forward pass, not d_in of them.
+    columns = jax.lax.map(column, jnp.eye(d_in, dtype=x_query.dtype))  # (d_in, B, d_out)
     return jnp.moveaxis(columns, 0, -1)
 
 
@@ -83,26 +84,54 @@ def gd_loss(task, *, steps: int = 1):
 
 
 def evaluate(
-    model, task, *, layout: str, gd_lr, steps: int = 1, sens_size: int | None = None
+    model,
+    task,
+    *,
+    layout: str,
+    gd_lr,
+    steps: int = 1,
+    sens_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> dict[str, Array]:
     """Every metric of ``model`` on ``task`` against K-step GD with step size ``gd_lr``.
 
     Returns ``loss`` (the model's query loss), ``gd_loss``, ``preds_diff`` (all on the whole
     batch), ``model_diff`` and ``model_cos`` (on the first ``sens_size`` tasks, all when ``None``:
-    a sensitivity costs ``d_in`` forward passes). Jit-able (``layout``, ``steps``, ``sens_size``
-    static).
+    a sensitivity costs ``d_in`` forward passes). ``chunk_size`` bounds memory on large sets: the
+    model runs on at most that many tasks at a time (``lax.map``; the largest divisor of the batch,
+    and of ``sens_size``, up to ``chunk_size``: sizes with large power-of-two factors run fastest).
+    Jit-able (``layout``, ``steps``, ``sens_size``, ``chunk_size`` static).
     """
-    predict_query = query_predictor(model, task, layout)
-    pred = predict_query(task.x_query)
+    batch = task.x.shape[0]
+    sens_size = batch if sens_size is None else min(sens_size, batch)
+
+    def chunk_for(n):  # the largest divisor of n that is at most chunk_size
+        limit = n if chunk_size is None else min(chunk_size, n)
+        return max(d for d in range(1, limit + 1) if n % d == 0)
+
+    def chunked(fn, t, size):
+        def reshape(v):
+            return v.reshape((v.shape[0] // size, size) + v.shape[1:])
+
+        out = jax.lax.map(fn, jax.tree.map(reshape, t))
+        return out.reshape((-1,) + out.shape[2:])
+
+    def predict(t):
+        return query_predictor(model, t, layout)(t.x_query)
+
+    def sens(t):
+        return sensitivity(query_predictor(model, t, layout), t.x_query)
+
+    pred = chunked(predict, task, chunk_for(batch))
     ref = gd.predict(task.x, task.y, task.x_query, lr=gd_lr, steps=steps)
     sub = jax.tree.map(lambda v: v[:sens_size], task)
-    sens = sensitivity(query_predictor(model, sub, layout), sub.x_query)
+    model_sens = chunked(sens, sub, chunk_for(sens_size))
     ref_sens = gd.weights(sub.x, sub.y, lr=gd_lr, steps=steps)
     return {
         "loss": loss(pred, task.y_query),
         "gd_loss": loss(ref, task.y_query),
         "preds_diff": preds_diff(pred, ref),
-        **alignment(sens, ref_sens),
+        **alignment(model_sens, ref_sens),
     }
 
 

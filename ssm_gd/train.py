@@ -80,17 +80,17 @@ class Config:
     parametrization: str = "direct"
     impl: str = "associative"
     dtype: str = "float32"
-    steps: int = 1000
+    steps: int = 3000
     batch_size: int = 512
-    lr: float = 0.01
+    lr: float = 0.02
     recurrence_lr: float = 0.001
     weight_decay: float = 0.0
     warmup_steps: int = 50
     final_lr_fraction: float = 0.01
     clip_norm: float = 1.0
     loss_on: str = "query"
-    eval_every: int = 250
-    eval_size: int = 20_000
+    eval_every: int = 500
+    eval_size: int = 32_768
     sens_size: int = 2048
     seed: int = 0
 
@@ -354,6 +354,7 @@ def train(
             gd_lr=gd_lr,
             steps=config.n_steps,
             sens_size=min(config.sens_size, config.eval_size),
+            chunk_size=2048,
         )
 
     def evaluate(params):  # the set is an argument, not a constant baked into the program
