@@ -22,6 +22,8 @@ test: install
 reproduce: install
 	$(PY) -m experiments.linear --out results/linear --no-progress $(if $(QUICK),--quick)
 	$(PY) -m experiments.linear --out results/linear_scalar --d-out 1 --no-progress $(if $(QUICK),--quick)
+	$(PY) -m experiments.linear --out results/linear_constructed --d-out 1 --layout constructed --no-progress $(if $(QUICK),--quick)
+	$(PY) -m experiments.plateau --out results/plateau $(if $(QUICK),--quick)
 	$(PY) -m experiments.construction --out results/construction $(if $(QUICK),--max-steps 2 --batch 64)
 	$(PY) -m experiments.report --results results
 

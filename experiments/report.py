@@ -18,7 +18,11 @@ def _load(path: pathlib.Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-RUNS = {"linear": "vector labels (default)", "linear_scalar": "scalar labels (`--d-out 1`)"}
+RUNS = {
+    "linear": "vector labels (default)",
+    "linear_scalar": "scalar labels (`--d-out 1`)",
+    "linear_constructed": "constructed tokens (`--layout constructed --d-out 1`)",
+}
 
 
 def linear_section(results: pathlib.Path) -> list[str]:
@@ -30,8 +34,8 @@ def linear_section(results: pathlib.Path) -> list[str]:
     for name, s in runs.items():
         c = s["config"]
         lines.append(
-            f"* {RUNS[name]}: `python -m experiments.linear --d-out {c['d_out']} --out "
-            f"results/{name}`: N = {c['n_context']}, d_in = {c['d_in']}, {c['layout']} tokens, "
+            f"* {RUNS[name]}: `python -m experiments.linear --d-out {c['d_out']} --layout "
+            f"{c['layout']} --out results/{name}`: N = {c['n_context']}, d_in = {c['d_in']}, {c['layout']} tokens, "
             f"{s['steps']} steps × {s['batch_size']} fresh tasks, seed {s['seed']}, evaluated on "
             f"{c['eval_size']} fixed tasks; {s['wall_seconds']:.1f} s on {len(s['devices'])} × "
             f"{s['devices'][0]}."
@@ -98,10 +102,33 @@ def construction_section(results: pathlib.Path) -> list[str]:
     return lines + [""]
 
 
+def plateau_section(results: pathlib.Path) -> list[str]:
+    s = _load(results / "plateau" / "summary.json")
+    if s is None:
+        return []
+    n = s["seeds"]
+    lines = [
+        "## Leaving the plateau: initialisation",
+        "",
+        f"`python -m experiments.plateau`: the default run from {n} seeds per initialisation;",
+        "reached GD = loss ratio ≤ 1.01 and model_cos ≥ 0.999 at the end of training.",
+        "",
+        "| initialisation | reached GD | worst loss ratio | worst model_cos |",
+        "|---|---|---|---|",
+    ]
+    for init, rows in s["runs"].items():
+        lines.append(
+            f"| {init} | {s['reached_gd'][init]}/{n} | {max(r['loss_ratio'] for r in rows):.4f} | "
+            f"{min(r['model_cos'] for r in rows):.5f} |"
+        )
+    return lines + ["", "![plateau.png](plateau/plateau.png)", ""]
+
+
 def build(results="results") -> pathlib.Path:
     results = pathlib.Path(results)
     lines = ["# ssm-gd: results", ""]
     lines += linear_section(results)
+    lines += plateau_section(results)
     lines += construction_section(results)
     path = results / "REPORT.md"
     path.parent.mkdir(parents=True, exist_ok=True)
