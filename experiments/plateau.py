@@ -37,9 +37,15 @@ def main(argv=None):
     parser.add_argument("--out", default="results/plateau")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 200 steps")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: Config's)"
+    )
     args = parser.parse_args(argv)
     seeds = 2 if args.quick else args.seeds
-    base = train.Config(eval_size=4096, sens_size=1024)
+    # Leaving the plateau happens in the first few hundred steps: 1500 are plenty to tell.
+    base = train.Config(eval_size=4096, sens_size=1024, steps=1500)
+    if args.lr is not None:
+        base = dataclasses.replace(base, lr=args.lr)
     if args.quick:
         base = dataclasses.replace(base, steps=200, eval_every=100)
     out = pathlib.Path(args.out)

@@ -330,6 +330,10 @@ def train(
     eval_task = jax.device_put(sample(config, key_eval, config.eval_size), data_sharding)
     gd_lr, gd_best = metrics.gd_loss(eval_task, steps=config.n_steps)
     gd_lr = float(gd_lr)
+    # The published code's grid (arange(0.001, 25, 0.1)), reported beside the exact optimum.
+    grid_lr, grid_loss = gd.grid_search_lr(
+        eval_task.x, eval_task.y, eval_task.x_query, eval_task.y_query, steps=config.n_steps
+    )
     constructed = construction.gd_ssm(
         d_in=config.d_in,
         d_out=config.d_out,
@@ -440,6 +444,8 @@ def train(
         "gd_loss": final["gd_loss"],
         "gd_lr": gd_lr,
         "gd_loss_at_best_lr": float(gd_best),
+        "gd_lr_grid": float(grid_lr),
+        "gd_loss_grid": float(grid_loss),
         "lsq_loss": lsq_loss,
         "loss_ratio": final["loss_ratio"],
         "model_cos": final["model_cos"],

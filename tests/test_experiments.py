@@ -44,3 +44,19 @@ def test_quick_sets_defaults_and_flags_override():
 def test_bad_flag_value_is_rejected_before_training():
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         linear.parse(["--batch-size", "0"])
+
+
+def test_multistep_runs_each_k(tmp_path):
+    from experiments import multistep
+
+    summary = multistep.main(["--quick", "--train-steps", "40", "--out", str(tmp_path)])
+    assert [r["n_steps"] for r in summary["rows"]] == [1, 2]
+    for r in summary["rows"]:
+        assert r["gd_loss"] > 0 and r["val_loss"] > 0 and -1 <= r["model_cos"] <= 1
+    for name in summary["figures"]:
+        assert (tmp_path / name).stat().st_size > 1000
+    ks = {
+        json.loads(line)["n_steps"]
+        for line in (tmp_path / "history.jsonl").read_text().splitlines()
+    }
+    assert ks == {1, 2}
