@@ -25,14 +25,14 @@ from ssm_gd import gd, metrics, plots, tasks, train
 QUICK = dict(steps=300, eval_every=100, eval_size=4096, sens_size=1024, batch_size=256)
 
 
-def parse(argv=None):
+def parse(argv=None, *, out="results/linear", description=None):
     """``(config, args)`` from the command line; ``--quick`` changes the defaults, flags win."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--quick", action="store_true")
     quick = pre.parse_known_args(argv)[0].quick
     defaults = dataclasses.replace(train.Config(), **QUICK) if quick else train.Config()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/linear", help="output folder")
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
+    parser.add_argument("--out", default=out, help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
     parser.add_argument("--resume", action="store_true", help="resume from --out's checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import construction, linear, report
@@ -60,3 +61,46 @@ def test_multistep_runs_each_k(tmp_path):
         for line in (tmp_path / "history.jsonl").read_text().splitlines()
     }
     assert ks == {1, 2}
+
+
+def test_ood_evaluates_every_shift(tmp_path):
+    from experiments import ood
+
+    summary = ood.main(TINY + ["--quick", "--out", str(tmp_path)])
+    assert [r["x_scale"] for r in summary["x_stretch"]] == list(ood.X_STRETCH)
+    assert [r["w_scale"] for r in summary["w_stretch"]] == list(ood.W_STRETCH)
+    assert [r["dist"] for r in summary["distribution"]] == ["uniform", "normal", "laplace",
+                                                            "exponential"]  # fmt: skip
+    # Every shift reuses one key, so a stretched map is the same map scaled: GD is linear in y,
+    # its loss exactly quadratic in the scale (float32 sums of 4096 terms: ~1e-6 relative).
+    w = {r["w_scale"]: r["gd_loss"] for r in summary["w_stretch"]}
+    np.testing.assert_allclose(w[5.0] / w[1.0], 25.0, rtol=1e-4)
+    for name in summary["figures"]:
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_ood_inputs_have_the_training_variance():
+    import jax
+
+    from experiments import ood
+    from ssm_gd import train
+
+    config = train.Config(d_in=4, d_out=1, n_context=50)
+    for dist in ("uniform", "normal", "laplace", "exponential"):
+        t = ood.shifted_tasks(config, jax.random.key(0), 2000, dist=dist)
+        x = np.asarray(t.x).ravel()
+        # 4e5 samples: the standard errors of the mean and std are below 1e-3 (std = 0.2887).
+        assert abs(x.mean()) < 3e-3 and abs(x.std() - 12**-0.5) < 3e-3, dist
+
+
+def test_sweep_runs_each_size(tmp_path):
+    from experiments import sweep
+
+    summary = sweep.main(["--dims", "4", "--ratios", "1", "2", "--train-steps", "30", "--out",
+                          str(tmp_path)])  # fmt: skip
+    assert [(r["d"], r["n_context"]) for r in summary["rows"]] == [(4, 4), (4, 8)]
+    for r in summary["rows"]:
+        assert r["gd_loss"] > 0 and r["lsq_loss"] >= 0 and -1 <= r["model_cos"] <= 1
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="--dims must be positive"):
+        sweep.main(["--dims", "0", "--out", str(tmp_path)])
