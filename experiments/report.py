@@ -124,11 +124,61 @@ def plateau_section(results: pathlib.Path) -> list[str]:
     return lines + ["", "![plateau.png](plateau/plateau.png)", ""]
 
 
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def more_sections(results: pathlib.Path) -> list[str]:
+    """The experiments beyond the linear headline, each where its summary exists."""
+    lines = []
+    s = _load(results / "multistep" / "summary.json")
+    if s is not None:
+        lines += ["## Multi-step GD (`python -m experiments.multistep`)", ""]
+        lines += _table(
+            ["K", "trained", "K-step GD", "ratio", "model_cos", "param_match_error"],
+            [[r["n_steps"], f"{r['val_loss']:.4f}", f"{r['gd_loss']:.4f}",
+              f"{r['loss_ratio']:.4f}", f"{r['model_cos']:.5f}",
+              f"{r['param_match_error']:.3f}"] for r in s["rows"]],
+        )  # fmt: skip
+        lines += [""] + [f"![{f}](multistep/{f})" for f in s["figures"]] + [""]
+    s = _load(results / "ood" / "summary.json")
+    if s is not None:
+        lines += ["## Out of distribution (`python -m experiments.ood`)", ""]
+        rows = [[f"{k}={r[k]}", f"{r['loss']:.4f}", f"{r['gd_loss']:.4f}",
+                 f"{r['model_cos']:.5f}"]
+                for name, k in (("x_stretch", "x_scale"), ("w_stretch", "w_scale"),
+                                ("distribution", "dist"))
+                for r in s[name]]  # fmt: skip
+        lines += _table(["shift", "trained", "GD at training η", "model_cos"], rows)
+        lines += [""] + [f"![{f}](ood/{f})" for f in s["figures"]] + [""]
+    s = _load(results / "sweep" / "summary.json")
+    if s is not None:
+        lines += [f"## Size sweep (`python -m experiments.sweep`, {s['layout']} tokens)", ""]
+        lines += _table(
+            ["d", "N", "trained", "GD", "ratio", "model_cos"],
+            [[r["d"], r["n_context"], f"{r['val_loss']:.4f}", f"{r['gd_loss']:.4f}",
+              f"{r['loss_ratio']:.4f}", f"{r['model_cos']:.5f}"] for r in s["rows"]],
+        )  # fmt: skip
+        lines += ["", "![sweep.png](sweep/sweep.png)", ""]
+    s = _load(results / "nonlinear" / "summary.json")
+    if s is not None:
+        lines += ["## Non-linear regression (`python -m experiments.nonlinear`)", ""]
+        lines += _table(
+            ["predictor", "loss", "trained model beats it"],
+            [[k, f"{v:.5f}", "" if k == "trained" else ("yes" if s["beats"][k] else "no")]
+             for k, v in s["losses"].items()],
+        )  # fmt: skip
+        lines += [""] + [f"![{f}](nonlinear/{f})" for f in s["figures"]] + [""]
+    return lines
+
+
 def build(results="results") -> pathlib.Path:
     results = pathlib.Path(results)
     lines = ["# ssm-gd: results", ""]
     lines += linear_section(results)
     lines += plateau_section(results)
+    lines += more_sections(results)
     lines += construction_section(results)
     path = results / "REPORT.md"
     path.parent.mkdir(parents=True, exist_ok=True)
