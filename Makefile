@@ -18,14 +18,9 @@ $(STAMP): pyproject.toml
 test: install
 	JAX_PLATFORMS=cpu $(PY) -m pytest
 
-# QUICK=1: every experiment at smoke size.
+# Every experiment, then results/REPORT.md (experiments/reproduce.py); QUICK=1: smoke size.
 reproduce: install
-	$(PY) -m experiments.linear --out results/linear --no-progress $(if $(QUICK),--quick)
-	$(PY) -m experiments.linear --out results/linear_scalar --d-out 1 --no-progress $(if $(QUICK),--quick)
-	$(PY) -m experiments.linear --out results/linear_constructed --d-out 1 --layout constructed --no-progress $(if $(QUICK),--quick)
-	$(PY) -m experiments.plateau --out results/plateau $(if $(QUICK),--quick)
-	$(PY) -m experiments.construction --out results/construction $(if $(QUICK),--max-steps 2 --batch 64)
-	$(PY) -m experiments.report --results results
+	$(PY) -m experiments.reproduce --results results $(if $(QUICK),--quick)
 
 lint: install
 	$(VENV)/bin/ruff check ssm_gd experiments tests

@@ -47,20 +47,13 @@ def icl_curves(result: train.Result, config: train.Config, batch: int = 4096):
     """
     task = train.sample(config, jax.random.key(config.seed + 7), batch)
     target = np.concatenate([np.asarray(task.y[:, 1:]), np.asarray(task.y_query)[:, None]], 1)
-    nxt = np.concatenate([np.asarray(task.x[:, 1:]), np.asarray(task.x_query)[:, None]], 1)
     model_pred = np.asarray(result.model(tasks.tokens(task, config.layout)))
     gd_pred = np.asarray(
         gd.predict_prefixes(
             task.x, task.y, task.x_query, lr=result.summary["gd_lr"], steps=config.n_steps
         )
     )
-    lsq_pred = np.stack(
-        [
-            np.asarray(gd.least_squares(task.x[:, :t], task.y[:, :t], nxt[:, t - 1]))
-            for t in range(1, config.n_context + 1)
-        ],
-        axis=1,
-    )
+    lsq_pred = np.asarray(gd.least_squares_prefixes(task.x, task.y, task.x_query))
 
     def per_position(pred):
         return 0.5 * np.mean((pred - target) ** 2, axis=(0, 2))

@@ -160,6 +160,30 @@ def least_squares(x: Array, y: Array, x_query: Array) -> Array:
     return jnp.einsum("bio,bi->bo", w, x_query)
 
 
+def least_squares_prefixes(x: Array, y: Array, x_query: Array) -> Array:
+    """:func:`least_squares` on every prefix, predicting the next input, ``(B, N, d_out)``.
+
+    Entry ``t`` fits the first ``t + 1`` pairs and predicts at ``x_{t+2}`` (the last entry at the
+    query), as in :func:`predict_prefixes`. One compiled call: a prefix is the full context with the
+    later rows zeroed, which leaves ``X⁺ Y`` unchanged.
+    """
+    _check_context(x, y, x_query)
+    return _least_squares_prefixes(x, y, x_query)
+
+
+@jax.jit
+def _least_squares_prefixes(x, y, x_query):
+    n = x.shape[1]
+    queries = jnp.concatenate([x[:, 1:], x_query[:, None]], axis=1)
+    keep = (jnp.arange(n)[None, :] <= jnp.arange(n)[:, None])[:, None, :, None]  # (prefix, 1, N, 1)
+
+    def one(mask, q):
+        w = jnp.linalg.pinv(x * mask) @ (y * mask)
+        return jnp.einsum("bio,bi->bo", w, q)
+
+    return jax.lax.map(lambda a: one(*a), (keep, jnp.moveaxis(queries, 1, 0))).swapaxes(0, 1)
+
+
 def optimal_lr(x: Array, y: Array, x_query: Array, y_query: Array) -> Array:
     """The one-step ``η`` that minimises :func:`loss` on this batch, in closed form.
 

@@ -119,6 +119,11 @@ def test_kernel_ridge_matches_a_direct_solve():
         k = np.exp(-((x[:, None] - x[None, :]) ** 2) / (2 * 0.7**2)) + 1e-3 * np.eye(7)
         kq = np.exp(-((q - x) ** 2) / (2 * 0.7**2))
         np.testing.assert_allclose(got[b], kq @ np.linalg.solve(k, y), rtol=1e-9)
+    # A mask keeping the first 4 points is kernel ridge on those 4 alone.
+    mask = np.arange(7)[None, :] < np.array([[4]] * 3)
+    masked = nonlinear.kernel_ridge(t.x, t.y, t.x_query, bandwidth=0.7, reg=1e-3, mask=mask)
+    first = nonlinear.kernel_ridge(t.x[:, :4], t.y[:, :4], t.x_query, bandwidth=0.7, reg=1e-3)
+    np.testing.assert_allclose(masked, first, rtol=1e-9)
 
 
 def test_nonlinear_trains_and_compares(tmp_path):

@@ -92,6 +92,17 @@ def test_least_squares_and_ridge():
         gd.ridge(t.x, t.y, t.x_query, reg=0.0)
 
 
+def test_least_squares_prefixes_is_least_squares_on_each_prefix():
+    # N = 7 > d = 4: prefixes below, at and above the input dimension (under- and over-determined).
+    t = _task(n=7, d_in=4, d_out=2, noise_std=0.1)
+    got = gd.least_squares_prefixes(t.x, t.y, t.x_query)
+    x, y = np.asarray(t.x), np.asarray(t.y)
+    nxt = np.concatenate([x[:, 1:], np.asarray(t.x_query)[:, None]], axis=1)
+    for i in range(7):
+        w = np.linalg.pinv(x[:, : i + 1]) @ y[:, : i + 1]
+        np.testing.assert_allclose(got[:, i], np.einsum("bio,bi->bo", w, nxt[:, i]), atol=1e-11)
+
+
 def test_optimal_lr_is_argmin_of_fine_grid():
     t = _task(batch=512, n=10, d_in=10, d_out=1)
     eta = float(gd.optimal_lr(t.x, t.y, t.x_query, t.y_query))

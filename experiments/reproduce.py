@@ -1,0 +1,67 @@
+"""Every experiment of the paper, then ``REPORT.md``: what ``make reproduce`` runs.
+
+    python -m experiments.reproduce [--results results] [--quick] [--only linear ood ...]
+
+One Python process runs them in turn (imports and compiled functions are shared), each writing
+``<results>/<name>/``; ``experiments.report`` then gathers them in ``<results>/REPORT.md``.
+``--quick`` runs each at smoke size (a few minutes in all on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import time
+
+from experiments import construction, linear, multistep, nonlinear, ood, plateau, report, sweep
+
+# name: (entry point, its flags, the extra flags of a quick run)
+EXPERIMENTS = {
+    "linear": (linear.main, ["--no-progress"], ["--quick"]),
+    "linear_scalar": (linear.main, ["--d-out", "1", "--no-progress"], ["--quick"]),
+    "linear_constructed": (
+        linear.main,
+        ["--d-out", "1", "--layout", "constructed", "--no-progress"],
+        ["--quick"],
+    ),
+    "plateau": (plateau.main, [], ["--quick"]),
+    "construction": (construction.main, [], ["--max-steps", "2", "--batch", "64"]),
+    "multistep": (multistep.main, [], ["--quick"]),
+    "nonlinear": (nonlinear.main, [], ["--quick"]),
+    "ood": (ood.main, ["--no-progress"], ["--quick"]),
+    "sweep": (sweep.main, [], ["--quick"]),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", help="folder for every experiment's output")
+    parser.add_argument("--quick", action="store_true", help="every experiment at smoke size")
+    parser.add_argument(
+        "--only", nargs="+", default=None, metavar="NAME", help=f"a subset of {list(EXPERIMENTS)}"
+    )
+    args = parser.parse_args(argv)
+    names = args.only or list(EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(
+            f"--only: unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}"
+        )
+    results = pathlib.Path(args.results)
+    start = time.perf_counter()
+    seconds = {}
+    for name in names:
+        entry, flags, quick = EXPERIMENTS[name]
+        print(f"\n== {name} ==", flush=True)
+        begin = time.perf_counter()
+        entry(flags + (quick if args.quick else []) + ["--out", str(results / name)])
+        seconds[name] = time.perf_counter() - begin
+    report.main(["--results", str(results)])
+    total = time.perf_counter() - start
+    print("\n" + "  ".join(f"{n} {s:.0f} s" for n, s in seconds.items()))
+    print(f"reproduced {len(names)} experiment(s) in {total / 60:.1f} min")
+    return seconds
+
+
+if __name__ == "__main__":
+    main()
