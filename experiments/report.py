@@ -135,13 +135,32 @@ def more_sections(results: pathlib.Path) -> list[str]:
     s = _load(results / "multistep" / "summary.json")
     if s is not None:
         lines += ["## Multi-step GD (`python -m experiments.multistep`)", ""]
+
+        def shape(pm):  # the blocks' directions, without the two scales
+            return max(v for k, v in pm.items() if not k.startswith(("scale", "total")))
+
         lines += _table(
-            ["K", "trained", "K-step GD", "ratio", "model_cos", "param_match_error"],
+            ["K", "trained", "K-step GD", "ratio", "model_cos", "param_match_error",
+             "blocks (shape)", "scale_y", "scale_x"],
             [[r["n_steps"], f"{r['val_loss']:.4f}", f"{r['gd_loss']:.4f}",
               f"{r['loss_ratio']:.4f}", f"{r['model_cos']:.5f}",
-              f"{r['param_match_error']:.3f}"] for r in s["rows"]],
+              f"{r['param_match_error']:.3f}", f"{shape(r['param_match']):.3f}",
+              f"{r['param_match']['scale_y']:.3f}",
+              f"{r['param_match'].get('scale_x', float('nan')):.3f}"] for r in s["rows"]],
         )  # fmt: skip
-        lines += [""] + [f"![{f}](multistep/{f})" for f in s["figures"]] + [""]
+        better = [r for r in s["rows"] if r["loss_ratio"] < 0.99]
+        if better:
+            ks = ", ".join(str(r["n_steps"]) for r in better)
+            lines += [
+                "",
+                f"The trained model beats K-step GD at K = {ks}. The columns say how: the "
+                "blocks' shapes (each block normalised) against the scales of the y·x and x·x "
+                "branches. Small shape errors with large scale errors mean the two terms of the "
+                "update take different step sizes, a freedom plain GD with one η lacks (GD++ of "
+                "von Oswald et al. adds a similar one).",
+            ]
+        lines += [""]
+        lines += [f"![{f}](multistep/{f})" for f in s["figures"]] + [""]
     s = _load(results / "ood" / "summary.json")
     if s is not None:
         lines += ["## Out of distribution (`python -m experiments.ood`)", ""]
@@ -155,6 +174,7 @@ def more_sections(results: pathlib.Path) -> list[str]:
     s = _load(results / "sweep" / "summary.json")
     if s is not None:
         lines += [f"## Size sweep (`python -m experiments.sweep`, {s['layout']} tokens)", ""]
+        lines += [f"{s['train_steps']} steps of {s.get('batch_size', 512)} tasks per size.", ""]
         lines += _table(
             ["d", "N", "trained", "GD", "ratio", "model_cos"],
             [[r["d"], r["n_context"], f"{r['val_loss']:.4f}", f"{r['gd_loss']:.4f}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 from experiments import construction, linear, multistep, nonlinear, ood, plateau, report, sweep
@@ -41,6 +42,7 @@ def main(argv=None):
         "--only", nargs="+", default=None, metavar="NAME", help=f"a subset of {list(EXPERIMENTS)}"
     )
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they come
     names = args.only or list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:

@@ -29,13 +29,18 @@ def main(argv=None):
     parser.add_argument("--dims", type=int, nargs="+", default=[5, 10, 20, 35, 50])
     parser.add_argument("--ratios", type=int, nargs="+", default=[1, 2], help="N = ratio · d")
     parser.add_argument("--layout", default="constructed", choices=["constructed", "interleaved"])
-    parser.add_argument("--train-steps", type=int, default=3000)
+    parser.add_argument("--train-steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="d ∈ {5, 10}, 200 steps")
+    parser.add_argument("--quick", action="store_true", help="d = 5, 200 steps")
     args = parser.parse_args(argv)
-    dims = [5, 10] if args.quick else args.dims
+    dims = [5] if args.quick else args.dims
     steps = 200 if args.quick else args.train_steps
-    for name, values in (("--dims", dims), ("--ratios", args.ratios)):
+    for name, values in (
+        ("--dims", dims),
+        ("--ratios", args.ratios),
+        ("--batch-size", [args.batch_size]),
+    ):
         if any(v <= 0 for v in values):
             raise ValueError(f"{name} must be positive integers; got {values}")
     out = pathlib.Path(args.out)
@@ -50,10 +55,11 @@ def main(argv=None):
                 d_out=1,
                 layout=args.layout,
                 steps=steps,
-                eval_every=max(1, min(500, steps)),
+                batch_size=args.batch_size,
+                eval_every=steps,  # only the end of training is reported
                 warmup_steps=min(50, steps // 5),
                 eval_size=8192,
-                sens_size=1024,
+                sens_size=512,
                 seed=args.seed,
             )
             s = train.train(config, None, progress=False).summary
@@ -69,6 +75,7 @@ def main(argv=None):
     summary = {
         "layout": args.layout,
         "train_steps": steps,
+        "batch_size": args.batch_size,
         "rows": rows,
         "wall_seconds": time.perf_counter() - start,
         "figures": ["sweep.png"],

@@ -41,6 +41,7 @@ __all__ = [
     "DiagonalRecurrence",
     "LocalMixing",
     "LocalSelfAttention",
+    "compose_readout",
     "gd_readout",
     "local_self_attention",
     "windows",
@@ -91,10 +92,23 @@ def gd_readout(
     Shapes: ``s_y (B, T, R, H)``, ``s_x (B, T, H, H)``, ``query (B, T, H)``, ``c_y (d_out, R)``,
     ``c_x (H, H)``.
     """
+
+    def apply(s):
+        return None if s is None else (lambda v: jnp.einsum("btrk,btk->btr", s, v))
+
+    return compose_readout(apply(s_y), apply(s_x), query, c_y, c_x, steps)
+
+
+def compose_readout(apply_y, apply_x, query: Array, c_y: Array, c_x: Array | None, steps: int):
+    """:func:`gd_readout` with the states given as maps ``v ↦ S_t v_t`` ``(B, T, H) → (B, T, R)``.
+
+    This is how the readout runs without materialising the states
+    (:func:`ssm_gd.scan.chunked_readout`): each of the ``K`` products is one pass over the sequence.
+    """
     u = query
     for _ in range(steps - 1):
-        u = query + u - jnp.einsum("ij,btjk,btk->bti", c_x, s_x, u)
-    return jnp.einsum("or,btrk,btk->bto", c_y, s_y, u)
+        u = query + u - jnp.einsum("ij,btj->bti", c_x, apply_x(u))
+    return jnp.einsum("or,btr->bto", c_y, apply_y(u))
 
 
 class LocalSelfAttention(nnx.Module):
@@ -116,8 +130,12 @@ class LocalSelfAttention(nnx.Module):
         self.stride = _positive_int("stride", stride)
         self.q = nnx.Param(q_init(rngs.params(), (window, window), param_dtype))
 
+    def products(self, x: Array) -> Array:
+        """``U_t`` ``(B, T, H, H)`` from windows ``x`` ``(B, T, window, H)``."""
+        return local_self_attention(x, self.q[...])
+
     def __call__(self, tokens: Array) -> Array:
-        return local_self_attention(windows(tokens, self.window, self.stride), self.q[...])
+        return self.products(windows(tokens, self.window, self.stride))
 
 
 class LocalMixing(nnx.Module):
@@ -140,9 +158,12 @@ class LocalMixing(nnx.Module):
         self.stride = _positive_int("stride", stride)
         self.p = nnx.Param(p_init(rngs.params(), (window,), param_dtype))
 
-    def __call__(self, tokens: Array) -> Array:
-        x = windows(tokens, self.window, self.stride)
+    def products(self, x: Array) -> Array:
+        """``U_t`` ``(B, T, 1, H)`` from windows ``x`` ``(B, T, window, H)``."""
         return jnp.einsum("btah,a->bth", x, self.p[...])[:, :, None, :]
+
+    def __call__(self, tokens: Array) -> Array:
+        return self.products(windows(tokens, self.window, self.stride))
 
 
 def ones_init(key, shape, dtype=jnp.float32) -> Array:
@@ -258,6 +279,15 @@ class GDSSMInit:
     d: Initializer = nnx.initializers.normal(1.0)
 
 
+IMPLS = ("associative", "sequential", "chunked", "auto")
+AUTO_STATE_LIMIT = 2**24
+
+
+def auto_impl(state_entries: int) -> str:
+    """``"chunked"`` when a branch's states hold more than :data:`AUTO_STATE_LIMIT` entries."""
+    return "chunked" if state_entries > AUTO_STATE_LIMIT else "associative"
+
+
 class GDSSM(nnx.Module):
     """The GD-SSM model: tokens ``(B, L, H)`` → a prediction at every window ``(B, N, d_out)``.
 
@@ -283,6 +313,12 @@ class GDSSM(nnx.Module):
     Parameters: ``yx_attention`` (``Q_y`` or ``P_y``), ``yx_recurrence`` (``Λ_y``),
     ``xx_attention`` (``Q_x``) and ``xx_recurrence`` (``Λ_x``) when ``n_steps > 1``, and the readout
     ``d`` ``(3,)``, ``c_y`` ``(d_out, R)`` (``R = H``, or 1 constructed) and ``c_x`` ``(H, H)``.
+
+    ``impl`` chooses how the recurrences run: ``"associative"`` or ``"sequential"`` build every
+    state ``S_t`` (:func:`ssm_gd.scan.linear_recurrence`, memory ``O(N·R·h)`` per sequence);
+    ``"chunked"`` never builds them (:func:`ssm_gd.scan.chunked_readout`, ``chunk`` windows per
+    chunk, memory ``O(N·h)``); ``"auto"`` picks per call (:meth:`resolve_impl`). All give the same
+    values up to float rounding.
     """
 
     window, stride = 3, 2
@@ -297,10 +333,17 @@ class GDSSM(nnx.Module):
         init: GDSSMInit = GDSSMInit(),
         parametrization: str = "direct",
         impl: str = "associative",
+        chunk: int = 32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_layout(layout, d_in, d_out)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+        self.impl = impl
+        self.chunk = _positive_int("chunk", chunk)
+        if impl not in scan.IMPLEMENTATIONS:  # the recurrences' own impl, when states are built
+            impl = "associative"
         self.d_in, self.d_out = d_in, d_out
         self.n_steps = _positive_int("n_steps", n_steps)
         self.layout = layout
@@ -347,11 +390,38 @@ class GDSSM(nnx.Module):
 
     def __call__(self, tokens: Array) -> Array:
         """Predictions ``(B, N, d_out)``: entry ``t`` predicts ``y_{t+1}`` (``y_q`` for the last)."""
-        rows = self.rows(tokens)
-        s_y = self.yx_recurrence(self.yx_attention(rows))
-        s_x = c_x = None
+        x = windows(self.rows(tokens), self.window, self.stride)  # (B, N, 3, h)
+        query = jnp.einsum("btah,a->bth", x, self.d[...])
+        c_x = None if self.n_steps == 1 else self.c_x[...]
+        branches = [(self.yx_attention, self.yx_recurrence)]
         if self.n_steps > 1:
-            s_x = self.xx_recurrence(self.xx_attention(rows))
-            c_x = self.c_x[...]
-        query = jnp.einsum("btah,a->bth", windows(rows, self.window, self.stride), self.d[...])
-        return gd_readout(s_y, s_x, query, self.c_y[...], c_x, self.n_steps)
+            branches.append((self.xx_attention, self.xx_recurrence))
+        if self.resolve_impl(x.shape[0], x.shape[1]) == "chunked":
+
+            def apply(attention, recurrence):
+                lam = recurrence.lam
+                return lambda v: scan.chunked_readout(
+                    lam, attention.products, x, v, chunk=self.chunk
+                )
+
+        else:
+
+            def apply(attention, recurrence):
+                s = recurrence(attention.products(x))
+                return lambda v: jnp.einsum("btrk,btk->btr", s, v)
+
+        applies = [apply(*b) for b in branches] + [None]
+        return compose_readout(applies[0], applies[1], query, self.c_y[...], c_x, self.n_steps)
+
+    def resolve_impl(self, batch: int, n_windows: int) -> str:
+        """The implementation a call with ``batch`` sequences of ``n_windows`` windows runs.
+
+        ``"auto"`` picks ``"chunked"`` once the materialised states of one branch
+        (``batch · n_windows · R · h`` entries) would pass :data:`AUTO_STATE_LIMIT`, and the
+        associative scan below that (see :func:`auto_impl`).
+        """
+        if self.impl != "auto":
+            return self.impl
+        rows = self.c_y.shape[1]
+        h = self.d_in if self.layout == "constructed" else max(self.d_in, self.d_out)
+        return auto_impl(batch * n_windows * max(rows, h if self.n_steps > 1 else 1) * h)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["IMPLEMENTATIONS", "linear_recurrence", "step"]
+__all__ = ["IMPLEMENTATIONS", "chunked_readout", "linear_recurrence", "step"]
 
 Array = jax.Array
 
@@ -149,3 +149,63 @@ def _solve(a, b, h0, *, reverse, impl, axis):
     h = jnp.moveaxis(h, 0, axis).astype(out_dtype)
     h_last = jax.lax.index_in_dim(h, 0 if reverse else -1, axis=axis, keepdims=False)
     return h, h_last
+
+
+def chunked_readout(lam: Array, make_b: Callable, xs, v: Array, *, chunk: int = 32) -> Array:
+    """``o_t = h_t v_t`` for ``h_t = Λ ⊙ h_{t−1} + b_t`` (``h_0 = 0``), never holding every ``h_t``.
+
+    The recurrence is time-invariant (one ``Λ`` ``(R, H)``, no broadcasting over time) and each state
+    ``h_t`` ``(R, H)`` is only read through a vector, ``o_t = h_t v_t`` ``(R,)``. Time is cut into
+    chunks of ``chunk`` steps; inside a chunk the outputs are matrix products with the decay matrix
+    ``Λ^{t−i}`` (``t ≥ i``), and a :func:`jax.lax.scan` carries one state from chunk to chunk. The
+    inputs ``b_t = make_b(xs_t)`` are built a chunk at a time, so memory is ``O(T·(R + H))`` plus
+    one state per chunk, ``O(T/chunk · R·H)``, forward and backward (the chunk body is
+    rematerialised, :func:`jax.checkpoint`), where the other implementations hold ``O(T·R·H)``.
+    The work is ``O(T · chunk · R·H)``: a longer chunk trades flops for fewer sequential steps.
+
+    Args:
+      lam: ``Λ`` ``(R, H)``.
+      make_b: ``xs`` of a chunk (each leaf ``(B, c, …)``) → ``b`` ``(B, c, R, H)``.
+      xs: a pytree of arrays ``(B, T, …)``, batch first, time second.
+      v: ``(B, T, H)``.
+      chunk: time steps per chunk (a positive integer; capped at ``T``).
+
+    Returns:
+      ``o`` ``(B, T, R)``.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive integer; got {chunk!r}")
+    if lam.ndim != 2 or v.ndim != 3 or v.shape[-1] != lam.shape[-1]:
+        raise ValueError(
+            f"lam must be (R, H) and v (B, T, H) with the same H; got {lam.shape} and {v.shape}"
+        )
+    batch, length = v.shape[:2]
+    c = min(chunk, length)
+    n = -(-length // c)
+    pad = n * c - length
+
+    def to_chunks(x):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(batch, n, c, *x.shape[2:]), 1, 0)
+
+    dtype = jnp.result_type(lam, v)
+    lam = lam.astype(dtype)
+    powers = jnp.cumprod(jnp.broadcast_to(lam, (c, *lam.shape)), axis=0)  # Λ^1 … Λ^c
+    below = jnp.concatenate([jnp.ones_like(lam)[None], powers[:-1]])  # Λ^0 … Λ^{c−1}
+    lag = jnp.arange(c)[:, None] - jnp.arange(c)[None, :]
+    decay = jnp.where((lag >= 0)[..., None, None], below[jnp.maximum(lag, 0)], 0)  # (t, i, R, H)
+    valid = (jnp.arange(n * c) < length).reshape(n, c).astype(dtype)
+
+    @jax.checkpoint
+    def body(h, inputs):
+        x, vc, ok = inputs
+        b = make_b(x).astype(dtype) * ok[None, :, None, None]
+        inside = jnp.einsum("tijk,bijk->btjk", decay, b)
+        o = jnp.einsum("btjk,btk->btj", inside, vc)
+        o = o + jnp.einsum("tjk,bjk,btk->btj", powers, h, vc)
+        h = powers[-1] * h + jnp.einsum("ijk,bijk->bjk", below[::-1], b)
+        return h, o
+
+    h0 = jnp.zeros((batch, *lam.shape), dtype)
+    _, o = jax.lax.scan(body, h0, (jax.tree.map(to_chunks, xs), to_chunks(v), valid))
+    return jnp.moveaxis(o, 0, 1).reshape(batch, n * c, -1)[:, :length]

@@ -39,8 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssm_gd import construction, gd, metrics, tasks
-from ssm_gd.layers import GDSSM, PARAMETRIZATIONS, GDSSMInit, identity_init
-from ssm_gd.scan import IMPLEMENTATIONS
+from ssm_gd.layers import GDSSM, IMPLS, PARAMETRIZATIONS, GDSSMInit, identity_init
 
 __all__ = ["INITS", "Config", "Result", "TrainingDiverged", "config_from_args", "train"]
 
@@ -115,7 +114,7 @@ class Config:
         choices = {
             "init": INITS,
             "parametrization": PARAMETRIZATIONS,
-            "impl": tuple(sorted(IMPLEMENTATIONS)),
+            "impl": IMPLS,
             "dtype": DTYPES,
             "loss_on": LOSS_ON,
         }

@@ -70,13 +70,15 @@ def test_construction_equals_gd_float32(cfg, n, steps):
     assert rel <= 1e-5
 
 
-def test_construction_sequential_scan_matches():
-    task = tasks.linear_regression(jax.random.key(5), batch=3, n_context=20, d_in=4, d_out=2)
-    kwargs = dict(d_in=4, d_out=2, n_context=20, lr=LR, steps=3, dtype=jnp.float64)
-    toks = tasks.tokens(task)
-    seq = construction.gd_ssm(impl="sequential", **kwargs)(toks)
+@pytest.mark.parametrize("impl", ["sequential", "chunked"])
+@pytest.mark.parametrize(("d_out", "layout"), [(2, "interleaved"), (1, "constructed")])
+def test_construction_every_impl_matches(impl, d_out, layout):
+    task = tasks.linear_regression(jax.random.key(5), batch=3, n_context=20, d_in=4, d_out=d_out)
+    kwargs = dict(d_in=4, d_out=d_out, n_context=20, lr=LR, steps=3, layout=layout)
+    toks = tasks.tokens(task, layout)
+    out = construction.gd_ssm(impl=impl, dtype=jnp.float64, **kwargs)(toks)
     ref = gd.predict_prefixes(task.x, task.y, task.x_query, lr=LR, steps=3)
-    np.testing.assert_allclose(seq, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
 
 
 def test_construction_parameters_are_the_closed_form():

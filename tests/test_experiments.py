@@ -47,38 +47,6 @@ def test_bad_flag_value_is_rejected_before_training():
         linear.parse(["--batch-size", "0"])
 
 
-def test_multistep_runs_each_k(tmp_path):
-    from experiments import multistep
-
-    summary = multistep.main(["--quick", "--train-steps", "40", "--out", str(tmp_path)])
-    assert [r["n_steps"] for r in summary["rows"]] == [1, 2]
-    for r in summary["rows"]:
-        assert r["gd_loss"] > 0 and r["val_loss"] > 0 and -1 <= r["model_cos"] <= 1
-    for name in summary["figures"]:
-        assert (tmp_path / name).stat().st_size > 1000
-    ks = {
-        json.loads(line)["n_steps"]
-        for line in (tmp_path / "history.jsonl").read_text().splitlines()
-    }
-    assert ks == {1, 2}
-
-
-def test_ood_evaluates_every_shift(tmp_path):
-    from experiments import ood
-
-    summary = ood.main(TINY + ["--quick", "--out", str(tmp_path)])
-    assert [r["x_scale"] for r in summary["x_stretch"]] == list(ood.X_STRETCH)
-    assert [r["w_scale"] for r in summary["w_stretch"]] == list(ood.W_STRETCH)
-    assert [r["dist"] for r in summary["distribution"]] == ["uniform", "normal", "laplace",
-                                                            "exponential"]  # fmt: skip
-    # Every shift reuses one key, so a stretched map is the same map scaled: GD is linear in y,
-    # its loss exactly quadratic in the scale (float32 sums of 4096 terms: ~1e-6 relative).
-    w = {r["w_scale"]: r["gd_loss"] for r in summary["w_stretch"]}
-    np.testing.assert_allclose(w[5.0] / w[1.0], 25.0, rtol=1e-4)
-    for name in summary["figures"]:
-        assert (tmp_path / name).stat().st_size > 1000
-
-
 def test_ood_inputs_have_the_training_variance():
     import jax
 
@@ -93,15 +61,9 @@ def test_ood_inputs_have_the_training_variance():
         assert abs(x.mean()) < 3e-3 and abs(x.std() - 12**-0.5) < 3e-3, dist
 
 
-def test_sweep_runs_each_size(tmp_path):
+def test_sweep_rejects_bad_sizes(tmp_path):
     from experiments import sweep
 
-    summary = sweep.main(["--dims", "4", "--ratios", "1", "2", "--train-steps", "30", "--out",
-                          str(tmp_path)])  # fmt: skip
-    assert [(r["d"], r["n_context"]) for r in summary["rows"]] == [(4, 4), (4, 8)]
-    for r in summary["rows"]:
-        assert r["gd_loss"] > 0 and r["lsq_loss"] >= 0 and -1 <= r["model_cos"] <= 1
-    assert (tmp_path / "sweep.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="--dims must be positive"):
         sweep.main(["--dims", "0", "--out", str(tmp_path)])
 
@@ -124,18 +86,3 @@ def test_kernel_ridge_matches_a_direct_solve():
     masked = nonlinear.kernel_ridge(t.x, t.y, t.x_query, bandwidth=0.7, reg=1e-3, mask=mask)
     first = nonlinear.kernel_ridge(t.x[:, :4], t.y[:, :4], t.x_query, bandwidth=0.7, reg=1e-3)
     np.testing.assert_allclose(masked, first, rtol=1e-9)
-
-
-def test_nonlinear_trains_and_compares(tmp_path):
-    from experiments import nonlinear
-
-    summary = nonlinear.main(["--steps", "60", "--eval-every", "30", "--n-context", "8",
-                              "--batch-size", "64", "--out", str(tmp_path)])  # fmt: skip
-    losses = summary["losses"]
-    assert set(losses) == {"trained", "gd_raw_input", "kernel_ridge_rbf", "gd_learned_features",
-                           "zero_predictor"}  # fmt: skip
-    # Tuned kernel ridge fits noise-free sines far better than predicting zero.
-    assert losses["kernel_ridge_rbf"] < 0.1 * losses["zero_predictor"]
-    assert len(summary["loss_vs_context"]["trained"]) == 8
-    for name in summary["figures"]:
-        assert (tmp_path / name).stat().st_size > 1000

@@ -425,7 +425,7 @@ def test_gdssm_sequential_equals_associative(cfg):
     assert_close(call(seq, tokens), call(par, tokens))
 
 
-@pytest.mark.parametrize("impl", sorted(scan.IMPLEMENTATIONS))
+@pytest.mark.parametrize("impl", [*sorted(scan.IMPLEMENTATIONS), "chunked"])
 @pytest.mark.parametrize("cfg", GDSSM_PARAMS)
 def test_gdssm_recurrent_equals_parallel_every_window(cfg, impl):
     model = random_model(cfg, impl, seed=2)
@@ -435,6 +435,28 @@ def test_gdssm_recurrent_equals_parallel_every_window(cfg, impl):
     want = recurrent_reference(model, tokens)
     assert np.abs(want).max() > 1e-3  # random parameters give a non-trivial output
     assert_close(out, want)
+
+
+CHUNK_CASES = [(c, 3) for c in GDSSM_CONFIGS] + [(GDSSM_CONFIGS[2], 1), (GDSSM_CONFIGS[5], 16)]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "chunk"), CHUNK_CASES, ids=[f"{'-'.join(map(str, c))}-chunk{k}" for c, k in CHUNK_CASES]
+)
+def test_gdssm_chunked_equals_associative_values_and_gradients(cfg, chunk):
+    """Several chunks, a last one part full, or one chunk longer than the sequence (N = 10)."""
+    par = random_model(cfg, "associative", seed=5)
+    chunked = random_model(cfg, "chunked", seed=5)
+    chunked.chunk = chunk
+    tokens = jnp.asarray(random_tokens(par, seed=5, n=10))
+
+    def loss(model):
+        return jnp.sum(jnp.sin(model(tokens)))
+
+    assert_close(call(chunked, tokens), call(par, tokens))
+    grads = [nnx.grad(loss)(m) for m in (chunked, par)]
+    for a, b in zip(*(jax.tree.leaves(g) for g in grads), strict=True):
+        assert_close(a, b)
 
 
 @pytest.mark.parametrize("cfg", GDSSM_PARAMS)
@@ -485,6 +507,7 @@ def test_gdssm_output_shape_and_causality(cfg, n):
         ((2, 3), dict(layout="constructed"), r"d_out=1.*got d_out=3"),
         ((2, 1), dict(parametrization="exp"), "parametrization must be one of"),
         ((2, 1), dict(impl="fft"), "impl must be one of"),
+        ((2, 1), dict(impl="chunked", chunk=0), "chunk must be a positive integer; got 0"),
     ],
 )
 def test_gdssm_rejects_bad_arguments(args, kwargs, match):

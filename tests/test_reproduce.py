@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import reproduce
 
 
 def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
+    # One run (a few minutes) serves every check below; each experiment's own checks follow.
     seconds = reproduce.main(["--quick", "--results", str(tmp_path)])
     assert list(seconds) == list(reproduce.EXPERIMENTS)
     text = (tmp_path / "REPORT.md").read_text()
@@ -21,8 +23,56 @@ def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
                     "Size sweep", "Non-linear", "construction equals"):  # fmt: skip
         assert heading in text
     # A quick run still learns: the default linear run is near GD after 300 steps.
-    linear = json.loads((tmp_path / "linear" / "summary.json").read_text())
+    linear = _summary(tmp_path, "linear")
     assert linear["val_loss"] / linear["gd_loss"] < 1.05 and linear["model_cos"] > 0.99
+    check_multistep_runs_each_k(tmp_path)
+    check_ood_evaluates_every_shift(tmp_path)
+    check_sweep_runs_each_size(tmp_path)
+    check_nonlinear_compares_every_baseline(tmp_path)
+
+
+def _summary(results, name):
+    return json.loads((results / name / "summary.json").read_text())
+
+
+def check_multistep_runs_each_k(quick):
+    summary = _summary(quick, "multistep")
+    assert [r["n_steps"] for r in summary["rows"]] == [1, 2]
+    for r in summary["rows"]:
+        assert r["gd_loss"] > 0 and r["val_loss"] > 0 and -1 <= r["model_cos"] <= 1
+    history = (quick / "multistep" / "history.jsonl").read_text().splitlines()
+    assert {json.loads(line)["n_steps"] for line in history} == {1, 2}
+
+
+def check_ood_evaluates_every_shift(quick):
+    from experiments import ood
+
+    summary = _summary(quick, "ood")
+    assert [r["x_scale"] for r in summary["x_stretch"]] == list(ood.X_STRETCH)
+    assert [r["w_scale"] for r in summary["w_stretch"]] == list(ood.W_STRETCH)
+    assert [r["dist"] for r in summary["distribution"]] == ["uniform", "normal", "laplace",
+                                                            "exponential"]  # fmt: skip
+    # Every shift reuses one key, so a stretched map is the same map scaled: GD is linear in y,
+    # its loss exactly quadratic in the scale (float32 sums of 4096 terms: ~1e-6 relative).
+    w = {r["w_scale"]: r["gd_loss"] for r in summary["w_stretch"]}
+    np.testing.assert_allclose(w[5.0] / w[1.0], 25.0, rtol=1e-4)
+
+
+def check_sweep_runs_each_size(quick):
+    summary = _summary(quick, "sweep")
+    assert [(r["d"], r["n_context"]) for r in summary["rows"]] == [(5, 5), (5, 10)]  # fmt: skip
+    for r in summary["rows"]:
+        assert r["gd_loss"] > 0 and r["lsq_loss"] >= 0 and -1 <= r["model_cos"] <= 1
+
+
+def check_nonlinear_compares_every_baseline(quick):
+    summary = _summary(quick, "nonlinear")
+    losses = summary["losses"]
+    assert set(losses) == {"trained", "gd_raw_input", "kernel_ridge_rbf", "gd_learned_features",
+                           "zero_predictor"}  # fmt: skip
+    # Tuned kernel ridge fits noise-free sines far better than predicting zero.
+    assert losses["kernel_ridge_rbf"] < 0.1 * losses["zero_predictor"]
+    assert len(summary["loss_vs_context"]["trained"]) == summary["config"]["n_context"]
 
 
 def test_unknown_experiment_is_rejected(tmp_path):

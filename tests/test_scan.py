@@ -431,3 +431,67 @@ def test_gradients_agree(kind):
             numeric = (plus[key] - minus[key]) / 2e-6
             analytic = sum(jnp.vdot(x, dx) for x, dx in zip(gk, d, strict=True))
             np.testing.assert_allclose(analytic, numeric, rtol=1e-7, err_msg=str(key))
+
+
+# --- chunked_readout ---------------------------------------------------------------------------
+
+
+def _readout_reference(lam, b, v):
+    """``o_t = h_t v_t`` from a plain loop over ``h_t = Λ ⊙ h_{t−1} + b_t``."""
+    lam, b, v = (np.asarray(x, np.float64) for x in (lam, b, v))
+    h = np.zeros((b.shape[0], *lam.shape))
+    out = []
+    for t in range(b.shape[1]):
+        h = lam * h + b[:, t]
+        out.append(np.einsum("brk,bk->br", h, v[:, t]))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 13, 50])
+def test_chunked_readout_equals_loop(chunk):
+    # T = 13: chunks that divide it, do not, equal it and exceed it. Signed Λ, R ≠ H.
+    rng = np.random.default_rng(chunk)
+    lam = rng.uniform(-1.0, 1.0, size=(2, 3))
+    x = rng.normal(size=(4, 13, 2, 3))
+    v = rng.normal(size=(4, 13, 3))
+    got = fast_jit(lambda lam, x, v: scan.chunked_readout(lam, jnp.tanh, x, v, chunk=chunk))(
+        lam, x, v
+    )
+    np.testing.assert_allclose(got, _readout_reference(lam, np.tanh(x), v), **TOL)
+
+
+def test_chunked_readout_gradient_equals_the_materialised_states():
+    rng = np.random.default_rng(0)
+    lam, b, v = (
+        rng.uniform(0.5, 1, (2, 3)),
+        rng.normal(size=(2, 11, 2, 3)),
+        rng.normal(size=(2, 11, 3)),
+    )
+
+    def chunked(lam, b, v):
+        return jnp.sum(jnp.cos(scan.chunked_readout(lam, lambda x: x, b, v, chunk=4)))
+
+    def materialised(lam, b, v):
+        h, _ = linear_recurrence(lam, b, axis=1)
+        return jnp.sum(jnp.cos(jnp.einsum("btrk,btk->btr", h, v)))
+
+    got = fast_jit(jax.grad(chunked, argnums=(0, 1, 2)))(lam, b, v)
+    want = fast_jit(jax.grad(materialised, argnums=(0, 1, 2)))(lam, b, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("lam_shape", "v_shape", "chunk", "match"),
+    [
+        ((2, 3), (1, 5, 3), 0, "chunk must be a positive integer; got 0"),
+        ((2, 3), (1, 5, 3), 2.0, "chunk must be a positive integer; got 2.0"),
+        ((3,), (1, 5, 3), 2, r"lam must be \(R, H\) and v \(B, T, H\)"),
+        ((2, 3), (1, 5, 4), 2, r"same H; got \(2, 3\) and \(1, 5, 4\)"),
+    ],
+)
+def test_chunked_readout_rejects_bad_arguments(lam_shape, v_shape, chunk, match):
+    with pytest.raises(ValueError, match=match):
+        scan.chunked_readout(
+            jnp.ones(lam_shape), lambda x: x, jnp.ones((1, 5, 2, 3)), jnp.ones(v_shape), chunk=chunk
+        )

@@ -1,0 +1,251 @@
+"""Benchmark: the scan and the GD-SSM forward / forward+backward, per implementation, side by side.
+
+    python -m experiments.bench [--out results/bench] [--quick] [--n 10 100 1000] [--d 10 50]
+                                [--batch 64 2048] [--impls associative sequential chunked]
+
+For each grid point (context N, width d, batch B; interleaved tokens, d_out = d, one GD step) and
+each implementation it measures the compile time, the steady-state time (median of repeats, after
+``block_until_ready``), tokens/s (``B·L`` per second) and the memory XLA assigns to the compiled
+program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Beside them:
+
+* ``loop-per-dimension``: the baseline, written here only for comparison. It mirrors the published
+  code's approach: a Python loop over the state's rows, each around its own sequential
+  ``lax.scan`` over time, so its program (and compile time) grows with d.
+* ``copy``: the lower bound, a program that reads the tokens and writes as many bytes back.
+
+Points whose materialised states would pass ``--max-gb`` are skipped for the implementations that
+build them (and said so in the JSON). Writes ``<out>/<device>.json`` and ``<out>/<device>.png``.
+Timings are for comparison within one run on one machine; they are not asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+from flax import nnx
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ssm_gd import scan  # noqa: E402
+from ssm_gd.layers import GDSSM, GDSSMInit, decay_init, windows  # noqa: E402
+
+IMPLS = ("associative", "sequential", "chunked")
+PASSES = ("scan", "forward", "forward+backward")
+
+
+def loop_per_dimension(model: GDSSM, tokens):
+    """The baseline GD-SSM forward (K = 1): one sequential scan per state row, in a Python loop."""
+    x = windows(tokens, model.window, model.stride)  # (B, T, 3, H)
+    q, lam = model.yx_attention.q[...], model.yx_recurrence.lam
+    query = jnp.einsum("btah,a->bth", x, model.d[...])
+    right = jnp.einsum("ab,btbh->btah", q, x)  # U_t = Σ_a X_t[a] right_t[a]ᵀ
+    out = 0.0
+    for j in range(lam.shape[0]):  # one scan per row of the state
+
+        def body(s, inputs, j=j):
+            xt, rt, qt = inputs
+            s = lam[j] * s + jnp.einsum("ba,bah->bh", xt[:, :, j], rt)
+            return s, jnp.einsum("bh,bh->b", s, qt)
+
+        inputs = (jnp.moveaxis(x, 1, 0), jnp.moveaxis(right, 1, 0), jnp.moveaxis(query, 1, 0))
+        _, row = jax.lax.scan(body, jnp.zeros((x.shape[0], x.shape[-1]), x.dtype), inputs)
+        out = out + jnp.einsum("o,tb->bto", model.c_y[...][:, j], row)
+    return out
+
+
+def _model(d: int, impl: str, chunk: int) -> GDSSM:
+    init = GDSSMInit(lam=decay_init(0.99))
+    return GDSSM(d, d, impl=impl, chunk=chunk, init=init, rngs=nnx.Rngs(0))
+
+
+def _programs(model: GDSSM, impl: str):
+    """``{pass: f(params, tokens)}`` for one implementation (``None`` where it has no such pass)."""
+    graphdef, params = nnx.split(model)
+
+    def forward(params, tokens):
+        m = nnx.merge(graphdef, params)
+        if impl == "loop-per-dimension":
+            return loop_per_dimension(m, tokens)
+        return m(tokens)
+
+    def loss(params, tokens):
+        return jnp.mean(forward(params, tokens) ** 2)
+
+    def scan_only(params, tokens):
+        m = nnx.merge(graphdef, params)
+        x = windows(tokens, m.window, m.stride)
+        u = m.yx_attention.products(x)
+        if impl == "chunked":
+            v = x[:, :, -1]
+            lam = m.yx_recurrence.lam
+            return scan.chunked_readout(lam, m.yx_attention.products, x, v, chunk=m.chunk)
+        return m.yx_recurrence(u)
+
+    return params, {
+        "scan": None if impl == "loop-per-dimension" else scan_only,
+        "forward": forward,
+        "forward+backward": jax.grad(loss),
+    }
+
+
+def _time(fn, args, repeats: int, budget: float):
+    """(compile seconds, median steady seconds, memory bytes) of ``jit(fn)(*args)``."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    memory = None
+    if mem is not None:
+        memory = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
+    jax.block_until_ready(compiled(*args))  # warm up
+    times = []
+    spent = time.perf_counter()
+    while len(times) < repeats and (len(times) < 2 or time.perf_counter() - spent < budget):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, statistics.median(times), memory
+
+
+def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, budget: float,
+              max_gb: float) -> dict:  # fmt: skip
+    tokens = jax.random.uniform(jax.random.key(0), (batch, 2 * n + 1, d), jnp.float32, -0.5, 0.5)
+    point = {"n_context": n, "d": d, "batch": batch, "tokens": batch * (2 * n + 1), "results": {}}
+    states_gb = batch * n * d * d * 4 / 2**30
+    copy_s = _time(lambda t: -t, (tokens,), repeats, budget)
+    point["copy"] = {"seconds": copy_s[1], "bytes": 2 * tokens.size * 4}
+    for impl in [*impls, "loop-per-dimension"]:
+        materialises = impl in ("associative", "sequential", "loop-per-dimension")
+        # The baseline holds one row of states at a time (a d-th of the rest) but keeps d scans.
+        need = states_gb / d if impl == "loop-per-dimension" else states_gb
+        if materialises and need * 3 > max_gb:
+            point["results"][impl] = {"skipped": f"states alone need {need:.1f} GB (x3 for AD)"}
+            continue
+        model = _model(d, "chunked" if impl == "chunked" else "associative", chunk)
+        if impl == "sequential":
+            model = _model(d, "sequential", chunk)
+        params, programs = _programs(model, impl)
+        row = {}
+        for name, fn in programs.items():
+            if fn is None:
+                continue
+            compile_s, steady, memory = _time(fn, (params, tokens), repeats, budget)
+            row[name] = {
+                "compile_seconds": compile_s,
+                "seconds": steady,
+                "tokens_per_second": point["tokens"] / steady,
+                "memory_bytes": memory,
+            }
+        point["results"][impl] = row
+    base = point["results"].get("loop-per-dimension", {})
+    for row in point["results"].values():
+        for name, r in row.items() if "skipped" not in row else ():
+            if name in base:
+                r["speedup_vs_loop"] = base[name]["seconds"] / r["seconds"]
+                if r["memory_bytes"] and base[name]["memory_bytes"]:
+                    r["memory_ratio_vs_loop"] = base[name]["memory_bytes"] / r["memory_bytes"]
+            if name == "forward":
+                r["ratio_to_copy"] = r["seconds"] / point["copy"]["seconds"]
+    return point
+
+
+def _device_name() -> str:
+    dev = jax.devices()[0]
+    kind = dev.device_kind if dev.platform != "cpu" else f"cpu-{platform.machine()}"
+    return f"{kind}-x{jax.device_count()}".replace(" ", "_").lower()
+
+
+def _figure(points, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for d, ax in zip(sorted({p["d"] for p in points}), axes, strict=False):
+        for impl in [*IMPLS, "loop-per-dimension"]:
+            for batch, style in zip(
+                sorted({p["batch"] for p in points}), ("-", "--"), strict=False
+            ):
+                xs, ys = [], []
+                for p in points:
+                    r = p["results"].get(impl, {}).get("forward+backward")
+                    if p["d"] == d and p["batch"] == batch and r:
+                        xs.append(p["n_context"])
+                        ys.append(r["tokens_per_second"])
+                if xs:
+                    ax.loglog(xs, ys, style, marker="o", ms=3, label=f"{impl}, B={batch}")
+        ax.set(title=f"forward+backward, d = {d}", xlabel="N (context pairs)", ylabel="tokens/s")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--n", type=int, nargs="+", default=[10, 100, 1000, 10_000, 100_000])
+    parser.add_argument("--d", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 2048])
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="steady-state calls per program")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per program")
+    parser.add_argument("--max-gb", type=float, default=8.0, help="skip bigger materialised states")
+    parser.add_argument("--max-tokens", type=float, default=3e7, help="skip bigger B·L points")
+    parser.add_argument("--quick", action="store_true", help="N ∈ {10, 100}, d = 10, B = 64")
+    args = parser.parse_args(argv)
+    for name in ("n", "d", "batch"):
+        if any(v <= 0 for v in getattr(args, name)):
+            raise ValueError(f"--{name} must be positive integers; got {getattr(args, name)}")
+    if args.quick:
+        args.n, args.d, args.batch = [10, 100], [10], [64]
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device_name()
+    points, skipped = [], []
+    for d in args.d:
+        for batch in args.batch:
+            for n in args.n:
+                if batch * (2 * n + 1) > args.max_tokens:
+                    skipped.append({"n_context": n, "d": d, "batch": batch, "why": "--max-tokens"})
+                    print(f"skip N={n} d={d} B={batch}: B·L over --max-tokens", flush=True)
+                    continue
+                p = run_point(n, d, batch, args.impls, chunk=args.chunk, repeats=args.repeats,
+                              budget=args.budget, max_gb=args.max_gb)  # fmt: skip
+                points.append(p)
+                print(_row(p), flush=True)
+    result = {
+        "device": device,
+        "devices": [str(x) for x in jax.devices()],
+        "jax": jax.__version__,
+        "chunk": args.chunk,
+        "points": points,
+        "skipped": skipped,
+    }
+    (out / f"{device}.json").write_text(json.dumps(result, indent=2))
+    _figure(points, out / f"{device}.png")
+    print(f"wrote {out}/{device}.json and {device}.png")
+    return result
+
+
+def _row(p) -> str:
+    parts = [f"N={p['n_context']:>6} d={p['d']:>2} B={p['batch']:>4}"]
+    for impl, row in p["results"].items():
+        r = row.get("forward+backward") if "skipped" not in row else None
+        if r:
+            extra = f" ({r['speedup_vs_loop']:.1f}x)" if "speedup_vs_loop" in r else ""
+            parts.append(f"{impl} {r['seconds'] * 1e3:.2f} ms{extra}")
+        else:
+            parts.append(f"{impl} skipped")
+    return " | ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
