@@ -48,7 +48,7 @@ def loop_per_dimension(model: GDSSM, tokens):
     x = windows(tokens, model.window, model.stride)  # (B, T, 3, H)
     q, lam = model.yx_attention.q[...], model.yx_recurrence.lam
     query = jnp.einsum("btah,a->bth", x, model.d[...])
-    right = jnp.einsum("ab,btbh->btah", q, x)  # U_t = Σ_a X_t[a] right_t[a]ᵀ
+    right = jnp.einsum("ac,btch->btah", q, x)  # U_t = Σ_a X_t[a] right_t[a]ᵀ
     out = 0.0
     for j in range(lam.shape[0]):  # one scan per row of the state
 

@@ -86,3 +86,17 @@ def test_kernel_ridge_matches_a_direct_solve():
     masked = nonlinear.kernel_ridge(t.x, t.y, t.x_query, bandwidth=0.7, reg=1e-3, mask=mask)
     first = nonlinear.kernel_ridge(t.x[:, :4], t.y[:, :4], t.x_query, bandwidth=0.7, reg=1e-3)
     np.testing.assert_allclose(masked, first, rtol=1e-9)
+
+
+def test_bench_baseline_computes_the_same_model():
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import bench
+
+    model = bench._model(4, "associative", 32)
+    tokens = jax.random.uniform(jax.random.key(0), (3, 2 * 9 + 1, 4), jnp.float32, -0.5, 0.5)
+    want = model(tokens)
+    np.testing.assert_allclose(bench.loop_per_dimension(model, tokens), want, rtol=2e-5, atol=2e-6)
+    chunked = bench._model(4, "chunked", 4)
+    np.testing.assert_allclose(chunked(tokens), want, rtol=2e-5, atol=2e-6)
