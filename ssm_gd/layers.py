@@ -284,7 +284,11 @@ AUTO_STATE_LIMIT = 2**24
 
 
 def auto_impl(state_entries: int) -> str:
-    """``"chunked"`` when a branch's states hold more than :data:`AUTO_STATE_LIMIT` entries."""
+    """``"chunked"`` when a branch's states hold more than :data:`AUTO_STATE_LIMIT` entries.
+
+    A memory rule (2^24 float32 entries = 64 MiB per branch), not yet a speed rule: the choice
+    per backend and size from ``experiments.bench`` measurements is still to be made.
+    """
     return "chunked" if state_entries > AUTO_STATE_LIMIT else "associative"
 
 
