@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ssm_gd import scan  # noqa: E402
+from ssm_gd import plots, scan  # noqa: E402
 from ssm_gd.layers import GDSSM, GDSSMInit, decay_init, windows  # noqa: E402
 
 IMPLS = ("associative", "sequential", "chunked")
@@ -182,9 +182,7 @@ def _figure(points, path):
                     ax.loglog(xs, ys, style, marker="o", ms=3, label=f"{impl}, B={batch}")
         ax.set(title=f"forward+backward, d = {d}", xlabel="N (context pairs)", ylabel="tokens/s")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ssm_gd import train  # noqa: E402
+from ssm_gd import plots, train  # noqa: E402
 
 
 def main(argv=None):
@@ -92,18 +92,14 @@ def main(argv=None):
     ax.axhline(rows[0]["lsq_loss"], color="gray", ls=":", label="least squares")
     ax.set(xlabel="K (GD steps)", ylabel="query loss", xticks=ks)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_k.png", dpi=120)
-    plt.close(fig)
+    plots.save(fig, out / "loss_vs_k.png")
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.semilogy(ks, [1 - r["model_cos"] for r in rows], "o-", label="1 − model_cos")
     ax.semilogy(ks, [abs(r["loss_ratio"] - 1) for r in rows], "s-", label="|loss ratio − 1|")
     ax.semilogy(ks, [r["param_match_error"] for r in rows], "^-", label="param_match_error")
     ax.set(xlabel="K (GD steps)", ylabel="distance to K-step GD", xticks=ks)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "alignment_vs_k.png", dpi=120)
-    plt.close(fig)
+    plots.save(fig, out / "alignment_vs_k.png")
     print(f"wrote {out}/summary.json and figures ({summary['wall_seconds']:.0f} s)")
     return summary
 

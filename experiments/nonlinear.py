@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ssm_gd import gd, tasks  # noqa: E402
+from ssm_gd import gd, plots, tasks  # noqa: E402
 from ssm_gd.layers import GDSSM, GDSSMInit, identity_init  # noqa: E402
 
 
@@ -207,17 +207,13 @@ def main(argv=None):
         ax.plot(e.x[i, :, 0], e.y[i, :, 0], "C3o", ms=4, label="context")
         ax.set_title(f"task {i}", fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
-    plt.close(fig)
+    plots.save(fig, out / "curves.png")
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, values in per_t.items():
         ax.semilogy(np.arange(1, len(values) + 1), values, "o-", ms=3, label=name)
     ax.set(xlabel="context points", ylabel="loss of the next prediction")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_context.png", dpi=120)
-    plt.close(fig)
+    plots.save(fig, out / "loss_vs_context.png")
     for name, value in losses.items():
         print(f"{name:<22} {value:.5f}")
     print(f"wrote {out}/summary.json and figures ({summary['wall_seconds']:.0f} s)")

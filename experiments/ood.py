@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from experiments import linear  # noqa: E402
-from ssm_gd import metrics, tasks, train  # noqa: E402
+from ssm_gd import metrics, plots, tasks, train  # noqa: E402
 
 X_STRETCH = (0.5, 0.75, 1.0, 1.5, 2.0)
 W_STRETCH = (0.5, 1.0, 2.0, 3.0, 5.0)
@@ -118,9 +118,7 @@ def main(argv=None):
                          "o-", label=f"model_cos vs {key}")  # fmt: skip
     axes[2].set(xlabel="stretch", ylabel="model_cos")
     axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "stretch.png", dpi=120)
-    plt.close(fig)
+    plots.save(fig, out / "stretch.png")
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     names = [r["dist"] for r in rows["distribution"]]
     pos = range(len(names))
@@ -129,9 +127,7 @@ def main(argv=None):
     ax.set_xticks(list(pos), names)
     ax.set(ylabel="query loss", title="inputs with the training variance")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "distributions.png", dpi=120)
-    plt.close(fig)
+    plots.save(fig, out / "distributions.png")
 
     print(f"{'shift':<22} {'model':>9} {'GD':>9} {'ratio':>7} {'model_cos':>9}")
     for name, key in (("x_stretch", "x_scale"), ("w_stretch", "w_scale"), ("distribution", "dist")):

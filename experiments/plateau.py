@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ssm_gd import train  # noqa: E402
+from ssm_gd import plots, train  # noqa: E402
 
 
 def reached_gd(summary) -> bool:
@@ -88,8 +88,7 @@ def main(argv=None):
     ax.set(xlabel="training step", ylabel="validation loss / GD loss",
            title=f"{seeds} seeds per initialisation")  # fmt: skip
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "plateau.png", dpi=120)
+    plots.save(fig, out / "plateau.png")
     print(
         "reached GD: "
         + ", ".join(f"{k} {v}/{seeds}" for k, v in summary["reached_gd"].items())

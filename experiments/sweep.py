@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ssm_gd import train  # noqa: E402
+from ssm_gd import plots, train  # noqa: E402
 
 
 def main(argv=None):
@@ -92,9 +92,7 @@ def main(argv=None):
                 label=f"GD best η, N = {ratio}d")  # fmt: skip
     ax.set(xlabel="d", ylabel="query loss", title=f"{args.layout} tokens, scalar labels")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=120)
-    plt.close(fig)
+    plots.save(fig, out / "sweep.png")
     print(f"wrote {out}/summary.json and sweep.png ({summary['wall_seconds']:.0f} s)")
     return summary
 

@@ -11,10 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["alignment_curves", "icl_curve", "loss_curve", "parameters"]
+__all__ = ["alignment_curves", "icl_curve", "loss_curve", "parameters", "save"]
 
 
-def _save(fig, path):
+def save(fig, path):
+    """Lay out, write ``path`` (PNG, 120 dpi; its folder made) and close ``fig``."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -37,7 +38,7 @@ def loss_curve(history, path, *, gd_loss: float, lsq_loss: float | None = None, 
         ax.axhline(lsq_loss, color="gray", ls=":", lw=1, label=f"least squares ({lsq_loss:.3f})")
     ax.set(xlabel="training step", ylabel="query loss", title=title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def alignment_curves(history, path, *, title=""):
@@ -55,7 +56,7 @@ def alignment_curves(history, path, *, title=""):
         ax.semilogy(steps, np.maximum(values, 1e-12), "o-", label=name)
     ax.set(xlabel="training step", ylabel="distance to GD", title=title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def parameters(trained: dict, constructed: dict, path, *, title=""):
@@ -72,7 +73,7 @@ def parameters(trained: dict, constructed: dict, path, *, title=""):
             axes[i, j].set_yticks([])
             fig.colorbar(im, ax=axes[i, j], fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def icl_curve(curves: dict[str, np.ndarray], path, *, title=""):
@@ -82,4 +83,4 @@ def icl_curve(curves: dict[str, np.ndarray], path, *, title=""):
         ax.semilogy(np.arange(1, len(values) + 1), values, "o-", ms=3, label=name)
     ax.set(xlabel="in-context examples", ylabel="loss of the next prediction", title=title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
