@@ -12,6 +12,13 @@ parameter       value                   effect
 ``C_y, C_x``    ``c I``                 ``ŷ_t = W_K x_{t+1}`` on the prefix of ``t`` pairs
 ==============  ======================  =========================================
 
+Two neighbours of plain GD come from the same table (DESIGN.md §1), for any K:
+
+* ``preconditioner=Γ``: ``D_3 = Γ`` (the matrix query map) and ``C_x = c Γ`` give preconditioned GD,
+  ``W_{k+1} = W_k − η ∇L(W_k) Γ``;
+* ``decay=λ``: ``Λ_y = Λ_x = λ`` gives sample-weighted GD, on the prefix of ``t`` pairs the loss
+  ``1/(2N) Σ_{i≤t} λ^{t−i} ||W x_i − y_i||²`` (the recent pairs count most).
+
 The model is *built* from these values through the modules' initializers; no parameter is
 edited after construction.
 """
@@ -51,28 +58,50 @@ def _constant_fill(value: float):
     return init
 
 
-def gd_ssm_values(*, d_in: int, d_out: int, n_context: int, lr: float, layout: str = "interleaved"):
+def gd_ssm_values(
+    *,
+    d_in: int,
+    d_out: int,
+    n_context: int,
+    lr: float,
+    layout: str = "interleaved",
+    preconditioner=None,
+    decay: float | None = None,
+):
     """The constructed parameter values as numpy arrays (float64), keyed by role.
 
-    Keys: ``q_y`` (``(3, 3)``, or ``(3,)`` constructed), ``q_x`` ``(3, 3)``, ``d`` ``(3,)``,
-    ``c_y`` ``(d_out, R)``, ``c_x`` ``(h, h)``, ``lam`` (the value of every ``Λ``).
+    Keys: ``q_y`` (``(3, 3)``, or ``(3,)`` constructed), ``q_x`` ``(3, 3)``, ``d`` (``(3,)``, or
+    ``(3, h, h)`` with a ``preconditioner``), ``c_y`` ``(d_out, R)``, ``c_x`` ``(h, h)``, ``lam``
+    (the value of every ``Λ``: ``decay``, or 1).
     """
     check_layout(layout, d_in, d_out)
     if isinstance(n_context, bool) or not isinstance(n_context, int) or n_context <= 0:
         raise ValueError(f"n_context must be a positive integer; got {n_context!r}")
     if not np.isfinite(lr):
         raise ValueError(f"lr must be a finite number; got {lr!r}")
+    if decay is not None and not (isinstance(decay, int | float) and np.isfinite(decay)):
+        raise ValueError(f"decay must be a finite number or None; got {decay!r}")
     c = float(lr) / n_context
     e = np.eye(3)
     h = max(d_in, d_out) if layout == "interleaved" else d_in
     rows = h if layout == "interleaved" else 1
+    gamma = np.eye(h)
+    if preconditioner is not None:
+        p = np.asarray(preconditioner, np.float64)
+        if p.shape != (d_in, d_in) or not np.all(np.isfinite(p)):
+            raise ValueError(
+                f"preconditioner must be a finite (d_in, d_in) = ({d_in}, {d_in}) matrix; "
+                f"got shape {p.shape}"
+            )
+        gamma = np.zeros((h, h))
+        gamma[:d_in, :d_in] = p
     return {
         "q_y": np.outer(e[1], e[0]) if layout == "interleaved" else e[1],
         "q_x": np.outer(e[0], e[0]),
-        "d": e[2],
+        "d": e[2] if preconditioner is None else e[2][:, None, None] * gamma,
         "c_y": c * np.eye(d_out, rows),
-        "c_x": c * np.eye(h),
-        "lam": 1.0,
+        "c_x": c * gamma,
+        "lam": 1.0 if decay is None else float(decay),
     }
 
 
@@ -85,6 +114,8 @@ def gd_ssm(
     steps: int = 1,
     layout: str = "interleaved",
     impl: str = "associative",
+    preconditioner=None,
+    decay: float | None = None,
     dtype=jnp.float32,
 ) -> GDSSM:
     """A :class:`~ssm_gd.layers.GDSSM` whose predictions are exactly K-step GD with step size ``lr``.
@@ -92,8 +123,15 @@ def gd_ssm(
     ``model(tokens(task, layout))`` has shape ``(B, N, d_out)`` and equals
     :func:`ssm_gd.gd.predict_prefixes` (its last window: :func:`ssm_gd.gd.predict`) up to float
     rounding, for contexts of ``n_context`` pairs (the ``1/N`` normaliser is built into ``C``).
+
+    With ``preconditioner`` ``Γ`` ``(d_in, d_in)`` (a model with ``query_map="matrix"``) each step
+    is ``W ← W − η ∇L(W) Γ``; with ``decay`` ``λ`` the loss on the prefix of ``t`` pairs weighs
+    pair ``i`` by ``λ^{t−i}``. One step of both: ``W_1 = (η/N) Σ_i λ^{N−i} y_i x_iᵀ Γ``.
     """
-    v = gd_ssm_values(d_in=d_in, d_out=d_out, n_context=n_context, lr=lr, layout=layout)
+    v = gd_ssm_values(
+        d_in=d_in, d_out=d_out, n_context=n_context, lr=lr, layout=layout,
+        preconditioner=preconditioner, decay=decay,
+    )  # fmt: skip
     init = GDSSMInit(
         q_y=_constant(v["q_y"]),
         q_x=_constant(v["q_x"]),
@@ -109,6 +147,7 @@ def gd_ssm(
         layout=layout,
         init=init,
         impl=impl,
+        query_map="vector" if preconditioner is None else "matrix",
         param_dtype=dtype,
         rngs=nnx.Rngs(0),
     )

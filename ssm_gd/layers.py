@@ -38,6 +38,7 @@ from ssm_gd.tasks import check_layout, token_width
 __all__ = [
     "GDSSM",
     "GDSSMInit",
+    "QUERY_MAPS",
     "DiagonalRecurrence",
     "LocalMixing",
     "LocalSelfAttention",
@@ -134,6 +135,13 @@ class LocalSelfAttention(nnx.Module):
         """``U_t`` ``(B, T, H, H)`` from windows ``x`` ``(B, T, window, H)``."""
         return local_self_attention(x, self.q[...])
 
+    def factors(self, x: Array) -> tuple[Array, Array]:
+        """``(left, right)`` with ``U_t = Σ_a left_{t,a} right_{t,a}ᵀ``: ``X_t`` and ``Q X_t``.
+
+        ``x`` ``(…, window, H)`` with any leading axes; both factors have its shape.
+        """
+        return x, jnp.einsum("ac,...ch->...ah", self.q[...], x)
+
     def __call__(self, tokens: Array) -> Array:
         return self.products(windows(tokens, self.window, self.stride))
 
@@ -161,6 +169,11 @@ class LocalMixing(nnx.Module):
     def products(self, x: Array) -> Array:
         """``U_t`` ``(B, T, 1, H)`` from windows ``x`` ``(B, T, window, H)``."""
         return jnp.einsum("btah,a->bth", x, self.p[...])[:, :, None, :]
+
+    def factors(self, x: Array) -> tuple[Array, Array]:
+        """``(left, right)`` with ``U_t = left_t right_tᵀ``: ``1`` ``(…, 1, 1)`` and ``Pᵀ X_t`` ``(…, 1, H)``."""
+        right = jnp.einsum("...ah,a->...h", x, self.p[...])[..., None, :]
+        return jnp.ones((*right.shape[:-1], 1), right.dtype), right
 
     def __call__(self, tokens: Array) -> Array:
         return self.products(windows(tokens, self.window, self.stride))
@@ -266,8 +279,9 @@ def identity_init(key, shape, dtype=jnp.float32) -> Array:
 class GDSSMInit:
     """Initializers ``(key, shape, dtype) → array`` for each parameter of a :class:`GDSSM`.
 
-    Defaults: ``Q ~ N(0, 0.1²)``, ``Λ = 1``, ``C = I``, ``D ~ N(0, 1)``. ``q_y`` also serves
-    ``P_y`` in the constructed layout; ``lam`` serves both recurrences unless ``lam_x`` is set.
+    Defaults: ``Q ~ N(0, 0.1²)``, ``Λ = 1``, ``C = I``, ``D ~ N(0, 1)`` (``query_map="vector"``)
+    or ``D_a ~ N(0, 1/h)`` entrywise (``query_map="matrix"``). ``q_y`` also serves ``P_y`` in the
+    constructed layout; ``lam`` serves both recurrences unless ``lam_x`` is set.
     """
 
     q_y: Initializer = nnx.initializers.normal(0.1)
@@ -276,10 +290,11 @@ class GDSSMInit:
     lam_x: str | Initializer | None = None
     c_y: Initializer = identity_init
     c_x: Initializer = identity_init
-    d: Initializer = nnx.initializers.normal(1.0)
+    d: Initializer | None = None
 
 
 IMPLS = ("associative", "sequential", "chunked", "auto")
+QUERY_MAPS = ("vector", "matrix")
 AUTO_STATE_LIMIT = 2**24
 
 
@@ -302,7 +317,9 @@ class GDSSM(nnx.Module):
     * the x·x branch (``n_steps > 1``): ``U^x_t = X_tᵀ Q_x X_t`` and ``S^x_t = Λ_x ⊙ S^x_{t−1} + U^x_t``;
 
     and the readout composes them step by step (:func:`gd_readout`), reading only ``S_t`` and the
-    query of window ``t``: every position is causal, a prediction for ``x_{t+1}`` from the first
+    query of window ``t``, ``v_t = Σ_a D_a X_t[a]`` (``query_map="vector"``: ``D_a`` scalars;
+    ``"matrix"``: ``D_a`` ``(h, h)`` matrices, so ``D_3 = Γ`` makes the readout a preconditioner,
+    ``W = (η/N) S^y Γ``): every position is causal, a prediction for ``x_{t+1}`` from the first
     ``t`` pairs; the last window is the query's prediction.
 
     Layouts (:func:`ssm_gd.tasks.tokens`):
@@ -316,13 +333,15 @@ class GDSSM(nnx.Module):
 
     Parameters: ``yx_attention`` (``Q_y`` or ``P_y``), ``yx_recurrence`` (``Λ_y``),
     ``xx_attention`` (``Q_x``) and ``xx_recurrence`` (``Λ_x``) when ``n_steps > 1``, and the readout
-    ``d`` ``(3,)``, ``c_y`` ``(d_out, R)`` (``R = H``, or 1 constructed) and ``c_x`` ``(H, H)``.
+    ``d`` (``(3,)``, or ``(3, h, h)`` for the matrix query map), ``c_y`` ``(d_out, R)`` (``R = H``, or 1 constructed) and ``c_x`` ``(H, H)``.
 
     ``impl`` chooses how the recurrences run: ``"associative"`` or ``"sequential"`` build every
     state ``S_t`` (:func:`ssm_gd.scan.linear_recurrence`, memory ``O(N·R·h)`` per sequence);
     ``"chunked"`` never builds them (:func:`ssm_gd.scan.chunked_readout`, ``chunk`` windows per
     chunk, memory ``O(N·h)``); ``"auto"`` picks per call (:meth:`resolve_impl`). All give the same
-    values up to float rounding.
+    values up to float rounding. :meth:`predict_query` computes the query's prediction alone, from
+    the last states as weighted sums (:func:`ssm_gd.scan.last_state_readout`): no scan, memory
+    ``O(N·h)``; it is what training on the query's loss and the metrics call.
     """
 
     window, stride = 3, 2
@@ -338,12 +357,16 @@ class GDSSM(nnx.Module):
         parametrization: str = "direct",
         impl: str = "associative",
         chunk: int = 32,
+        query_map: str = "vector",
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_layout(layout, d_in, d_out)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+        if query_map not in QUERY_MAPS:
+            raise ValueError(f"query_map must be one of {QUERY_MAPS}; got {query_map!r}")
+        self.query_map = query_map
         self.impl = impl
         self.chunk = _positive_int("chunk", chunk)
         if impl not in scan.IMPLEMENTATIONS:  # the recurrences' own impl, when states are built
@@ -370,7 +393,11 @@ class GDSSM(nnx.Module):
         else:
             self.xx_attention = self.xx_recurrence = self.c_x = None
         self.c_y = nnx.Param(init.c_y(rngs.params(), (d_out, rows), param_dtype))
-        self.d = nnx.Param(init.d(rngs.params(), (self.window,), param_dtype))
+        if query_map == "vector":
+            d_init, d_shape = init.d or nnx.initializers.normal(1.0), (self.window,)
+        else:
+            d_init, d_shape = init.d or nnx.initializers.normal(h**-0.5), (self.window, h, h)
+        self.d = nnx.Param(d_init(rngs.params(), d_shape, param_dtype))
 
     def rows(self, tokens: Array) -> Array:
         """The token sequence as window rows ``(B, 2N + 1, h)``, after checking its shape."""
@@ -395,11 +422,9 @@ class GDSSM(nnx.Module):
     def __call__(self, tokens: Array) -> Array:
         """Predictions ``(B, N, d_out)``: entry ``t`` predicts ``y_{t+1}`` (``y_q`` for the last)."""
         x = windows(self.rows(tokens), self.window, self.stride)  # (B, N, 3, h)
-        query = jnp.einsum("btah,a->bth", x, self.d[...])
+        query = self.query(x)
         c_x = None if self.n_steps == 1 else self.c_x[...]
-        branches = [(self.yx_attention, self.yx_recurrence)]
-        if self.n_steps > 1:
-            branches.append((self.xx_attention, self.xx_recurrence))
+        branches = self._branches()
         if self.resolve_impl(x.shape[0], x.shape[1]) == "chunked":
 
             def apply(attention, recurrence):
@@ -416,6 +441,42 @@ class GDSSM(nnx.Module):
 
         applies = [apply(*b) for b in branches] + [None]
         return compose_readout(applies[0], applies[1], query, self.c_y[...], c_x, self.n_steps)
+
+    def predict_query(self, tokens: Array) -> Array:
+        """The query's prediction ``(B, d_out)``: ``self(tokens)[:, -1]``, without building states.
+
+        Only the last states are read, and each is a weighted sum of the window products,
+        ``S_N = Σ_t Λ^{N−t} ⊙ U_t`` (:func:`ssm_gd.scan.last_state_readout`), applied to the
+        readout's vectors directly. The work is that of one scan, with no sequential dependency;
+        memory is the size of the tokens. Equal to ``self(tokens)[:, -1]`` up to float rounding,
+        whatever ``impl``.
+        """
+        rows = jnp.moveaxis(self.rows(tokens), 1, 0)  # time-major (2N + 1, B, h)
+        n = (rows.shape[0] - 1) // 2
+        x = jnp.stack([rows[a : a + 2 * n - 1 : 2] for a in range(self.window)], axis=2)
+        query = self.query(x[-1])  # (B, h): the last window's query, x_q
+
+        def apply(attention, recurrence):
+            left, right = attention.factors(x)  # (N, B, A, ·)
+            lam = recurrence.lam
+            return lambda u: scan.last_state_readout(lam, left, right, u[:, 0])[:, None]
+
+        applies = [apply(*b) for b in self._branches()] + [None]
+        c_x = None if self.n_steps == 1 else self.c_x[...]
+        out = compose_readout(applies[0], applies[1], query[:, None], self.c_y[...], c_x, self.n_steps)
+        return out[:, 0]
+
+    def query(self, x: Array) -> Array:
+        """``v = Σ_a D_a X[a]`` ``(…, h)`` for windows ``x`` ``(…, 3, h)``."""
+        if self.query_map == "vector":
+            return jnp.einsum("...ah,a->...h", x, self.d[...])
+        return jnp.einsum("...ah,aih->...i", x, self.d[...])
+
+    def _branches(self):
+        branches = [(self.yx_attention, self.yx_recurrence)]
+        if self.n_steps > 1:
+            branches.append((self.xx_attention, self.xx_recurrence))
+        return branches
 
     def resolve_impl(self, batch: int, n_windows: int) -> str:
         """The implementation a call with ``batch`` sequences of ``n_windows`` windows runs.

@@ -60,10 +60,11 @@ def sensitivity(predict_query, x_query: Array) -> Array:
 
 
 def query_predictor(model, task, layout: str):
-    """``x_q ↦ model(tokens(task with x_q))[:, -1]``: a model's query prediction as a function."""
+    """``x_q ↦ model.predict_query(tokens(task with x_q))`` ``(B, d_out)``: the query prediction
+    (``model(tokens)[:, -1]``, computed without the other windows) as a function of ``x_q``."""
 
     def predict_query(x_query):
-        return model(tasks.tokens(task._replace(x_query=x_query), layout))[:, -1]
+        return model.predict_query(tasks.tokens(task._replace(x_query=x_query), layout))
 
     return predict_query
 

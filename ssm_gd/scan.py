@@ -9,6 +9,15 @@ One entry point, :func:`linear_recurrence`, with interchangeable implementations
 Both take the same arguments and return the same values; ``h0`` and ``reverse`` are handled once,
 outside the implementations. Inputs in bfloat16/float16 are accumulated in float32 and the result
 is cast back. :func:`step` is the single update for recurrent (token-by-token) inference.
+
+Two readouts never build the states ``h_t`` of a time-invariant recurrence whose inputs are sums
+of outer products and whose states are only read through a vector:
+
+* :func:`chunked_readout` — ``h_t v_t`` at every ``t``: matrix products inside chunks, a scan
+  across chunks.
+* :func:`last_state_readout` — ``h_T v`` at the last step only: the recurrence collapses to the
+  weighted sum ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` (the convolutional view of a linear SSM), one pass of
+  batched matrix products with no sequential dependency at all.
 """
 
 from __future__ import annotations
@@ -20,7 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["IMPLEMENTATIONS", "chunked_readout", "linear_recurrence", "step"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "chunked_readout",
+    "decay_powers",
+    "last_state_readout",
+    "linear_recurrence",
+    "step",
+]
 
 Array = jax.Array
 
@@ -209,3 +225,55 @@ def chunked_readout(lam: Array, make_b: Callable, xs, v: Array, *, chunk: int = 
     h0 = jnp.zeros((batch, *lam.shape), dtype)
     _, o = jax.lax.scan(body, h0, (jax.tree.map(to_chunks, xs), to_chunks(v), valid))
     return jnp.moveaxis(o, 0, 1).reshape(batch, n * c, -1)[:, :length]
+
+
+def decay_powers(lam: Array, length: int) -> Array:
+    """``Λ^{T−t}`` for ``t = 1 … T`` (``T = length``): ``(T, *Λ.shape)``, from ``Λ^{T−1}`` down to ``Λ^0 = 1``.
+
+    A cumulative product, so any real ``Λ`` (negative or zero entries included) is exact up to
+    the rounding of ``T − 1`` multiplications, the same as running the recurrence.
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise ValueError(f"length must be a positive integer; got {length!r}")
+    ones = jnp.ones((1, *lam.shape), lam.dtype)
+    rising = jnp.cumprod(jnp.broadcast_to(lam, (length - 1, *lam.shape)), axis=0)
+    return jnp.concatenate([ones, rising])[::-1]
+
+
+def last_state_readout(lam: Array, left: Array, right: Array, v: Array) -> Array:
+    """``h_T v`` for ``h_t = Λ ⊙ h_{t−1} + Σ_a left_{t,a} right_{t,a}ᵀ`` (``h_0 = 0``), without any ``h_t``.
+
+    The last state is a weighted sum of the inputs, ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` with
+    ``b_t = Σ_a left_{t,a} right_{t,a}ᵀ``, so the readout is
+
+        o_r = Σ_t Σ_a left_{t,a,r} · Σ_k (Λ^{T−t})_{rk} right_{t,a,k} v_k,
+
+    one batched matrix product per time step (batched over ``t``, all independent) and a
+    reduction: work ``O(T·A·R·H)`` per sequence like the scans, but no sequential dependency and
+    memory ``O(T·A·(R + H))`` — the inputs' size — forward and backward, where the scans hold
+    ``O(T·R·H)``. Arrays are time-major (``T`` leading): it is the layout in which the products
+    over ``t`` are batched without a transpose.
+
+    Args:
+      lam: ``Λ`` ``(R, H)``.
+      left: ``(T, B, A, R)``.
+      right: ``(T, B, A, H)``.
+      v: ``(B, H)``.
+
+    Returns:
+      ``o`` ``(B, R)``.
+    """
+    if lam.ndim != 2 or left.ndim != 4 or right.ndim != 4 or v.ndim != 2:
+        raise ValueError(
+            "lam must be (R, H), left (T, B, A, R), right (T, B, A, H) and v (B, H); got "
+            f"{lam.shape}, {left.shape}, {right.shape}, {v.shape}"
+        )
+    (t, b, a, r), h = left.shape, lam.shape[1]
+    if right.shape != (t, b, a, h) or lam.shape[0] != r or v.shape != (b, h):
+        raise ValueError(
+            f"shapes do not agree: lam {lam.shape} (R, H), left {left.shape} (T, B, A, R), "
+            f"right {right.shape} (T, B, A, H), v {v.shape} (B, H)"
+        )
+    weights = decay_powers(lam.astype(jnp.result_type(lam, right, v)), t)  # (T, R, H)
+    g = jnp.einsum("trk,tbak->tbar", weights, right * v[None, :, None, :])
+    return jnp.einsum("tbar,tbar->br", left, g)

@@ -244,9 +244,10 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
 
 def _loss(graphdef, params, task, config: Config):
     model = nnx.merge(graphdef, params)
-    pred = model(tasks.tokens(task, config.layout))  # (B, N, d_out)
-    if config.loss_on == "query":
-        return gd.loss(pred[:, -1], task.y_query)
+    toks = tasks.tokens(task, config.layout)
+    if config.loss_on == "query":  # the last window alone, without the other windows' states
+        return gd.loss(model.predict_query(toks), task.y_query)
+    pred = model(toks)  # (B, N, d_out)
     # Window t predicts y_{t+1}; the last window predicts y_q.
     target = jnp.concatenate([task.y[:, 1:], task.y_query[:, None]], axis=1)
     return gd.loss(pred, target)

@@ -123,3 +123,78 @@ def test_construction_jits_and_differentiates():
 def test_construction_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         construction.gd_ssm(**kwargs)
+
+
+def _weighted_preconditioned_gd_prefixes(x, y, x_query, *, lr, steps, gamma, decay):
+    """Float64 loop: on the prefix of t pairs, K steps of W ← W − η ∇L(W) Γ from W = 0, where
+    L(W) = 1/(2N) Σ_{i≤t} λ^{t−i} ||W x_i − y_i||²; the prediction at x_{t+1} (x_q for t = N)."""
+    x, y, x_query = (np.asarray(a, np.float64) for a in (x, y, x_query))
+    batch, n, _ = x.shape
+    out = np.zeros((batch, n, y.shape[-1]))
+    for b in range(batch):
+        for t in range(1, n + 1):
+            w = np.zeros((y.shape[-1], x.shape[-1]))
+            for _ in range(steps):
+                grad = sum(
+                    decay ** (t - i) * np.outer(w @ x[b, i - 1] - y[b, i - 1], x[b, i - 1])
+                    for i in range(1, t + 1)
+                ) / n
+                w = w - lr * grad @ gamma
+            query = x[b, t] if t < n else x_query[b]
+            out[b, t - 1] = w @ query
+    return out
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize(("d_in", "d_out", "layout"), [(4, 1, "interleaved"), (3, 1, "constructed"),
+                                                       (3, 4, "interleaved")])  # fmt: skip
+@pytest.mark.parametrize(("use_gamma", "decay"), [(True, None), (False, 0.8), (True, 0.9)])
+def test_construction_preconditioned_and_weighted_gd_float64(d_in, d_out, layout, steps, use_gamma,
+                                                             decay):  # fmt: skip
+    n = 7
+    task = tasks.linear_regression(
+        jax.random.key(11), batch=3, n_context=n, d_in=d_in, d_out=d_out, dtype=jnp.float64
+    )
+    a = np.asarray(jax.random.normal(jax.random.key(2), (d_in, d_in), jnp.float64))
+    gamma = np.eye(d_in) + 0.3 * a @ a.T if use_gamma else None  # symmetric positive definite
+    model = construction.gd_ssm(
+        d_in=d_in, d_out=d_out, n_context=n, lr=LR, steps=steps, layout=layout,
+        preconditioner=gamma, decay=decay, dtype=jnp.float64,
+    )  # fmt: skip
+    assert model.query_map == ("matrix" if use_gamma else "vector")
+    toks = tasks.tokens(task, layout)
+    ref = _weighted_preconditioned_gd_prefixes(
+        task.x, task.y, task.x_query, lr=LR, steps=steps,
+        gamma=np.eye(d_in) if gamma is None else gamma, decay=1.0 if decay is None else decay,
+    )  # fmt: skip
+    # A handful of O(1) sums composed K ≤ 3 times: float64 rounding ~1e-15 relative.
+    np.testing.assert_allclose(model(toks), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.predict_query(toks), ref[:, -1], rtol=0, atol=1e-12)
+
+
+def test_construction_preconditioned_one_step_closed_form():
+    d_in, n, lam = 3, 6, 0.7
+    task = tasks.linear_regression(
+        jax.random.key(4), batch=2, n_context=n, d_in=d_in, d_out=1, dtype=jnp.float64
+    )
+    gamma = np.diag([2.0, 0.5, 1.0])
+    model = construction.gd_ssm(d_in=d_in, d_out=1, n_context=n, lr=1.0, preconditioner=gamma,
+                                decay=lam, dtype=jnp.float64)  # fmt: skip
+    weights = lam ** (n - 1 - np.arange(n))  # λ^{N−i}
+    w1 = np.einsum("i,bio,bij->boj", weights, task.y, task.x) / n @ gamma
+    expected = np.einsum("boj,bj->bo", w1, task.x_query)
+    np.testing.assert_allclose(model.predict_query(tasks.tokens(task)), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(preconditioner=np.eye(2)), "preconditioner"),
+        (dict(preconditioner=np.full((3, 3), np.nan)), "preconditioner"),
+        (dict(decay=float("inf")), "decay"),
+        (dict(decay="0.9"), "decay"),
+    ],
+)
+def test_construction_rejects_bad_neighbour_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        construction.gd_ssm(d_in=3, d_out=1, n_context=5, lr=1.0, **kwargs)

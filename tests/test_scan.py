@@ -495,3 +495,63 @@ def test_chunked_readout_rejects_bad_arguments(lam_shape, v_shape, chunk, match)
         scan.chunked_readout(
             jnp.ones(lam_shape), lambda x: x, jnp.ones((1, 5, 2, 3)), jnp.ones(v_shape), chunk=chunk
         )
+
+
+# --- last_state_readout, decay_powers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 2, 9])
+def test_decay_powers_equal_integer_powers(length):
+    lam = np.array([[0.9, -0.5, 0.0], [1.0, -1.2, 0.3]])  # signs, zero, one, |λ| > 1
+    got = np.asarray(scan.decay_powers(jnp.asarray(lam), length))
+    want = np.stack([lam ** (length - 1 - t) for t in range(length)])
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("length", [1, 2, 13])
+def test_last_state_readout_equals_the_loop(length):
+    rng = np.random.default_rng(length)
+    lam = rng.uniform(-1.0, 1.0, size=(2, 3))  # R ≠ H, signed Λ
+    left, right = rng.normal(size=(length, 4, 3, 2)), rng.normal(size=(length, 4, 3, 3))
+    v = rng.normal(size=(4, 3))
+    got = fast_jit(scan.last_state_readout)(lam, left, right, v)
+    b = np.einsum("tbar,tbak->btrk", left, right)  # b_t = Σ_a left_{t,a} right_{t,a}ᵀ
+    want = _readout_reference(lam, b, np.broadcast_to(v[:, None], (4, length, 3)))[:, -1]
+    np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_last_state_readout_gradient_equals_the_materialised_states():
+    rng = np.random.default_rng(1)
+    lam = rng.uniform(0.5, 1, (2, 3))
+    left, right, v = rng.normal(size=(7, 2, 3, 2)), rng.normal(size=(7, 2, 3, 3)), rng.normal(size=(2, 3))
+
+    def weighted(lam, left, right, v):
+        return jnp.sum(jnp.cos(scan.last_state_readout(lam, left, right, v)))
+
+    def materialised(lam, left, right, v):
+        _, h = linear_recurrence(lam, jnp.einsum("tbar,tbak->tbrk", left, right))
+        return jnp.sum(jnp.cos(jnp.einsum("brk,bk->br", h, v)))
+
+    got = fast_jit(jax.grad(weighted, argnums=(0, 1, 2, 3)))(lam, left, right, v)
+    want = fast_jit(jax.grad(materialised, argnums=(0, 1, 2, 3)))(lam, left, right, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "match"),
+    [
+        (((3,), (5, 2, 3, 3), (5, 2, 3, 3), (2, 3)), r"lam must be \(R, H\)"),
+        (((3, 3), (5, 2, 3, 3), (5, 2, 3, 4), (2, 3)), "shapes do not agree"),
+        (((3, 3), (5, 2, 3, 3), (5, 2, 3, 3), (1, 3)), "shapes do not agree"),
+        (((2, 3), (5, 2, 3, 3), (5, 2, 3, 3), (2, 3)), "shapes do not agree"),
+    ],
+)
+def test_last_state_readout_rejects_bad_shapes(shapes, match):
+    with pytest.raises(ValueError, match=match):
+        scan.last_state_readout(*(jnp.ones(s) for s in shapes))
+
+
+def test_decay_powers_rejects_bad_length():
+    with pytest.raises(ValueError, match="length must be a positive integer; got 0"):
+        scan.decay_powers(jnp.ones((2, 2)), 0)
