@@ -1,16 +1,26 @@
 """Benchmark: the scan and the GD-SSM forward / forward+backward, per implementation, side by side.
 
     python -m experiments.bench [--out results/bench] [--quick] [--n 10 100 1000] [--d 10 50]
-                                [--batch 64 2048] [--impls associative sequential chunked]
+                                [--batch 64 2048] [--impls weighted associative sequential chunked]
 
-For each grid point (context N, width d, batch B; interleaved tokens, d_out = d, one GD step) and
-each implementation it measures the compile time, the steady-state time (median of repeats, after
+For each grid point (context N, width d, batch B; interleaved tokens, d_out = d, one GD step,
+``Λ = 0.99``) and each implementation it times three programs: ``scan`` (the recurrence alone),
+``forward`` (the query's prediction, ``(B, d)``: what training and evaluation compute) and
+``forward+backward`` (the gradient of the query's squared error). The implementations:
+
+* ``weighted``: :meth:`GDSSM.predict_query`, the last state as a weighted sum of the window
+  products (:func:`ssm_gd.scan.last_state_readout`): no scan, memory the size of the tokens;
+* ``associative`` / ``sequential``: every window's state by the scan, then the last window's
+  readout; ``chunked``: every window's readout without the states (:func:`ssm_gd.scan.chunked_readout`).
+
+It measures the compile time, the steady-state time (median of repeats, after
 ``block_until_ready``), tokens/s (``B·L`` per second) and the memory XLA assigns to the compiled
 program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Beside them:
 
 * ``loop-per-dimension``: the baseline, written here only for comparison. It mirrors the published
   code's approach: a Python loop over the state's rows, each around its own sequential
-  ``lax.scan`` over time, so its program (and compile time) grows with d.
+  ``lax.scan`` over time, so its program (and compile time) grows with d. It is skipped where its
+  ``N·d`` sequential steps pass ``--max-loop-steps`` (minutes per call), and said so.
 * ``copy``: the lower bound, a program that reads the tokens and writes as many bytes back.
 
 Points whose materialised states would pass ``--max-gb`` are skipped for the implementations that
@@ -39,7 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ssm_gd import plots, scan  # noqa: E402
 from ssm_gd.layers import GDSSM, GDSSMInit, decay_init, windows  # noqa: E402
 
-IMPLS = ("associative", "sequential", "chunked")
+IMPLS = ("weighted", "associative", "sequential", "chunked")
 PASSES = ("scan", "forward", "forward+backward")
 
 
@@ -75,8 +85,10 @@ def _programs(model: GDSSM, impl: str):
     def forward(params, tokens):
         m = nnx.merge(graphdef, params)
         if impl == "loop-per-dimension":
-            return loop_per_dimension(m, tokens)
-        return m(tokens)
+            return loop_per_dimension(m, tokens)[:, -1]
+        if impl == "weighted":
+            return m.predict_query(tokens)
+        return m(tokens)[:, -1]
 
     def loss(params, tokens):
         return jnp.mean(forward(params, tokens) ** 2)
@@ -84,6 +96,10 @@ def _programs(model: GDSSM, impl: str):
     def scan_only(params, tokens):
         m = nnx.merge(graphdef, params)
         x = windows(tokens, m.window, m.stride)
+        if impl == "weighted":  # the last state, applied to the last query
+            xt = jnp.moveaxis(x, 1, 0)
+            left, right = m.yx_attention.factors(xt)
+            return scan.last_state_readout(m.yx_recurrence.lam, left, right, xt[-1, :, -1])
         u = m.yx_attention.products(x)
         if impl == "chunked":
             v = x[:, :, -1]
@@ -118,7 +134,7 @@ def _time(fn, args, repeats: int, budget: float):
 
 
 def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, budget: float,
-              max_gb: float) -> dict:  # fmt: skip
+              max_gb: float, max_loop_steps: float, too_slow=frozenset()) -> dict:  # fmt: skip
     tokens = jax.random.uniform(jax.random.key(0), (batch, 2 * n + 1, d), jnp.float32, -0.5, 0.5)
     point = {"n_context": n, "d": d, "batch": batch, "tokens": batch * (2 * n + 1), "results": {}}
     states_gb = batch * n * d * d * 4 / 2**30
@@ -130,6 +146,16 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
         need = states_gb / d if impl == "loop-per-dimension" else states_gb
         if materialises and need * 3 > max_gb:
             point["results"][impl] = {"skipped": f"states alone need {need:.1f} GB (x3 for AD)"}
+            continue
+        if impl in too_slow:
+            point["results"][impl] = {"skipped": "the previous N took over --max-seconds"}
+            continue
+        if impl == "loop-per-dimension" and n * d > max_loop_steps:
+            point["results"][impl] = {"skipped": f"N·d = {n * d} sequential steps per call"}
+            continue
+        inputs_gb = 4 * batch * n * 3 * d * 4 / 2**30  # windows and their Q-products, x2 for AD
+        if impl in ("weighted", "chunked") and inputs_gb > max_gb:
+            point["results"][impl] = {"skipped": f"window inputs need {inputs_gb:.1f} GB"}
             continue
         model = _model(d, "chunked" if impl == "chunked" else "associative", chunk)
         if impl == "sequential":
@@ -197,6 +223,15 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per program")
     parser.add_argument("--max-gb", type=float, default=8.0, help="skip bigger materialised states")
     parser.add_argument("--max-tokens", type=float, default=3e7, help="skip bigger B·L points")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=3.0,
+        help="skip an implementation at larger N once its forward+backward took this long",
+    )
+    parser.add_argument(
+        "--max-loop-steps", type=float, default=1e6, help="skip the baseline past N·d scan steps"
+    )
     parser.add_argument("--quick", action="store_true", help="N ∈ {10, 100}, d = 10, B = 64")
     args = parser.parse_args(argv)
     for name in ("n", "d", "batch"):
@@ -210,13 +245,20 @@ def main(argv=None):
     points, skipped = [], []
     for d in args.d:
         for batch in args.batch:
-            for n in args.n:
+            too_slow = set()
+            for n in sorted(args.n):
                 if batch * (2 * n + 1) > args.max_tokens:
                     skipped.append({"n_context": n, "d": d, "batch": batch, "why": "--max-tokens"})
                     print(f"skip N={n} d={d} B={batch}: B·L over --max-tokens", flush=True)
                     continue
                 p = run_point(n, d, batch, args.impls, chunk=args.chunk, repeats=args.repeats,
-                              budget=args.budget, max_gb=args.max_gb)  # fmt: skip
+                              budget=args.budget, max_gb=args.max_gb,
+                              max_loop_steps=args.max_loop_steps,
+                              too_slow=frozenset(too_slow))  # fmt: skip
+                for impl, row in p["results"].items():
+                    fb = row.get("forward+backward", {}).get("seconds", 0.0)
+                    if "skipped" in row or fb > args.max_seconds:
+                        too_slow.add(impl)
                 points.append(p)
                 print(_row(p), flush=True)
     result = {

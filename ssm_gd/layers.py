@@ -296,15 +296,31 @@ class GDSSMInit:
 IMPLS = ("associative", "sequential", "chunked", "auto")
 QUERY_MAPS = ("vector", "matrix")
 AUTO_STATE_LIMIT = 2**24
+AUTO_CPU_CHUNKED_FROM = 512
 
 
-def auto_impl(state_entries: int) -> str:
-    """``"chunked"`` when a branch's states hold more than :data:`AUTO_STATE_LIMIT` entries.
+def auto_impl(backend: str, n_windows: int, state_entries: int) -> str:
+    """The implementation ``impl="auto"`` runs for every window's prediction (:meth:`GDSSM.__call__`).
 
-    A memory rule (2^24 float32 entries = 64 MiB per branch), not yet a speed rule: the choice
-    per backend and size from ``experiments.bench`` measurements is still to be made.
+    * ``"chunked"`` when one branch's states would hold more than :data:`AUTO_STATE_LIMIT` entries
+      (2^24 float32 = 64 MiB; the scans keep them, and their cotangents, for the backward pass);
+    * on the CPU, ``"chunked"`` from :data:`AUTO_CPU_CHUNKED_FROM` windows on as well: measured by
+      ``python -m experiments.bench`` (``results/bench/cpu-x86_64-x1.json``, 2-core CPU,
+      forward+backward, d = 10, B = 64): associative / sequential / chunked 1.6 / 1.9 / 1.9 ms at
+      N = 10, 9.3 / 9.4 / 21.7 ms at N = 100, 282 / 191 / 175 ms at N = 1000 and
+      3.5 / 2.2 / 1.9 s at N = 10⁴; the associative scan is the fastest below a few hundred
+      windows, the chunked readout above;
+    * ``"associative"`` otherwise. On GPU and TPU, where the associative scan's parallel depth pays,
+      no measurement has been made yet (no accelerator was at hand): only the memory rule applies.
+
+    The query's prediction alone (:meth:`GDSSM.predict_query`, what training and the metrics use)
+    does not depend on this choice: it is always the weighted sum.
     """
-    return "chunked" if state_entries > AUTO_STATE_LIMIT else "associative"
+    if state_entries > AUTO_STATE_LIMIT:
+        return "chunked"
+    if backend == "cpu" and n_windows >= AUTO_CPU_CHUNKED_FROM:
+        return "chunked"
+    return "associative"
 
 
 class GDSSM(nnx.Module):
@@ -481,12 +497,14 @@ class GDSSM(nnx.Module):
     def resolve_impl(self, batch: int, n_windows: int) -> str:
         """The implementation a call with ``batch`` sequences of ``n_windows`` windows runs.
 
-        ``"auto"`` picks ``"chunked"`` once the materialised states of one branch
-        (``batch · n_windows · R · h`` entries) would pass :data:`AUTO_STATE_LIMIT`, and the
-        associative scan below that (see :func:`auto_impl`).
+        ``"auto"`` follows :func:`auto_impl` on the default backend: ``"chunked"`` once the
+        materialised states of one branch (``batch · n_windows · R · h`` entries) would pass
+        :data:`AUTO_STATE_LIMIT` or, on the CPU, from :data:`AUTO_CPU_CHUNKED_FROM` windows on;
+        the associative scan otherwise.
         """
         if self.impl != "auto":
             return self.impl
         rows = self.c_y.shape[1]
         h = self.d_in if self.layout == "constructed" else max(self.d_in, self.d_out)
-        return auto_impl(batch * n_windows * max(rows, h if self.n_steps > 1 else 1) * h)
+        entries = batch * n_windows * max(rows, h if self.n_steps > 1 else 1) * h
+        return auto_impl(jax.default_backend(), n_windows, entries)

@@ -230,14 +230,14 @@ def chunked_readout(lam: Array, make_b: Callable, xs, v: Array, *, chunk: int = 
 def decay_powers(lam: Array, length: int) -> Array:
     """``Λ^{T−t}`` for ``t = 1 … T`` (``T = length``): ``(T, *Λ.shape)``, from ``Λ^{T−1}`` down to ``Λ^0 = 1``.
 
-    A cumulative product, so any real ``Λ`` (negative or zero entries included) is exact up to
-    the rounding of ``T − 1`` multiplications, the same as running the recurrence.
+    Integer powers (exponentiation by squaring, ``O(log T)`` roundings each), so any real ``Λ`` —
+    negative or zero entries included — is exact up to float rounding, and the gradient is
+    ``n Λ^{n−1}``.
     """
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
         raise ValueError(f"length must be a positive integer; got {length!r}")
-    ones = jnp.ones((1, *lam.shape), lam.dtype)
-    rising = jnp.cumprod(jnp.broadcast_to(lam, (length - 1, *lam.shape)), axis=0)
-    return jnp.concatenate([ones, rising])[::-1]
+    exponents = jnp.arange(length - 1, -1, -1).reshape((length,) + (1,) * lam.ndim)
+    return jnp.power(lam[None], exponents)
 
 
 def last_state_readout(lam: Array, left: Array, right: Array, v: Array) -> Array:

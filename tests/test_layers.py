@@ -569,3 +569,30 @@ def test_gdssm_matrix_query_map_shape_and_init():
     assert 0.2 < float(jnp.std(model.d[...])) < 1.0
     with pytest.raises(ValueError, match="query_map must be one of"):
         GDSSM(3, 2, query_map="diagonal", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    ("backend", "n_windows", "entries", "want"),
+    [
+        ("cpu", 10, 10**4, "associative"),
+        ("cpu", 511, 10**4, "associative"),
+        ("cpu", 512, 10**4, "chunked"),
+        ("gpu", 10**5, 10**6, "associative"),
+        ("gpu", 10, 2**24 + 1, "chunked"),
+        ("tpu", 10, 2**24, "associative"),
+    ],
+)
+def test_auto_impl_rule(backend, n_windows, entries, want):
+    from ssm_gd.layers import auto_impl
+
+    assert auto_impl(backend, n_windows, entries) == want
+
+
+def test_gdssm_auto_resolves_by_size_and_equals_the_associative_scan():
+    cfg = GDSSM_CONFIGS[1]
+    auto, par = random_model(cfg, "auto", seed=8), random_model(cfg, "associative", seed=8)
+    expected = "chunked" if jax.default_backend() == "cpu" else "associative"
+    assert auto.resolve_impl(2, 600) == expected and auto.resolve_impl(2, 10) == "associative"
+    assert auto.resolve_impl(10**6, 10) == "chunked"  # 10^6 · 10 · 3 · 3 states: the memory rule
+    tokens = jnp.asarray(random_tokens(auto, seed=8, n=600))
+    assert_close(call(auto, tokens), call(par, tokens))
