@@ -75,7 +75,9 @@ def main(argv=None):
     model = GDSSM(args.d, args.d, n_steps=2, impl="chunked", chunk=args.chunk,
                   init=GDSSMInit(lam=decay_init(0.999)), rngs=nnx.Rngs(0))  # fmt: skip
     graphdef, params = nnx.split(model)
-    tokens = jax.random.uniform(jax.random.key(1), (args.batch, length, args.d), jnp.float32, -0.5, 0.5)
+    tokens = jax.random.uniform(
+        jax.random.key(1), (args.batch, length, args.d), jnp.float32, -0.5, 0.5
+    )
     print(f"{args.batch} x {length:,} tokens of width {args.d} (N = {n:,} pairs)", flush=True)
 
     def every_window(params, tokens):

@@ -14,7 +14,17 @@ import pathlib
 import sys
 import time
 
-from experiments import construction, linear, multistep, nonlinear, ood, plateau, report, sweep
+from experiments import (
+    construction,
+    linear,
+    multistep,
+    neighbours,
+    nonlinear,
+    ood,
+    plateau,
+    report,
+    sweep,
+)
 
 # name: (entry point, its flags, the extra flags of a quick run)
 EXPERIMENTS = {
@@ -31,6 +41,7 @@ EXPERIMENTS = {
     "nonlinear": (nonlinear.main, [], ["--quick"]),
     "ood": (ood.main, ["--no-progress"], ["--quick"]),
     "sweep": (sweep.main, [], ["--quick"]),
+    "neighbours": (neighbours.main, ["--no-progress"], ["--quick"]),
 }
 
 

@@ -32,10 +32,10 @@ from flax import nnx
 from ssm_gd.layers import GDSSM, GDSSMInit
 from ssm_gd.tasks import check_layout
 
-__all__ = ["gd_ssm", "gd_ssm_values"]
+__all__ = ["constant_init", "gd_ssm", "gd_ssm_values"]
 
 
-def _constant(value):
+def constant_init(value):
     """An initializer that returns ``value`` (and checks that the requested shape matches)."""
     value = np.asarray(value)
 
@@ -133,12 +133,12 @@ def gd_ssm(
         preconditioner=preconditioner, decay=decay,
     )  # fmt: skip
     init = GDSSMInit(
-        q_y=_constant(v["q_y"]),
-        q_x=_constant(v["q_x"]),
+        q_y=constant_init(v["q_y"]),
+        q_x=constant_init(v["q_x"]),
         lam=_constant_fill(v["lam"]),
-        c_y=_constant(v["c_y"]),
-        c_x=_constant(v["c_x"]),
-        d=_constant(v["d"]),
+        c_y=constant_init(v["c_y"]),
+        c_x=constant_init(v["c_x"]),
+        d=constant_init(v["d"]),
     )
     return GDSSM(
         d_in,

@@ -13,6 +13,16 @@ Conventions: we predict ``ŷ`` (the published code trains its model to output ``
 the number of context pairs ``N`` (the published code divides by its state size, equal to ``N`` at
 its defaults). Neither changes a figure reported against GD at its best ``η``.
 
+The neighbours' variants of one step (Li, Rawat, Oymak 2024: what one-layer linear attention and
+H3 implement), with a preconditioner ``Γ`` ``(d_in, d_in)`` and sample weights ``ω_i = λ^{N−i}``:
+
+    W = (1/N) Σ_i λ^{N−i} y_i x_iᵀ Γ,       ŷ = W x_q,
+
+:func:`preconditioned_predict` (``λ = 1`` unless given) and :func:`weighted_predict` (``Γ = η I``);
+``Γ = η I``, ``λ = 1`` is one plain GD step. :func:`optimal_preconditioner` is the best ``Γ`` for
+Gaussian inputs ``x ~ N(0, Σ)`` in closed form, :func:`best_preconditioner` the best on a batch
+(least squares: the loss is quadratic in ``Γ``), :func:`best_weighted` the best ``(η, λ)``.
+
 All functions are pure and batched over a leading task axis ``B``.
 """
 
@@ -26,16 +36,24 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_LR_GRID",
+    "DEFAULT_DECAY_GRID",
     "accumulators",
     "best_lr",
+    "best_preconditioner",
+    "best_weighted",
     "grid_search_lr",
     "least_squares",
     "loss",
     "lr_losses",
     "optimal_lr",
+    "optimal_preconditioner",
+    "preconditioned_predict",
+    "preconditioned_weights",
     "predict",
     "predict_prefixes",
     "ridge",
+    "sample_weights",
+    "weighted_predict",
     "weights",
 ]
 
@@ -253,3 +271,229 @@ def best_lr(
         best_loss = jnp.where(better, fine_losses[j], best_loss)
         lo, hi = fine[jnp.maximum(j - 1, 0)], fine[jnp.minimum(j + 1, points - 1)]
     return best, best_loss
+
+
+# --------------------------------------------------- preconditioned and sample-weighted GD
+
+#: The decays :func:`best_weighted` tries first (then refines around the best).
+DEFAULT_DECAY_GRID = np.linspace(0.0, 1.0, 101)
+
+
+def _check_gamma(gamma, d_in: int) -> None:
+    if np.shape(gamma) != (d_in, d_in):
+        raise ValueError(
+            f"gamma must be a (d_in, d_in) = {(d_in, d_in)} matrix; got shape {np.shape(gamma)}"
+        )
+
+
+def _check_decay(decay) -> None:
+    if np.ndim(decay) != 0:
+        raise ValueError(f"decay must be a scalar; got shape {np.shape(decay)}")
+    if not isinstance(decay, jax.core.Tracer) and not bool(np.isfinite(np.asarray(decay))):
+        raise ValueError(f"decay must be a finite number; got {decay!r}")
+
+
+def sample_weights(n_context: int, decay, dtype=None) -> Array:
+    """``ω_i = λ^{N−i}`` for ``i = 1…N``: ``(N,)``, the last pair weighted 1 (``0⁰ = 1``).
+
+    Built as a product of ``λ``'s (no ``pow``), so any real ``λ`` and a traced one work.
+    """
+    if isinstance(n_context, bool) or not isinstance(n_context, (int, np.integer)) or n_context < 1:
+        raise ValueError(f"n_context must be a positive integer; got {n_context!r}")
+    _check_decay(decay)
+    dtype = jnp.result_type(decay, float) if dtype is None else dtype
+    lam = jnp.full((n_context - 1,), decay, dtype)
+    powers = jnp.cumprod(jnp.concatenate([jnp.ones((1,), dtype), lam]))  # λ^0 … λ^{N−1}
+    return powers[::-1]
+
+
+def preconditioned_weights(x: Array, y: Array, *, gamma, decay=1.0) -> Array:
+    """``W = (1/N) Σ_i λ^{N−i} y_i x_iᵀ Γ`` ``(B, d_out, d_in)``: one preconditioned step from 0.
+
+    With ``λ = 1`` this is ``(1/N) S_y Γ``, which is one GD step when ``Γ = η I``.
+    Args: ``x (B, N, d_in)``, ``y (B, N, d_out)``, ``gamma (d_in, d_in)``, a scalar ``decay``.
+    """
+    _check_context(x, y)
+    _check_gamma(gamma, x.shape[-1])
+    _check_decay(decay)
+    return _preconditioned_weights(x, y, gamma, decay)
+
+
+@jax.jit
+def _preconditioned_weights(x, y, gamma, decay):
+    n = x.shape[1]
+    omega = sample_weights(n, decay, jnp.result_type(x, y, decay))
+    s_y = jnp.einsum("n,bno,bni->boi", omega, y, x)
+    return s_y @ jnp.asarray(gamma, s_y.dtype) / n
+
+
+def preconditioned_predict(x: Array, y: Array, x_query: Array, *, gamma, decay=1.0) -> Array:
+    """One preconditioned (and, with ``decay < 1``, sample-weighted) GD step at the query:
+    ``ŷ = (1/N) Σ_i λ^{N−i} y_i x_iᵀ Γ x_q`` ``(B, d_out)`` (:func:`preconditioned_weights`)."""
+    _check_context(x, y, x_query)
+    w = preconditioned_weights(x, y, gamma=gamma, decay=decay)
+    return jnp.einsum("boi,bi->bo", w, x_query)
+
+
+def weighted_predict(x: Array, y: Array, x_query: Array, *, lr, decay) -> Array:
+    """One sample-weighted GD step at the query, ``(B, d_out)``:
+    ``ŷ = (η/N) Σ_i λ^{N−i} y_i x_iᵀ x_q``.
+
+    The gradient step on the weighted loss ``1/(2N) Σ_i λ^{N−i} ‖W x_i − y_i‖²`` from ``W_0 = 0``;
+    ``λ = 1`` is :func:`predict` with one step.
+    """
+    _check_context(x, y, x_query)
+    if np.ndim(lr) != 0:
+        raise ValueError(f"lr must be a scalar; got shape {np.shape(lr)}")
+    eye = jnp.eye(x.shape[-1], dtype=jnp.result_type(x, lr))
+    return preconditioned_predict(x, y, x_query, gamma=lr * eye, decay=decay)
+
+
+def optimal_preconditioner(sigma, n_context: int, *, w_scale: float = 1.0, noise_std: float = 0.0):
+    """The ``Γ`` that minimises the expected loss of one preconditioned step, for Gaussian tasks.
+
+    Tasks: ``x_i, x_q ~ N(0, Σ)``, ``W* ~ N(0, w²)`` entrywise, ``y = W* x + σ ε``. With
+    ``Σ̂ = (1/N) Σ_i x_i x_iᵀ``, the step predicts ``ŷ = W* Σ̂ Γ x_q + (1/N) Σ_i σ ε_i x_iᵀ Γ x_q``,
+    and the Gaussian moment ``E[Σ̂ B Σ̂] = ((N+1)/N) Σ B Σ + (tr(BΣ)/N) Σ`` gives, per output,
+
+        E(ŷ − y_q)² / w² = ((N+1)/N) tr(ΓΣΓᵀΣ²) + ((tr Σ + σ²/w²)/N) tr(ΓΣΓᵀΣ) − 2 tr(Σ²Γ) + tr Σ
+                           (+ σ²/w²),
+
+    a convex quadratic in ``Γ`` whose stationary point (multiply the gradient by ``Σ^{-1}`` on
+    both sides) is
+
+        Γ* = ((N+1)/N · Σ + (tr Σ + σ²/w²)/N · I)^{-1}.
+
+    For ``Σ = s I`` this is ``η* I`` with ``η* = N / (s (N + 1 + d))`` (noise-free): plain GD's
+    best step size. Returns a float64 numpy array ``(d, d)``.
+
+    Args:
+      sigma: the input covariance ``Σ`` ``(d, d)``, symmetric positive definite
+        (:func:`ssm_gd.tasks.input_covariance`).
+      n_context: ``N``.
+      w_scale, noise_std: ``w`` and ``σ`` above (only their ratio matters).
+    """
+    sigma = np.asarray(sigma, np.float64)
+    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1] or sigma.shape[0] == 0:
+        raise ValueError(f"sigma must be a square (d, d) matrix; got shape {sigma.shape}")
+    if not np.all(np.isfinite(sigma)) or not np.allclose(sigma, sigma.T, rtol=1e-10, atol=0):
+        raise ValueError("sigma must be a finite symmetric matrix")
+    if np.linalg.eigvalsh(sigma).min() <= 0:
+        raise ValueError("sigma must be positive definite")
+    if isinstance(n_context, bool) or not isinstance(n_context, (int, np.integer)) or n_context < 1:
+        raise ValueError(f"n_context must be a positive integer; got {n_context!r}")
+    if not (np.isfinite(w_scale) and w_scale > 0):
+        raise ValueError(f"w_scale must be a positive finite number; got {w_scale!r}")
+    if not (np.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(f"noise_std must be a non-negative finite number; got {noise_std!r}")
+    n, d = n_context, sigma.shape[0]
+    shift = (np.trace(sigma) + (noise_std / w_scale) ** 2) / n
+    return np.linalg.inv((n + 1) / n * sigma + shift * np.eye(d))
+
+
+def best_preconditioner(x, y, x_query, y_query, *, decay=1.0):
+    """The ``Γ`` ``(d_in, d_in)`` that minimises :func:`loss` of :func:`preconditioned_predict` on
+    this batch, and that loss: ``(Γ, loss)``.
+
+    ``ŷ_b = Σ_{jk} Γ_jk f_b[:, j, k]`` with features ``f_b[o, j, k] = (1/N) s_b[o, j] x_q,b[k]``
+    (``s_b = Σ_i λ^{N−i} y_i x_iᵀ``) is linear in ``Γ``: least squares through the ``d_in² × d_in²``
+    normal equations ``Σ_b f_bᵀ f_b vec Γ = Σ_b f_bᵀ y_b``. Needs ``B · d_out ≥ d_in²`` tasks
+    (and many more for a Γ near the population optimum, :func:`optimal_preconditioner`).
+    """
+    _check_context(x, y, x_query)
+    _check_decay(decay)
+    b, n, d = x.shape
+    if b * y.shape[-1] < d * d:
+        raise ValueError(
+            f"best_preconditioner fits d_in² = {d * d} numbers: it needs B·d_out >= {d * d} "
+            f"tasks' labels; got B={b}, d_out={y.shape[-1]}"
+        )
+    gamma = _best_preconditioner(x, y, x_query, y_query, decay)
+    return gamma, loss(preconditioned_predict(x, y, x_query, gamma=gamma, decay=decay), y_query)
+
+
+@jax.jit
+def _best_preconditioner(x, y, x_query, y_query, decay):
+    b, n, d = x.shape
+    omega = sample_weights(n, decay, jnp.result_type(x, y, decay))
+    s = jnp.einsum("n,bno,bni->boi", omega, y, x) / n  # (B, o, d)
+    f = jnp.einsum("boj,bk->bojk", s, x_query).reshape(-1, d * d)  # (B·o, d²) features
+    gram, rhs = f.T @ f, f.T @ y_query.reshape(-1)
+    return jnp.linalg.solve(gram, rhs).reshape(d, d)
+
+
+def best_weighted(
+    x,
+    y,
+    x_query,
+    y_query,
+    *,
+    gamma=None,
+    decays=DEFAULT_DECAY_GRID,
+    refine: int = 4,
+    points: int = 65,
+):
+    """The best sample-weighted step on this batch: ``(lr, decay, loss)``.
+
+    For a fixed ``λ`` the prediction ``ŷ = η g(λ)``, ``g(λ) = Σ_i λ^{N−i} c_i`` with
+    ``c_i = (1/N) y_i x_iᵀ Γ x_q`` (``Γ = I`` when ``gamma`` is ``None``), is linear in ``η``: the
+    best ``η(λ) = ⟨g, y_q⟩ / ‖g‖²`` and the loss ``(‖y_q‖² − ⟨g, y_q⟩² / ‖g‖²) / (2 B d_out)``
+    are closed forms in the Gram matrix ``G_ij = Σ_b ⟨c_bi, c_bj⟩`` and ``h_i = Σ_b ⟨c_bi, y_b⟩``
+    (``N × N``, computed once). The best ``λ`` on ``decays`` (default ``0, 0.01, …, 1``: ``λ = 1``
+    is plain GD, so the result never does worse) is refined ``refine`` times on ``points``
+    points between its grid neighbours. The returned loss is evaluated directly at ``(η, λ)``.
+    With ``gamma`` the step is ``η·Γ``-preconditioned and sample-weighted (H3's construction).
+    """
+    _check_context(x, y, x_query)
+    d = x.shape[-1]
+    if gamma is None:
+        gamma = jnp.eye(d, dtype=jnp.result_type(x, float))
+    _check_gamma(gamma, d)
+    decays = jnp.asarray(decays, jnp.result_type(x, float))
+    if decays.ndim != 1 or decays.shape[0] < 2:
+        raise ValueError(
+            f"decays must be a 1-D grid of at least 2 values; got shape {decays.shape}"
+        )
+    for name, value, low in (("refine", refine, 0), ("points", points, 3)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    gram, h, yy = _weighted_moments(x, y, x_query, y_query, gamma)
+    lr, decay = _weighted_search(decays, gram, h, yy, y_query.size, int(refine), int(points))
+    pred = preconditioned_predict(x, y, x_query, gamma=lr * gamma, decay=decay)
+    return lr, decay, loss(pred, y_query)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _weighted_search(decays, gram, h, yy, count, refine, points):
+    """The grid search of :func:`best_weighted` on the moments, in one compiled program."""
+    n = gram.shape[0]
+
+    def losses(grid):
+        w = jax.vmap(lambda lam: sample_weights(n, lam, grid.dtype))(grid)  # (M, N)
+        a = jnp.einsum("mi,ij,mj->m", w, gram, w)
+        c = w @ h
+        return c / a, 0.5 * (yy - c * c / a) / count
+
+    lrs, values = losses(decays)
+    i = jnp.argmin(values)
+    best, best_value, best_lr = decays[i], values[i], lrs[i]
+    lo, hi = decays[jnp.maximum(i - 1, 0)], decays[jnp.minimum(i + 1, decays.shape[0] - 1)]
+    for _ in range(refine):
+        fine = jnp.linspace(lo, hi, points)
+        fine_lrs, fine_values = losses(fine)
+        j = jnp.argmin(fine_values)
+        better = fine_values[j] <= best_value
+        best = jnp.where(better, fine[j], best)
+        best_lr = jnp.where(better, fine_lrs[j], best_lr)
+        best_value = jnp.where(better, fine_values[j], best_value)
+        lo, hi = fine[jnp.maximum(j - 1, 0)], fine[jnp.minimum(j + 1, points - 1)]
+    return best_lr, best
+
+
+@jax.jit
+def _weighted_moments(x, y, x_query, y_query, gamma):
+    n = x.shape[1]
+    scores = jnp.einsum("bni,ij,bj->bn", x, jnp.asarray(gamma, x.dtype), x_query)
+    c = y * scores[..., None] / n  # (B, N, o)
+    gram = jnp.einsum("bio,bjo->ij", c, c)
+    return gram, jnp.einsum("bio,bo->i", c, y_query), jnp.sum(y_query * y_query)

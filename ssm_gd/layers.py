@@ -479,7 +479,9 @@ class GDSSM(nnx.Module):
 
         applies = [apply(*b) for b in self._branches()] + [None]
         c_x = None if self.n_steps == 1 else self.c_x[...]
-        out = compose_readout(applies[0], applies[1], query[:, None], self.c_y[...], c_x, self.n_steps)
+        out = compose_readout(
+            applies[0], applies[1], query[:, None], self.c_y[...], c_x, self.n_steps
+        )
         return out[:, 0]
 
     def query(self, x: Array) -> Array:

@@ -5,6 +5,11 @@ is to be predicted. Samplers take an explicit PRNG key and static sizes and retu
 (a ``NamedTuple``), so they can be called inside ``jax.jit`` (sizes static) and on any device.
 
 Token layouts (:func:`tokens`) turn a task into the sequence a sequence model reads.
+
+Besides the default task (:func:`linear_regression`, ``x ~ U(−r/2, r/2)^d``), two of its neighbours
+share the :class:`LinearTask` pytree, so every GD reference and metric applies unchanged:
+:func:`gaussian_regression` (non-isotropic inputs ``x ~ N(0, Σ)`` with a chosen spectrum) and
+:func:`drifting_regression` (the map moves from an older to a newer one along the context).
 """
 
 from __future__ import annotations
@@ -14,20 +19,32 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
+    "ALL_LAYOUTS",
     "LAYOUTS",
     "LinearTask",
     "SineTask",
     "check_layout",
+    "drift_coefficients",
+    "drifting_regression",
+    "gaussian_regression",
+    "input_covariance",
+    "input_spectrum",
     "linear_regression",
+    "rotation_matrix",
     "sine_regression",
     "token_width",
     "tokens",
 ]
 
 Array = jax.Array
+#: The GD-SSM's layouts (:class:`ssm_gd.layers.GDSSM` reads these), :func:`check_layout`'s default.
 LAYOUTS = ("interleaved", "constructed")
+#: Every layout :func:`tokens` writes: the GD-SSM's, and ``"pairs"`` for the models of
+#: :mod:`ssm_gd.neighbours` (linear self-attention, H3, the plain SSM).
+ALL_LAYOUTS = LAYOUTS + ("pairs",)
 
 
 def _sampler(fn):
@@ -195,10 +212,226 @@ def _sine_regression(key, batch, n_context, x_range, amplitude, phase, dtype):
     )
 
 
-def check_layout(layout: str, d_in: int, d_out: int) -> None:
-    """Raise ``ValueError`` unless ``layout`` is known and fits the sizes."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+# ------------------------------------------------------------------ non-isotropic inputs
+
+
+def _finite_at_least(name: str, value, low: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not np.isfinite(value)
+        or not value >= low
+    ):
+        raise ValueError(f"{name} must be a finite number >= {low}; got {value!r}")
+    return float(value)
+
+
+def _seed(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (0: none); got {value!r}")
+    return int(value)
+
+
+def input_spectrum(d_in: int, *, condition: float = 1.0, mean: float = 1.0) -> np.ndarray:
+    """Geometric eigenvalues ``s_k = c · κ^{−k/(d_in−1)}``, ``k = 0…d_in−1``, largest first.
+
+    ``κ = condition`` is the ratio ``s_0 / s_{d_in−1}`` and ``c`` makes their mean ``mean``
+    (``tr Σ = d_in · mean``). ``condition = 1`` (or ``d_in = 1``) gives ``mean`` everywhere.
+    Returns a float64 numpy array ``(d_in,)``.
+    """
+    d_in = _positive_int("d_in", d_in)
+    condition = _finite_at_least("condition", condition, 1.0)
+    if not (isinstance(mean, (int, float)) and np.isfinite(mean) and mean > 0):
+        raise ValueError(f"mean must be a positive finite number; got {mean!r}")
+    s = condition ** (-np.arange(d_in) / max(d_in - 1, 1))
+    return mean * s / s.mean()
+
+
+def rotation_matrix(d_in: int, seed: int) -> np.ndarray:
+    """A fixed orthogonal matrix ``R`` ``(d_in, d_in)`` (float64): ``I`` for ``seed = 0``, else a
+    Haar-random rotation drawn from ``numpy.random.default_rng(seed)`` (QR of a Gaussian matrix,
+    the signs of ``R``'s diagonal fixed), the same on every machine and call."""
+    d_in = _positive_int("d_in", d_in)
+    seed = _seed("rotation", seed)
+    if seed == 0:
+        return np.eye(d_in)
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d_in, d_in)))
+    return q * np.sign(np.diag(r))[None, :]
+
+
+def input_covariance(
+    d_in: int, *, condition: float = 1.0, x_var: float = 1 / 12, rotation: int = 0
+) -> np.ndarray:
+    """``Σ = R diag(s) Rᵀ`` ``(d_in, d_in)`` (float64) of :func:`gaussian_regression`'s inputs.
+
+    ``s = input_spectrum(d_in, condition, mean=x_var)`` (so ``tr Σ / d_in = x_var``), and
+    ``R = rotation_matrix(d_in, rotation)`` (``rotation = 0``: ``Σ`` is diagonal).
+    """
+    s = input_spectrum(d_in, condition=condition, mean=x_var)
+    r = rotation_matrix(d_in, rotation)
+    return (r * s[None, :]) @ r.T
+
+
+def gaussian_regression(
+    key: Array,
+    *,
+    batch: int,
+    n_context: int,
+    d_in: int,
+    d_out: int = 1,
+    condition: float = 1.0,
+    x_var: float = 1 / 12,
+    rotation: int = 0,
+    w_scale: float = 1.0,
+    noise_std: float = 0.0,
+    dtype=None,
+) -> LinearTask:
+    """Linear regression tasks with non-isotropic Gaussian inputs ``x ~ N(0, Σ)``.
+
+    ``Σ = input_covariance(d_in, condition, x_var, rotation)``: a geometric spectrum with
+    condition number ``condition`` and mean eigenvalue ``x_var`` (default ``1/12``, the variance
+    of the default ``U(−1/2, 1/2)`` inputs, so ``E‖y‖²`` matches :func:`linear_regression`'s),
+    rotated by the fixed orthogonal matrix of seed ``rotation`` (``0``: axis-aligned). Context
+    inputs and the query alike are ``x = A z`` with ``A = R diag(√s)``, ``z ~ N(0, I)``.
+    ``W ~ N(0, w_scale²)`` entrywise, ``y = W x + noise_std · ε``.
+
+    Returns a :class:`LinearTask` (``x (B, N, d_in)``, ``y (B, N, d_out)``, ``x_query (B, d_in)``,
+    ``y_query (B, d_out)``, ``w (B, d_out, d_in)``). One-step GD's best preconditioner for these
+    tasks is :func:`ssm_gd.gd.optimal_preconditioner` of this ``Σ``.
+    """
+    batch = _positive_int("batch", batch)
+    n_context = _positive_int("n_context", n_context)
+    d_in = _positive_int("d_in", d_in)
+    d_out = _positive_int("d_out", d_out)
+    condition = _finite_at_least("condition", condition, 1.0)
+    if not (isinstance(x_var, (int, float)) and np.isfinite(x_var) and x_var > 0):
+        raise ValueError(f"x_var must be a positive finite number; got {x_var!r}")
+    rotation = _seed("rotation", rotation)
+    w_scale = _non_negative("w_scale", w_scale)
+    noise_std = _non_negative("noise_std", noise_std)
+    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    return _gaussian_regression(
+        key, batch, n_context, d_in, d_out, condition, float(x_var), rotation, w_scale,
+        noise_std, dtype,
+    )  # fmt: skip
+
+
+@_sampler
+def _gaussian_regression(
+    key, batch, n_context, d_in, d_out, condition, x_var, rotation, w_scale, noise_std, dtype
+):
+    k_w, k_x, k_noise = jax.random.split(key, 3)
+    s = input_spectrum(d_in, condition=condition, mean=x_var)
+    a = jnp.asarray(rotation_matrix(d_in, rotation) * np.sqrt(s)[None, :], dtype)  # Σ = A Aᵀ
+    w = w_scale * jax.random.normal(k_w, (batch, d_out, d_in), dtype)
+    xs = jax.random.normal(k_x, (batch, n_context + 1, d_in), dtype) @ a.T
+    ys = jnp.einsum("boi,bni->bno", w, xs)
+    if noise_std > 0:
+        ys = ys + noise_std * jax.random.normal(k_noise, ys.shape, dtype)
+    return LinearTask(x=xs[:, :-1], y=ys[:, :-1], x_query=xs[:, -1], y_query=ys[:, -1], w=w)
+
+
+# ------------------------------------------------------------------------- drifting maps
+
+
+def drift_coefficients(
+    n_context: int, switch_at: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mixing coefficients ``(a_old, a_new)`` ``(N,)`` of :func:`drifting_regression`.
+
+    Context pair ``i = 1…N`` follows ``W_i = a_old[i] W_old + a_new[i] W_new`` with
+    ``a_old² + a_new² = 1``:
+
+    * ``switch_at=None`` (a smooth drift): ``θ_i = (π/2)·i/N``, ``a_old = cos θ_i``,
+      ``a_new = sin θ_i`` (computed as ``sin(π/2 − θ_i)`` and ``sin θ_i``, so the last pair's
+      coefficients are exactly ``(0, 1)``);
+    * ``switch_at=k`` (an abrupt switch): ``(1, 0)`` for ``i ≤ k``, ``(0, 1)`` after.
+    """
+    n_context = _positive_int("n_context", n_context)
+    i = np.arange(1, n_context + 1)
+    if switch_at is None:
+        return np.sin(np.pi / 2 * (1 - i / n_context)), np.sin(np.pi / 2 * i / n_context)
+    if isinstance(switch_at, bool) or not isinstance(switch_at, (int, np.integer)):
+        raise ValueError(
+            f"switch_at must be None or an integer in [0, n_context]; got {switch_at!r}"
+        )
+    if not 0 <= switch_at <= n_context:
+        raise ValueError(f"switch_at must be in [0, n_context={n_context}]; got {switch_at}")
+    old = (i <= switch_at).astype(np.float64)
+    return old, 1.0 - old
+
+
+def drifting_regression(
+    key: Array,
+    *,
+    batch: int,
+    n_context: int,
+    d_in: int,
+    d_out: int = 1,
+    x_range: float = 1.0,
+    w_scale: float = 1.0,
+    noise_std: float = 0.0,
+    switch_at: int | None = None,
+    dtype=None,
+) -> LinearTask:
+    """Non-stationary linear regression: the map drifts from ``W_old`` to ``W_new`` along the
+    context.
+
+    ``W_old, W_new ~ N(0, w_scale²)`` entrywise and independent; context pair ``i`` is
+    ``y_i = W_i x_i (+ noise_std · ε)`` with ``W_i = a_old[i] W_old + a_new[i] W_new``
+    (:func:`drift_coefficients`: a smooth rotation ``θ_i = (π/2)·i/N`` by default, or an abrupt
+    switch after ``switch_at`` pairs). Since ``a_old² + a_new² = 1`` every ``W_i`` has the distribution of
+    ``W_new``; the query follows the newest map, ``y_q = W_new x_q (+ noise)``, and ``w`` holds
+    ``W_new``. Inputs ``x ~ U(−x_range/2, x_range/2)^d_in`` as in :func:`linear_regression`.
+
+    Returns a :class:`LinearTask`; recent pairs are the more informative, which sample-weighted
+    GD (:func:`ssm_gd.gd.weighted_predict`) exploits and plain GD cannot.
+    """
+    batch = _positive_int("batch", batch)
+    n_context = _positive_int("n_context", n_context)
+    d_in = _positive_int("d_in", d_in)
+    d_out = _positive_int("d_out", d_out)
+    x_range = _non_negative("x_range", x_range)
+    w_scale = _non_negative("w_scale", w_scale)
+    noise_std = _non_negative("noise_std", noise_std)
+    drift_coefficients(n_context, switch_at)  # checks switch_at
+    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    switch = None if switch_at is None else int(switch_at)
+    return _drifting_regression(
+        key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, switch, dtype
+    )
+
+
+@_sampler
+def _drifting_regression(
+    key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, switch_at, dtype
+):
+    k_old, k_new, k_x, k_noise = jax.random.split(key, 4)
+    w_old = w_scale * jax.random.normal(k_old, (batch, d_out, d_in), dtype)
+    w_new = w_scale * jax.random.normal(k_new, (batch, d_out, d_in), dtype)
+    a_old, a_new = (jnp.asarray(a, dtype) for a in drift_coefficients(n_context, switch_at))
+    half = x_range / 2
+    xs = jax.random.uniform(k_x, (batch, n_context + 1, d_in), dtype, -half, half)
+    x, xq = xs[:, :-1], xs[:, -1]
+    y = a_old[None, :, None] * jnp.einsum("boi,bni->bno", w_old, x)
+    y = y + a_new[None, :, None] * jnp.einsum("boi,bni->bno", w_new, x)
+    yq = jnp.einsum("boi,bi->bo", w_new, xq)
+    if noise_std > 0:
+        noise = noise_std * jax.random.normal(k_noise, (batch, n_context + 1, d_out), dtype)
+        y, yq = y + noise[:, :-1], yq + noise[:, -1]
+    return LinearTask(x=x, y=y, x_query=xq, y_query=yq, w=w_new)
+
+
+# --------------------------------------------------------------------------- token layouts
+
+
+def check_layout(layout: str, d_in: int, d_out: int, *, allowed: tuple = LAYOUTS) -> None:
+    """Raise ``ValueError`` unless ``layout`` is one of ``allowed`` and fits the sizes.
+
+    ``allowed`` defaults to the GD-SSM's :data:`LAYOUTS`; :data:`ALL_LAYOUTS` adds ``"pairs"``.
+    """
+    if layout not in allowed:
+        raise ValueError(f"layout must be one of {allowed}; got {layout!r}")
     _positive_int("d_in", d_in)
     _positive_int("d_out", d_out)
     if layout == "constructed" and d_out != 1:
@@ -209,8 +442,11 @@ def check_layout(layout: str, d_in: int, d_out: int) -> None:
 
 
 def token_width(layout: str, d_in: int, d_out: int) -> int:
-    """Token width ``H``: ``max(d_in, d_out)`` interleaved, ``2·d_in`` constructed."""
-    check_layout(layout, d_in, d_out)
+    """Token width ``H``: ``max(d_in, d_out)`` interleaved, ``2·d_in`` constructed, ``d_in + d_out``
+    pairs (any of :data:`ALL_LAYOUTS`)."""
+    check_layout(layout, d_in, d_out, allowed=ALL_LAYOUTS)
+    if layout == "pairs":
+        return d_in + d_out
     return max(d_in, d_out) if layout == "interleaved" else 2 * d_in
 
 
@@ -223,6 +459,9 @@ def tokens(task, layout: str = "interleaved") -> Array:
       (``x_{N+1} = x_q``) and a leading ``u_0 = [0, x_1]``; ``L = N + 1``, ``H = 2·d_in``. The label
       is already multiplied into the token. ``u_0`` carries ``x_1``, which the products alone
       lose and which multi-step GD needs (through ``Σ x_i x_iᵀ``).
+    * ``"pairs"``: ``[x_1, y_1], …, [x_N, y_N], [x_q, 0]`` (input and label side by side in one
+      token, von Oswald et al.'s layout), ``L = N + 1``, ``H = d_in + d_out``; the models of
+      :mod:`ssm_gd.neighbours` read it.
     """
     x, y, xq = task.x, task.y, task.x_query
     if x.ndim != 3 or y.ndim != 3 or xq.ndim != 2:
@@ -239,6 +478,9 @@ def tokens(task, layout: str = "interleaved") -> Array:
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _tokens(x, y, xq, layout, width):
     b, n, _ = x.shape
+    if layout == "pairs":
+        query = jnp.concatenate([xq, jnp.zeros(xq.shape[:1] + y.shape[2:], y.dtype)], axis=-1)
+        return jnp.concatenate([jnp.concatenate([x, y], axis=-1), query[:, None]], axis=1)
     if layout == "interleaved":
         pad = lambda v: jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width - v.shape[-1])])  # noqa: E731
         pairs = jnp.stack([pad(x), pad(y)], axis=2).reshape(b, 2 * n, width)

@@ -10,6 +10,12 @@ One call, :func:`train`, runs the whole loop:
   rate and no weight decay; everything else with AdamW. Warmup + cosine schedules, gradient clipping.
 * **Evaluation** on a fixed set of ``eval_size`` tasks against K-step GD at its best step size on
   that set (:mod:`ssm_gd.metrics`), and the parameter match against the construction at that η.
+  For one step with a neighbour model, another task or the matrix query map
+  (:func:`wants_references`), also against the neighbours' GD variants on the same set:
+  preconditioned GD with the optimal ``Γ`` for the task and sample-weighted GD with the best
+  ``(η, λ)`` (:mod:`ssm_gd.gd`).
+* **Models and tasks**: the GD-SSM (default) or one of its neighbours (:mod:`ssm_gd.neighbours`:
+  linear self-attention, H3, a plain SSM), on isotropic (default), non-isotropic or drifting tasks.
 * **Logging**: ``history.jsonl`` (one line per evaluation), ``summary.json``, a progress bar with the
   current loss beside GD's.
 * **Checkpoints** (orbax) at every evaluation and ``resume=True``: a resumed run is the same
@@ -38,14 +44,28 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssm_gd import construction, gd, metrics, tasks
-from ssm_gd.layers import GDSSM, IMPLS, PARAMETRIZATIONS, GDSSMInit, identity_init
+from ssm_gd import construction, gd, metrics, neighbours, scan, tasks
+from ssm_gd.layers import GDSSM, IMPLS, PARAMETRIZATIONS, QUERY_MAPS, GDSSMInit, identity_init
 
-__all__ = ["INITS", "Config", "Result", "TrainingDiverged", "config_from_args", "train"]
+__all__ = [
+    "INITS",
+    "MODELS",
+    "TASKS",
+    "Config",
+    "Result",
+    "TrainingDiverged",
+    "config_from_args",
+    "input_covariance",
+    "reference_preconditioner",
+    "train",
+    "wants_references",
+]
 
 INITS = ("identity", "published")
 LOSS_ON = ("query", "all")
 DTYPES = ("float32", "float64")
+MODELS = ("gdssm",) + neighbours.MODELS
+TASKS = ("isotropic", "anisotropic", "drift")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +74,19 @@ class Config:
     tokens, inputs U(−0.5, 0.5), one GD step.
 
     Task: ``n_context`` (N), ``d_in``, ``d_out`` (1 = scalar labels), ``layout``, ``x_range``
-    (inputs ``U(−x_range/2, x_range/2)``), ``w_scale``, ``noise_std``.
-    Model: ``n_steps`` (K), ``init`` (``"identity"``: ``C = I``, ``Λ = 1``, ``Q ~ N(0, 0.1²)``,
-    ``D ~ N(0, 1)``; ``"published"``: the same but ``C ~ N(0, 1/H)``, the published code's style),
-    ``parametrization`` of ``Λ``, scan ``impl``, ``dtype``.
+    (inputs ``U(−x_range/2, x_range/2)``), ``w_scale``, ``noise_std``, and ``task``:
+    ``"isotropic"`` (:func:`ssm_gd.tasks.linear_regression`, the default), ``"anisotropic"``
+    (:func:`ssm_gd.tasks.gaussian_regression`: ``x ~ N(0, Σ)`` with a geometric spectrum of
+    condition number ``condition``, mean eigenvalue ``x_range²/12`` as the uniform inputs' variance,
+    rotated by the fixed orthogonal matrix of seed ``rotation``, 0 = axis-aligned) or ``"drift"``
+    (:func:`ssm_gd.tasks.drifting_regression`: the map rotates from an old to a new one along the
+    context, or switches abruptly after ``switch_at`` pairs when ``switch_at > 0``).
+    Model: ``model`` (``"gdssm"``, the default, or one of :data:`ssm_gd.neighbours.MODELS`, which
+    read ``layout="pairs"`` and do one step), ``n_steps`` (K), ``init`` (GD-SSM: ``"identity"``:
+    ``C = I``, ``Λ = 1``, ``Q ~ N(0, 0.1²)``, ``D ~ N(0, 1)``; ``"published"``: the same but
+    ``C ~ N(0, 1/H)``, the published code's style), ``query_map`` (GD-SSM: ``"vector"``, or
+    ``"matrix"`` for a learned preconditioner), ``parametrization`` of ``Λ`` (GD-SSM and H3), scan
+    ``impl`` (the neighbours run ``"chunked"`` and ``"auto"`` as ``"associative"``), ``dtype``.
     Optimisation: ``steps`` of ``batch_size`` fresh tasks; AdamW with peak ``lr``, linear warmup
     over ``warmup_steps`` then cosine decay to ``lr · final_lr_fraction``; ``recurrence_lr`` (same
     schedule shape, no weight decay) for ``Λ``; ``weight_decay`` for the rest; ``clip_norm`` on the
@@ -74,8 +103,14 @@ class Config:
     x_range: float = 1.0
     w_scale: float = 1.0
     noise_std: float = 0.0
+    task: str = "isotropic"
+    condition: float = 20.0
+    rotation: int = 1
+    switch_at: int = 0
+    model: str = "gdssm"
     n_steps: int = 1
     init: str = "identity"
+    query_map: str = "vector"
     parametrization: str = "direct"
     impl: str = "associative"
     dtype: str = "float32"
@@ -99,7 +134,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        for name in ("warmup_steps", "seed"):
+        for name in ("warmup_steps", "seed", "rotation", "switch_at"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
@@ -111,7 +146,18 @@ class Config:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative finite number; got {value!r}")
+        value = self.condition
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 1):
+            raise ValueError(f"condition must be a finite number >= 1; got {value!r}")
+        if self.switch_at > self.n_context:
+            raise ValueError(
+                f"switch_at must be in [0, n_context={self.n_context}] (0: a smooth drift); "
+                f"got {self.switch_at}"
+            )
         choices = {
+            "model": MODELS,
+            "task": TASKS,
+            "query_map": QUERY_MAPS,
             "init": INITS,
             "parametrization": PARAMETRIZATIONS,
             "impl": IMPLS,
@@ -121,7 +167,29 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
-        tasks.check_layout(self.layout, self.d_in, self.d_out)
+        if self.model == "gdssm":
+            if self.layout == "pairs":
+                raise ValueError(
+                    "layout='pairs' is read by the neighbour models (model in "
+                    f"{neighbours.MODELS}); the GD-SSM reads one of {tasks.LAYOUTS}"
+                )
+            tasks.check_layout(self.layout, self.d_in, self.d_out)
+        else:
+            tasks.check_layout(self.layout, self.d_in, self.d_out, allowed=tasks.ALL_LAYOUTS)
+            if self.layout != "pairs":
+                raise ValueError(
+                    f"model={self.model!r} reads layout='pairs' tokens ([x_i, y_i] per token); "
+                    f"got layout={self.layout!r}"
+                )
+            if self.n_steps != 1:
+                raise ValueError(
+                    f"model={self.model!r} is one layer (one GD step): n_steps must be 1; "
+                    f"got {self.n_steps}"
+                )
+            if self.query_map != "vector":
+                raise ValueError(
+                    f"query_map is a GD-SSM option; model={self.model!r} needs query_map='vector'"
+                )
         if self.warmup_steps >= self.steps:
             raise ValueError(
                 f"warmup_steps must be smaller than steps; got {self.warmup_steps} >= {self.steps}"
@@ -154,10 +222,14 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass
 class Result:
-    """What :func:`train` returns: the trained and constructed models and the numbers."""
+    """What :func:`train` returns: the trained and constructed models and the numbers.
 
-    model: GDSSM
-    constructed: GDSSM
+    ``constructed`` is the GD-SSM construction the parameter match compares with (``None`` for
+    the neighbour models, whose parameters are not matched).
+    """
+
+    model: nnx.Module
+    constructed: GDSSM | None
     summary: dict[str, Any]
     history: list[dict[str, Any]]
 
@@ -171,8 +243,20 @@ def _dtype(config: Config):
     return jnp.dtype(config.dtype)
 
 
-def make_model(config: Config, key: int | None = None) -> GDSSM:
-    """A randomly initialised :class:`GDSSM` for ``config`` (``init`` chooses the initialisation)."""
+def make_model(config: Config, key: int | None = None) -> nnx.Module:
+    """A randomly initialised model for ``config``: a :class:`GDSSM` (``init`` chooses the
+    initialisation) or a neighbour (:func:`ssm_gd.neighbours.make`)."""
+    rngs = nnx.Rngs(config.seed if key is None else key)
+    if config.model != "gdssm":
+        return neighbours.make(
+            config.model,
+            config.d_in,
+            config.d_out,
+            parametrization=config.parametrization,
+            impl=config.impl if config.impl in scan.IMPLEMENTATIONS else "associative",
+            param_dtype=_dtype(config),
+            rngs=rngs,
+        )
     h = max(config.d_in, config.d_out) if config.layout == "interleaved" else config.d_in
     init = GDSSMInit()
     if config.init == "published":
@@ -190,24 +274,46 @@ def make_model(config: Config, key: int | None = None) -> GDSSM:
         init=init,
         parametrization=config.parametrization,
         impl=config.impl,
+        query_map=config.query_map,
         param_dtype=_dtype(config),
-        rngs=nnx.Rngs(config.seed if key is None else key),
+        rngs=rngs,
+    )
+
+
+def input_covariance(config: Config):
+    """``Σ`` of the ``"anisotropic"`` task's inputs (float64 numpy ``(d_in, d_in)``)."""
+    return tasks.input_covariance(
+        config.d_in,
+        condition=config.condition,
+        x_var=config.x_range**2 / 12,
+        rotation=config.rotation,
     )
 
 
 def sample(config: Config, key, batch: int):
-    """``batch`` linear regression tasks drawn as ``config`` says."""
-    return tasks.linear_regression(
-        key,
+    """``batch`` linear regression tasks drawn as ``config`` says (its ``task``)."""
+    common = dict(
         batch=batch,
         n_context=config.n_context,
         d_in=config.d_in,
         d_out=config.d_out,
-        x_range=config.x_range,
         w_scale=config.w_scale,
         noise_std=config.noise_std,
         dtype=_dtype(config),
     )
+    if config.task == "anisotropic":
+        return tasks.gaussian_regression(
+            key,
+            condition=config.condition,
+            x_var=config.x_range**2 / 12,
+            rotation=config.rotation,
+            **common,
+        )
+    if config.task == "drift":
+        return tasks.drifting_regression(
+            key, x_range=config.x_range, switch_at=config.switch_at or None, **common
+        )
+    return tasks.linear_regression(key, x_range=config.x_range, **common)
 
 
 def _labels(params) -> Any:
@@ -278,6 +384,114 @@ def _make_chunk(graphdef, optimizer, config: Config, data_sharding, train_key):
     return chunk
 
 
+# ------------------------------------------------------------------- the GD variants as references
+
+
+def wants_references(config: Config) -> bool:
+    """Whether :func:`train` evaluates against the one-step GD variants too: for one step, and a
+    neighbour model, a non-isotropic or drifting task, or the GD-SSM's matrix query map. The
+    default GD-SSM runs (plain GD's setting, where every variant is plain GD) skip them."""
+    special = config.model != "gdssm" or config.task != "isotropic" or config.query_map != "vector"
+    return config.n_steps == 1 and special
+
+
+def reference_preconditioner(config: Config, gd_lr: float) -> np.ndarray:
+    """The preconditioner ``Γ`` ``(d_in, d_in)`` of the "optimal preconditioned GD" reference.
+
+    ``"anisotropic"``: :func:`ssm_gd.gd.optimal_preconditioner` of the task's ``Σ`` (the population
+    optimum for Gaussian inputs, not fitted to any sample). ``"isotropic"`` and ``"drift"``: their
+    inputs and maps are invariant under signed permutations of the coordinates, so the best ``Γ``
+    commutes with them all and is a multiple of ``I``: ``Γ = η* I`` with plain GD's best ``η*``.
+    """
+    if config.task == "anisotropic":
+        return gd.optimal_preconditioner(
+            input_covariance(config),
+            config.n_context,
+            w_scale=config.w_scale,
+            noise_std=config.noise_std,
+        )
+    return gd_lr * np.eye(config.d_in)
+
+
+def _references(config: Config, task, gd_lr: float) -> dict[str, Any]:
+    """The one-step GD variants on ``task``: optimal preconditioned GD (``pgd``, with
+    :func:`reference_preconditioner`; ``pgd_fitted``: the best ``Γ`` fitted on ``task`` itself, a
+    lower bound) and the best sample-weighted GD (``wgd``: :func:`ssm_gd.gd.best_weighted`)."""
+    args = (task.x, task.y, task.x_query, task.y_query)
+    gamma = reference_preconditioner(config, gd_lr)
+    pgd = gd.loss(gd.preconditioned_predict(*args[:3], gamma=gamma), task.y_query)
+    fitted = None
+    if config.eval_size * config.d_out >= 4 * config.d_in**2:  # enough labels to fit Γ
+        fitted = float(gd.best_preconditioner(*args)[1])
+    w_lr, w_decay, wgd = gd.best_weighted(*args)
+    return {
+        "pgd_gamma": gamma,
+        "pgd_loss": float(pgd),
+        "pgd_fitted_loss": fitted,
+        "wgd_lr": float(w_lr),
+        "wgd_decay": float(w_decay),
+        "wgd_loss": float(wgd),
+    }
+
+
+def _reference_sensitivities(task, refs, size: int) -> dict[str, Any]:
+    """The implicit models ``W`` ``(size, d_out, d_in)`` of the variants on the first tasks."""
+    x, y = task.x[:size], task.y[:size]
+    eye = np.eye(x.shape[-1])
+    return {
+        "pgd": gd.preconditioned_weights(x, y, gamma=refs["pgd_gamma"]),
+        "wgd": gd.preconditioned_weights(x, y, gamma=refs["wgd_lr"] * eye, decay=refs["wgd_decay"]),
+    }
+
+
+def _sensitivities(model, task, layout: str, *, chunk_size: int):
+    """``∂ŷ/∂x_q`` ``(B, d_out, d_in)`` of ``model`` on ``task``, ``chunk_size`` tasks at a time."""
+    n = task.x.shape[0]
+    size = max(d for d in range(1, min(chunk_size, n) + 1) if n % d == 0)
+
+    def one(t):
+        return metrics.sensitivity(metrics.query_predictor(model, t, layout), t.x_query)
+
+    chunks = jax.tree.map(lambda v: v.reshape((n // size, size) + v.shape[1:]), task)
+    out = jax.lax.map(one, chunks)
+    return out.reshape((n,) + out.shape[2:])
+
+
+def _reference_summary(final: dict[str, Any], refs) -> dict[str, Any]:
+    if refs is None:
+        return {}
+    out = {k: v for k, v in refs.items() if k != "pgd_gamma"}
+    for name in ("pgd", "wgd"):
+        for key in ("loss_ratio", "model_cos", "model_diff"):
+            out[f"{key}_{name}"] = final[f"{key}_{name}"]
+    return out
+
+
+def _construction(config: Config, gd_lr: float, refs) -> GDSSM | None:
+    """The GD-SSM construction the parameter match compares with: K-step GD at ``gd_lr``; with the
+    matrix query map and one step, optimal preconditioned GD (``W = (1/N) S_y Γ``). ``None`` for
+    the neighbour models."""
+    if config.model != "gdssm":
+        return None
+    preconditioner, lr = None, gd_lr
+    if config.query_map == "matrix":
+        if refs is None:  # K > 1: plain GD, in the matrix form
+            preconditioner = np.eye(config.d_in)
+        else:
+            preconditioner, lr = refs["pgd_gamma"], 1.0
+    return construction.gd_ssm(
+        d_in=config.d_in,
+        d_out=config.d_out,
+        n_context=config.n_context,
+        lr=lr,
+        steps=config.n_steps,
+        layout=config.layout,
+        impl=config.impl,
+        preconditioner=preconditioner,
+        dtype=_dtype(config),
+    )
+
+
 # ---------------------------------------------------------------------------------- the loop
 
 
@@ -294,8 +508,8 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> Result:
-    """Train a GD-SSM as ``config`` says; write ``history.jsonl``, ``summary.json`` and checkpoints
-    under ``out`` (nothing is written when ``out`` is ``None``).
+    """Train a GD-SSM (or a neighbour) as ``config`` says; write ``history.jsonl``,
+    ``summary.json`` and checkpoints under ``out`` (nothing is written when ``out`` is ``None``).
 
     Raises:
       ValueError: a config that does not fit the devices (``batch_size`` and ``eval_size`` must be
@@ -334,35 +548,38 @@ def train(
     grid_lr, grid_loss = gd.grid_search_lr(
         eval_task.x, eval_task.y, eval_task.x_query, eval_task.y_query, steps=config.n_steps
     )
-    constructed = construction.gd_ssm(
-        d_in=config.d_in,
-        d_out=config.d_out,
-        n_context=config.n_context,
-        lr=gd_lr,
-        steps=config.n_steps,
-        layout=config.layout,
-        impl=config.impl,
-        dtype=_dtype(config),
-    )
+    # The neighbours' GD variants on the same set (preconditioned, sample-weighted), where they
+    # differ from plain GD or the model is built for them (wants_references).
+    refs = _references(config, eval_task, gd_lr) if wants_references(config) else None
+    constructed = _construction(config, gd_lr, refs)
     lsq_loss = float(
         gd.loss(gd.least_squares(eval_task.x, eval_task.y, eval_task.x_query), eval_task.y_query)
     )
+    sens_size = min(config.sens_size, config.eval_size)
+    ref_sens = {} if refs is None else _reference_sensitivities(eval_task, refs, sens_size)
 
     @jax.jit
-    def evaluate_on(params, task):
+    def evaluate_on(params, task, ref_sens):
         m = nnx.merge(graphdef, params)
-        return metrics.evaluate(
+        values = metrics.evaluate(
             m,
             task,
             layout=config.layout,
             gd_lr=gd_lr,
             steps=config.n_steps,
-            sens_size=min(config.sens_size, config.eval_size),
+            sens_size=sens_size,
             chunk_size=2048,
         )
+        if ref_sens:
+            sub = jax.tree.map(lambda v: v[:sens_size], task)
+            sens = _sensitivities(m, sub, config.layout, chunk_size=2048)
+            for name, ref in ref_sens.items():
+                for key, value in metrics.alignment(sens, ref).items():
+                    values[f"{key}_{name}"] = value
+        return values
 
     def evaluate(params):  # the set is an argument, not a constant baked into the program
-        return evaluate_on(params, eval_task)
+        return evaluate_on(params, eval_task, ref_sens)
 
     chunk = _make_chunk(graphdef, optimizer, config, data_sharding, key_train)
 
@@ -383,7 +600,7 @@ def train(
     def record(step, params, train_loss):
         values = {k: float(v) for k, v in evaluate(params).items()}
         m = nnx.merge(graphdef, params)
-        match = metrics.param_match_error(m, constructed)
+        match = None if constructed is None else metrics.param_match_error(m, constructed)
         row = {
             "step": step,
             "train_loss": train_loss,
@@ -393,10 +610,16 @@ def train(
             "preds_diff": values["preds_diff"],
             "model_diff": values["model_diff"],
             "model_cos": values["model_cos"],
-            "param_match_error": match["total"],
+            "param_match_error": None if match is None else match["total"],
             "param_match": match,
             "elapsed": time.perf_counter() - start_time,
         }
+        if refs is not None:  # the neighbours' GD variants (constant on the set) and alignments
+            for name in ("pgd", "wgd"):
+                row[f"{name}_loss"] = refs[f"{name}_loss"]
+                row[f"loss_ratio_{name}"] = values["loss"] / refs[f"{name}_loss"]
+                row[f"model_cos_{name}"] = values[f"model_cos_{name}"]
+                row[f"model_diff_{name}"] = values[f"model_diff_{name}"]
         history.append(row)
         if out is not None:
             with open(out / "history.jsonl", "a") as f:
@@ -453,6 +676,7 @@ def train(
         "preds_diff": final["preds_diff"],
         "param_match_error": final["param_match_error"],
         "param_match": final["param_match"],
+        **_reference_summary(final, refs),
         "steps": config.steps,
         "batch_size": config.batch_size,
         "seed": config.seed,
@@ -476,6 +700,8 @@ def _time_to_target(history):
     found = {}
     for name, bound in TARGETS.items():
         for row in history:
+            if row.get(name) is None:  # no parameter match for the neighbour models
+                continue
             met = row[name] >= bound if name == "model_cos" else row[name] <= bound
             if met:
                 found[name] = {"step": row["step"], "seconds": row["elapsed"]}

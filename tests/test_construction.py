@@ -135,10 +135,13 @@ def _weighted_preconditioned_gd_prefixes(x, y, x_query, *, lr, steps, gamma, dec
         for t in range(1, n + 1):
             w = np.zeros((y.shape[-1], x.shape[-1]))
             for _ in range(steps):
-                grad = sum(
-                    decay ** (t - i) * np.outer(w @ x[b, i - 1] - y[b, i - 1], x[b, i - 1])
-                    for i in range(1, t + 1)
-                ) / n
+                grad = (
+                    sum(
+                        decay ** (t - i) * np.outer(w @ x[b, i - 1] - y[b, i - 1], x[b, i - 1])
+                        for i in range(1, t + 1)
+                    )
+                    / n
+                )
                 w = w - lr * grad @ gamma
             query = x[b, t] if t < n else x_query[b]
             out[b, t - 1] = w @ query

@@ -167,3 +167,173 @@ def test_loss_of_zero_predictor_at_default_setting():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call(_task())
+
+
+# ------------------------------------------------------- preconditioned and sample-weighted GD
+
+
+def numpy_weighted(x, y, xq, gamma, decay):
+    """``(1/N) Σ_i λ^{N−i} y_i x_iᵀ Γ x_q`` one task at a time, in plain numpy."""
+    x, y, xq = (np.asarray(v, np.float64) for v in (x, y, xq))
+    n = x.shape[1]
+    out = []
+    for xb, yb, qb in zip(x, y, xq, strict=True):
+        w = sum(decay ** (n - 1 - i) * np.outer(yb[i], xb[i]) for i in range(n))
+        out.append(w @ gamma @ qb / n)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.8, 0.0, -0.6])
+@pytest.mark.parametrize(("d_in", "d_out"), [(5, 1), (2, 4)])
+def test_preconditioned_and_weighted_predict_match_numpy(decay, d_in, d_out):
+    t = _task(d_in=d_in, d_out=d_out)
+    g = np.random.default_rng(1).standard_normal((d_in, d_in))
+    got = gd.preconditioned_predict(t.x, t.y, t.x_query, gamma=g, decay=decay)
+    # N = 8 terms of d-term dots: rounding ~(N + 2d) ε of the terms, far below 1e-13.
+    np.testing.assert_allclose(
+        got, numpy_weighted(t.x, t.y, t.x_query, g, decay), rtol=1e-12, atol=1e-14
+    )
+    got = gd.weighted_predict(t.x, t.y, t.x_query, lr=0.9, decay=decay)
+    ref = numpy_weighted(t.x, t.y, t.x_query, 0.9 * np.eye(d_in), decay)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+    w = gd.preconditioned_weights(t.x, t.y, gamma=g, decay=decay)
+    np.testing.assert_allclose(
+        np.einsum("boi,bi->bo", w, t.x_query), numpy_weighted(t.x, t.y, t.x_query, g, decay),
+        rtol=1e-12, atol=1e-14,
+    )  # fmt: skip
+
+
+def test_one_unweighted_step_with_gamma_eta_identity_is_plain_gd():
+    t = _task()
+    plain = gd.predict(t.x, t.y, t.x_query, lr=1.7)
+    np.testing.assert_allclose(
+        gd.preconditioned_predict(t.x, t.y, t.x_query, gamma=1.7 * np.eye(5)), plain, rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        gd.weighted_predict(t.x, t.y, t.x_query, lr=1.7, decay=1.0), plain, rtol=1e-14
+    )
+
+
+def test_sample_weights():
+    np.testing.assert_allclose(gd.sample_weights(4, 0.5), [0.125, 0.25, 0.5, 1.0], rtol=0)
+    np.testing.assert_array_equal(gd.sample_weights(3, 0.0), [0.0, 0.0, 1.0])  # 0⁰ = 1
+    np.testing.assert_array_equal(gd.sample_weights(3, -2.0), [4.0, -2.0, 1.0])
+    np.testing.assert_array_equal(gd.sample_weights(1, 0.3), [1.0])
+
+
+def _expected_loss(gamma, sigma, n):
+    """E(ŷ − y_q)² per output of one preconditioned step, Gaussian x, W ~ N(0, 1), no noise:
+    ((N+1)/N) tr(ΓΣΓᵀΣ²) + (tr Σ/N) tr(ΓΣΓᵀΣ) − 2 tr(Σ²Γ) + tr Σ (gd.optimal_preconditioner)."""
+    b = gamma @ sigma @ gamma.T
+    return (
+        (n + 1) / n * jnp.trace(b @ sigma @ sigma)
+        + jnp.trace(sigma) / n * jnp.trace(b @ sigma)
+        - 2 * jnp.trace(sigma @ sigma @ gamma)
+        + jnp.trace(sigma)
+    )
+
+
+def test_optimal_preconditioner_for_isotropic_inputs_is_the_best_step_size():
+    # Σ = s I: Γ* = η* I with η* = N / (s (N + 1 + d)).
+    g = gd.optimal_preconditioner(0.25 * np.eye(6), 9)
+    np.testing.assert_allclose(g, 9 / (0.25 * 16) * np.eye(6), rtol=1e-14)
+    # Label noise σ² with maps of scale w adds σ²/w² to tr Σ.
+    g = gd.optimal_preconditioner(0.25 * np.eye(6), 9, w_scale=2.0, noise_std=1.0)
+    np.testing.assert_allclose(g, np.eye(6) / (10 / 9 * 0.25 + (1.5 + 0.25) / 9), rtol=1e-14)
+
+
+def test_optimal_preconditioner_minimises_the_expected_loss():
+    sigma = tasks.input_covariance(4, condition=10.0, x_var=0.5, rotation=2)
+    g = gd.optimal_preconditioner(sigma, 6)
+    # The expected loss is a convex quadratic in Γ: its gradient vanishes at Γ* (float64; the
+    # entries are O(1), so 1e-12 is rounding), and any step away increases it.
+    grad = jax.grad(lambda m: _expected_loss(m, jnp.asarray(sigma), 6))(jnp.asarray(g))
+    np.testing.assert_allclose(grad, 0, atol=1e-12)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        assert _expected_loss(g + 0.05 * rng.standard_normal((4, 4)), sigma, 6) > _expected_loss(
+            g, sigma, 6
+        )
+
+
+def test_optimal_preconditioner_against_the_least_squares_fit_on_many_tasks():
+    n, d = 6, 4
+    sigma = tasks.input_covariance(d, condition=10.0, x_var=0.5, rotation=2)
+    g = gd.optimal_preconditioner(sigma, n)
+    t = tasks.gaussian_regression(
+        jax.random.key(3), batch=100_000, n_context=n, d_in=d, condition=10.0, x_var=0.5,
+        rotation=2,
+    )  # fmt: skip
+    fitted, fitted_loss = gd.best_preconditioner(t.x, t.y, t.x_query, t.y_query)
+    err = (np.asarray(gd.preconditioned_predict(t.x, t.y, t.x_query, gamma=g)) - t.y_query) ** 2
+    # The sample loss of Γ* is the closed form's expectation within 5 standard errors.
+    assert abs(err.mean() - _expected_loss(g, sigma, n)) < 5 * err.std() / np.sqrt(err.size)
+    # In-sample the fit can only do better, and only by the fit's optimism: 16 parameters on
+    # 1e5 residuals, p/B ≈ 1.6e-4 of the loss in expectation; 2e-3 is > 10 times that.
+    assert float(fitted_loss) <= 0.5 * err.mean() * (1 + 1e-12)
+    assert 0.5 * err.mean() - float(fitted_loss) < 2e-3 * 0.5 * err.mean()
+    # In expectation Γ* is never beaten: the fit's excess expected loss is positive and small.
+    excess = _expected_loss(np.asarray(fitted), sigma, n) - _expected_loss(g, sigma, n)
+    assert 0 <= excess < 2e-3 * _expected_loss(g, sigma, n)
+    assert np.linalg.norm(np.asarray(fitted) - g) < 0.05 * np.linalg.norm(g)
+
+
+def test_best_preconditioner_recovers_a_planted_gamma():
+    # Labels made by a known preconditioned step are fitted exactly (a consistent linear system).
+    t = _task(batch=64, n=6, d_in=3, d_out=2)
+    planted = np.random.default_rng(2).standard_normal((3, 3))
+    y_q = gd.preconditioned_predict(t.x, t.y, t.x_query, gamma=planted, decay=0.7)
+    fitted, value = gd.best_preconditioner(t.x, t.y, t.x_query, y_q, decay=0.7)
+    np.testing.assert_allclose(fitted, planted, rtol=0, atol=1e-9)
+    assert float(value) < 1e-20
+
+
+def test_best_weighted_matches_a_dense_grid():
+    t = tasks.drifting_regression(jax.random.key(4), batch=2048, n_context=10, d_in=5)
+    lr, decay, value = gd.best_weighted(t.x, t.y, t.x_query, t.y_query)
+    grid = np.linspace(0.0, 1.0, 2001)  # spacing 5e-4
+
+    def at(lam):  # the best η for each λ: a one-dimensional least squares
+        g = np.asarray(gd.weighted_predict(t.x, t.y, t.x_query, lr=1.0, decay=lam))
+        eta = np.sum(g * t.y_query) / np.sum(g * g)
+        return eta, 0.5 * np.mean((eta * g - t.y_query) ** 2)
+
+    losses = np.array([at(lam)[1] for lam in grid[::20]])  # coarse, then fine around the best
+    centre = grid[::20][np.argmin(losses)]
+    fine = np.linspace(max(centre - 0.01, 0), min(centre + 0.01, 1), 401)  # spacing 5e-5
+    losses = np.array([at(lam)[1] for lam in fine])
+    assert abs(float(decay) - fine[np.argmin(losses)]) <= 1e-4
+    assert float(value) <= losses.min() + 1e-15
+    np.testing.assert_allclose(lr, at(float(decay))[0], rtol=1e-10)
+    # Drifting tasks favour recent pairs (λ < 1), and the best weights beat plain GD.
+    _, plain = gd.best_lr(t.x, t.y, t.x_query, t.y_query)
+    assert float(decay) < 0.95 and float(value) < float(plain)
+    # A grid of λ = 1 alone is plain GD at its best η.
+    lr1, decay1, value1 = gd.best_weighted(t.x, t.y, t.x_query, t.y_query, decays=[1.0, 1.0])
+    np.testing.assert_allclose(lr1, gd.optimal_lr(t.x, t.y, t.x_query, t.y_query), rtol=1e-12)
+    np.testing.assert_allclose(value1, plain, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda t: gd.preconditioned_predict(t.x, t.y, t.x_query, gamma=np.eye(4)), "gamma must"),
+        (lambda t: gd.preconditioned_weights(t.x, t.y, gamma=np.eye(5), decay=[0.5]), "decay must"),
+        (
+            lambda t: gd.preconditioned_weights(t.x, t.y, gamma=np.eye(5), decay=float("nan")),
+            "decay must be a finite",
+        ),
+        (lambda t: gd.weighted_predict(t.x, t.y, t.x_query, lr=[1.0], decay=0.5), "lr must"),
+        (lambda t: gd.best_preconditioner(t.x, t.y, t.x_query, t.y_query), "needs B·d_out >= 25"),
+        (lambda t: gd.best_weighted(t.x, t.y, t.x_query, t.y_query, decays=[0.5]), "decays must"),
+        (lambda t: gd.sample_weights(0, 0.5), "n_context must be a positive integer"),
+        (lambda t: gd.optimal_preconditioner(np.ones((2, 3)), 4), "sigma must be a square"),
+        (lambda t: gd.optimal_preconditioner(np.diag([1.0, -1.0]), 4), "positive definite"),
+        (lambda t: gd.optimal_preconditioner([[1.0, 0.5], [0.0, 1.0]], 4), "symmetric"),
+        (lambda t: gd.optimal_preconditioner(np.eye(2), 0), "n_context must be a positive"),
+        (lambda t: gd.optimal_preconditioner(np.eye(2), 3, w_scale=0.0), "w_scale must be"),
+    ],
+)
+def test_bad_input_to_the_variants(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_task())

@@ -20,7 +20,8 @@ def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
             assert f"({name}/{figure.name})" in text, f"{name}/{figure.name} missing from REPORT.md"
     # Each section of the report is filled from its experiment's summary.
     for heading in ("Linear regression", "plateau", "Multi-step", "Out of distribution",
-                    "Size sweep", "Non-linear", "construction equals"):  # fmt: skip
+                    "Size sweep", "Non-linear", "construction equals",
+                    "The neighbours"):  # fmt: skip
         assert heading in text
     # A quick run still learns: the default linear run is near GD after 300 steps.
     linear = _summary(tmp_path, "linear")
@@ -29,6 +30,7 @@ def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
     check_ood_evaluates_every_shift(tmp_path)
     check_sweep_runs_each_size(tmp_path)
     check_nonlinear_compares_every_baseline(tmp_path)
+    check_neighbours_runs_the_quick_grid(tmp_path)
 
 
 def _summary(results, name):
@@ -73,6 +75,28 @@ def check_nonlinear_compares_every_baseline(quick):
     # Tuned kernel ridge fits noise-free sines far better than predicting zero.
     assert losses["kernel_ridge_rbf"] < 0.1 * losses["zero_predictor"]
     assert len(summary["loss_vs_context"]["trained"]) == summary["config"]["n_context"]
+
+
+def check_neighbours_runs_the_quick_grid(quick):
+    from experiments import neighbours
+
+    summary = _summary(quick, "neighbours")
+    runs = [(r["task"], r["model"]) for r in summary["rows"]]
+    assert runs == list(neighbours.QUICK_RUNS)  # every model, every task
+    assert {m for _, m in runs} == set(neighbours.MODELS)
+    assert {t for t, _ in runs} == set(neighbours.TASKS)
+    assert set(summary["targets"]) == {"a_plain_ssm", "b_preconditioned", "c_weighted"}
+    for r in summary["rows"]:
+        # The GD variants on one set: the best weights never lose to λ = 1 (plain GD), and on
+        # the Gaussian tasks the optimal Γ* beats plain GD (condition number 20: by ~9%).
+        assert r["wgd_loss"] <= r["gd_loss"] * (1 + 1e-6)
+        if r["task"] == "anisotropic":
+            assert r["pgd_loss"] < 0.95 * r["gd_loss"]
+        else:  # Γ* = η* I by symmetry: plain GD itself
+            assert abs(r["pgd_loss"] / r["gd_loss"] - 1) < 1e-5
+        assert -1 <= r["model_cos_pgd"] <= 1 and -1 <= r["model_cos_wgd"] <= 1
+    for name in summary["runs"]:
+        assert (quick / "neighbours" / "runs" / f"{name}.jsonl").exists()
 
 
 def test_unknown_experiment_is_rejected(tmp_path):

@@ -523,7 +523,11 @@ def test_last_state_readout_equals_the_loop(length):
 def test_last_state_readout_gradient_equals_the_materialised_states():
     rng = np.random.default_rng(1)
     lam = rng.uniform(0.5, 1, (2, 3))
-    left, right, v = rng.normal(size=(7, 2, 3, 2)), rng.normal(size=(7, 2, 3, 3)), rng.normal(size=(2, 3))
+    left, right, v = (
+        rng.normal(size=(7, 2, 3, 2)),
+        rng.normal(size=(7, 2, 3, 3)),
+        rng.normal(size=(2, 3)),
+    )
 
     def weighted(lam, left, right, v):
         return jnp.sum(jnp.cos(scan.last_state_readout(lam, left, right, v)))

@@ -328,3 +328,212 @@ def test_bad_input_raises_before_tracing(call, match, monkeypatch):
         monkeypatch.setattr(tasks, name, traced)
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ------------------------------------------------------------------ non-isotropic inputs
+
+GAUSS = {"batch": 4000, "n": 9, "d_in": 4, "d_out": 2}  # 4e4 input vectors, 8000 maps of 8 entries
+
+
+def test_input_spectrum_rotation_and_covariance():
+    s = tasks.input_spectrum(5, condition=20.0, mean=0.3)
+    np.testing.assert_allclose(s[0] / s[-1], 20.0, rtol=1e-14)
+    np.testing.assert_allclose(s.mean(), 0.3, rtol=1e-15)
+    assert np.all(np.diff(s) < 0)  # geometric, largest first
+    np.testing.assert_allclose(s[1:] / s[:-1], 20.0 ** (-1 / 4), rtol=1e-14)
+    np.testing.assert_array_equal(tasks.input_spectrum(1, condition=20.0, mean=0.3), [0.3])
+    np.testing.assert_array_equal(tasks.rotation_matrix(3, 0), np.eye(3))
+    r = tasks.rotation_matrix(5, 7)
+    np.testing.assert_allclose(r @ r.T, np.eye(5), rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(r, tasks.rotation_matrix(5, 7))  # fixed by its seed
+    assert np.abs(r - tasks.rotation_matrix(5, 8)).max() > 0.1
+    sigma = tasks.input_covariance(5, condition=20.0, x_var=0.3, rotation=7)
+    np.testing.assert_allclose(np.linalg.eigvalsh(sigma), np.sort(s), rtol=1e-13)
+    assert np.abs(sigma - np.diag(np.diag(sigma))).max() > 1e-3  # rotated: not diagonal
+    np.testing.assert_allclose(
+        tasks.input_covariance(5, condition=20.0, x_var=0.3), np.diag(s), rtol=0, atol=0
+    )
+
+
+def test_gaussian_inputs_have_the_stated_covariance_and_exact_labels():
+    sigma = tasks.input_covariance(4, condition=10.0, x_var=0.5, rotation=3)
+    t = _np(
+        tasks.gaussian_regression(
+            jax.random.key(0), batch=GAUSS["batch"], n_context=GAUSS["n"], d_in=4, d_out=2,
+            condition=10.0, x_var=0.5, rotation=3, w_scale=1.5,
+        )
+    )  # fmt: skip
+    assert t.x.shape == (4000, 9, 4) and t.y.shape == (4000, 9, 2) and t.w.shape == (4000, 2, 4)
+    ref, bound = _wx(t.w, t.x)
+    assert np.all(np.abs(t.y - ref) <= bound)
+    ref, bound = _wx(t.w, t.x_query)
+    assert np.all(np.abs(t.y_query - ref) <= bound)
+    # Context inputs and queries alike ~ N(0, Σ): each entry of the sample covariance of n = 4e4
+    # vectors within 5 standard errors, SE(x_a x_b) = √((Σ_aa Σ_bb + Σ_ab²) / n) for Gaussians.
+    xs = np.concatenate([t.x.reshape(-1, 4), t.x_query])
+    n = xs.shape[0]
+    se = np.sqrt((np.outer(np.diag(sigma), np.diag(sigma)) + sigma**2) / n)
+    assert np.all(np.abs(xs.T @ xs / n - sigma) < 5 * se)
+    assert np.all(np.abs(xs.mean(0)) < 5 * np.sqrt(np.diag(sigma) / n))
+    # Whitened, the inputs are N(0, I): a Gaussian's fourth moment is 3.
+    z = xs @ np.linalg.inv(np.linalg.cholesky(sigma)).T
+    _assert_mean_var(z, 0.0, 1.0)
+    assert abs(np.mean(z**4) - 3.0) < 5 * np.sqrt(96 / z.size)  # Var(z⁴) = 105 − 9 = 96
+    _assert_mean_var(t.w, 0.0, 1.5**2)
+
+
+def test_gaussian_isotropic_and_noise():
+    clean = _np(tasks.gaussian_regression(jax.random.key(1), batch=2000, n_context=9, d_in=5))
+    noisy = _np(
+        tasks.gaussian_regression(jax.random.key(1), batch=2000, n_context=9, d_in=5,
+                                  noise_std=0.2)
+    )  # fmt: skip
+    # condition = 1: N(0, I/12) (the default x_var matches U(−1/2, 1/2)'s variance).
+    _assert_mean_var(clean.x, 0.0, 1 / 12)
+    np.testing.assert_array_equal(noisy.x, clean.x)
+    _assert_mean_var(noisy.y - clean.y, 0.0, 0.2**2)
+
+
+# ------------------------------------------------------------------------- drifting maps
+
+
+def test_drift_coefficients():
+    old, new = tasks.drift_coefficients(8)
+    np.testing.assert_allclose(old**2 + new**2, 1.0, rtol=0, atol=2 * EPS64)
+    assert (old[-1], new[-1]) == (0.0, 1.0)  # the last pair follows W_new exactly
+    np.testing.assert_allclose(new, np.sin(np.pi / 2 * np.arange(1, 9) / 8), rtol=1e-15)
+    assert np.all(np.diff(new) > 0) and np.all(np.diff(old) < 0)
+    old, new = tasks.drift_coefficients(8, switch_at=3)
+    np.testing.assert_array_equal(old, [1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(new, 1 - old)
+
+
+@pytest.mark.parametrize("switch_at", [None, 6])
+def test_drifting_labels_follow_the_moving_map(switch_at):
+    n, d_in, d_out = 12, 3, 2
+    t = _np(
+        tasks.drifting_regression(
+            jax.random.key(2), batch=3000, n_context=n, d_in=d_in, d_out=d_out, w_scale=2.0,
+            switch_at=switch_at,
+        )
+    )  # fmt: skip
+    old, new = tasks.drift_coefficients(n, switch_at)
+    # The query follows W_new (= w) exactly, and so does every pair where a_old = 0.
+    ref, bound = _wx(t.w, t.x_query)
+    assert np.all(np.abs(t.y_query - ref) <= bound)
+    ref, bound = _wx(t.w, t.x)
+    later = old == 0
+    assert np.all(np.abs(t.y[:, later] - ref[:, later]) <= bound[:, later])
+    # The rest, r_i = y_i − a_new[i] W_new x_i = a_old[i] W_old x_i, follow one W_old per task:
+    # recover it by least squares (N_old ≥ d_in pairs) and check every pair, to rounding.
+    early = ~later
+    r = (t.y - new[None, :, None] * ref)[:, early] / old[None, early, None]
+    xs = t.x[:, early]
+    w_old = np.stack([np.linalg.lstsq(a, b, rcond=None)[0].T for a, b in zip(xs, r, strict=True)])
+    np.testing.assert_allclose(np.einsum("boi,bni->bno", w_old, xs), r, rtol=0, atol=1e-12)
+    # W_old ~ N(0, 2²) like W_new, and independent of it (6000 entry pairs; SE 1/√n).
+    _assert_mean_var(w_old, 0.0, 4.0)
+    assert abs(np.corrcoef(w_old.ravel(), t.w.ravel())[0, 1]) < 5 / math.sqrt(w_old.size)
+    xs_all = np.concatenate([t.x.ravel(), t.x_query.ravel()])
+    assert np.all(np.abs(xs_all) <= 0.5)
+
+
+def test_drift_noise_on_context_and_query():
+    kw = {"batch": 2000, "n_context": 5, "d_in": 3}
+    clean = _np(tasks.drifting_regression(jax.random.key(5), **kw))
+    noisy = _np(tasks.drifting_regression(jax.random.key(5), noise_std=0.3, **kw))
+    _assert_mean_var(noisy.y - clean.y, 0.0, 0.09)
+    _assert_mean_var(noisy.y_query - clean.y_query, 0.0, 0.09)
+
+
+# --------------------------------------------------------------------------- the pairs layout
+
+
+@pytest.mark.parametrize("cfg", [SMALL, WIDE], ids=["scalar", "vector"])
+def test_pairs_tokens_position_by_position(cfg):
+    t = _linear(**cfg)
+    tok = np.asarray(tasks.tokens(t, "pairs"))
+    b, n, d_in, d_out = cfg["batch"], cfg["n"], cfg["d_in"], cfg["d_out"]
+    assert tok.shape == (b, n + 1, d_in + d_out) and tok.dtype == np.float64
+    assert tasks.token_width("pairs", d_in, d_out) == d_in + d_out
+    np.testing.assert_array_equal(tok[:, :n, :d_in], t.x)  # pure data movement: exact
+    np.testing.assert_array_equal(tok[:, :n, d_in:], t.y)
+    np.testing.assert_array_equal(tok[:, n, :d_in], t.x_query)
+    np.testing.assert_array_equal(tok[:, n, d_in:], 0)
+    jitted = jax.jit(lambda task: tasks.tokens(task, "pairs"))(t)
+    np.testing.assert_array_equal(jitted, tok)
+
+
+def test_pairs_is_not_a_gdssm_layout():
+    # check_layout's default is the GD-SSM's layouts (the GD-SSM cannot read pairs tokens).
+    assert tasks.ALL_LAYOUTS == tasks.LAYOUTS + ("pairs",)
+    with pytest.raises(
+        ValueError, match=r"^layout must be one of \('interleaved', 'constructed'\)"
+    ):
+        tasks.check_layout("pairs", 3, 1)
+    assert tasks.check_layout("pairs", 3, 4, allowed=tasks.ALL_LAYOUTS) is None
+
+
+BAD_NEW = [
+    (lambda: tasks.gaussian_regression(jax.random.key(0), batch=0, n_context=3, d_in=2), "^batch"),
+    (
+        lambda: tasks.gaussian_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, condition=0.5
+        ),
+        "^condition must be a finite number >= 1",
+    ),
+    (
+        lambda: tasks.gaussian_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, condition=float("inf")
+        ),
+        "^condition must be a finite number",
+    ),
+    (
+        lambda: tasks.gaussian_regression(jax.random.key(0), batch=2, n_context=3, d_in=2, x_var=0),
+        "^x_var must be a positive finite number",
+    ),
+    (
+        lambda: tasks.gaussian_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, rotation=-1
+        ),
+        "^rotation must be a non-negative integer",
+    ),
+    (
+        lambda: tasks.gaussian_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, rotation=1.5
+        ),
+        "^rotation must be a non-negative integer",
+    ),
+    (
+        lambda: tasks.drifting_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, switch_at=4
+        ),
+        r"^switch_at must be in \[0, n_context=3\]; got 4",
+    ),
+    (
+        lambda: tasks.drifting_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, switch_at=True
+        ),
+        "^switch_at must be None or an integer",
+    ),
+    (
+        lambda: tasks.drifting_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, w_scale=-1
+        ),
+        "^w_scale must be a non-negative number",
+    ),
+    (lambda: tasks.input_spectrum(3, condition=2.0, mean=-1.0), "^mean must be a positive"),
+    (lambda: tasks.rotation_matrix(0, 1), "^d_in must be a positive integer"),
+    (lambda: tasks.token_width("pair", 2, 1), "^layout must be one of"),
+]
+
+
+@pytest.mark.parametrize(("call", "match"), BAD_NEW)
+def test_bad_input_to_the_new_samplers_raises_before_tracing(call, match, monkeypatch):
+    def traced(*args):
+        raise AssertionError("reached the jitted body")
+
+    for name in ("_gaussian_regression", "_drifting_regression", "_tokens"):
+        monkeypatch.setattr(tasks, name, traced)
+    with pytest.raises(ValueError, match=match):
+        call()
