@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssm_gd import scan
+
 __all__ = [
     "DEFAULT_LR_GRID",
     "DEFAULT_DECAY_GRID",
@@ -296,15 +298,13 @@ def _check_decay(decay) -> None:
 def sample_weights(n_context: int, decay, dtype=None) -> Array:
     """``ω_i = λ^{N−i}`` for ``i = 1…N``: ``(N,)``, the last pair weighted 1 (``0⁰ = 1``).
 
-    Built as a product of ``λ``'s (no ``pow``), so any real ``λ`` and a traced one work.
+    Integer powers (:func:`ssm_gd.scan.decay_powers`), so any real ``λ`` and a traced one work.
     """
     if isinstance(n_context, bool) or not isinstance(n_context, (int, np.integer)) or n_context < 1:
         raise ValueError(f"n_context must be a positive integer; got {n_context!r}")
     _check_decay(decay)
     dtype = jnp.result_type(decay, float) if dtype is None else dtype
-    lam = jnp.full((n_context - 1,), decay, dtype)
-    powers = jnp.cumprod(jnp.concatenate([jnp.ones((1,), dtype), lam]))  # λ^0 … λ^{N−1}
-    return powers[::-1]
+    return scan.decay_powers(jnp.asarray(decay, dtype), int(n_context))
 
 
 def preconditioned_weights(x: Array, y: Array, *, gamma, decay=1.0) -> Array:
