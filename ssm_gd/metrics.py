@@ -93,6 +93,7 @@ def evaluate(
     steps: int = 1,
     sens_size: int | None = None,
     chunk_size: int | None = None,
+    other_refs=None,
 ) -> dict[str, Array]:
     """Every metric of ``model`` on ``task`` against K-step GD with step size ``gd_lr``.
 
@@ -101,6 +102,9 @@ def evaluate(
     a sensitivity costs ``d_in`` forward passes). ``chunk_size`` bounds memory on large sets: the
     model runs on at most that many tasks at a time (``lax.map``; the largest divisor of the batch,
     and of ``sens_size``, up to ``chunk_size``: sizes with large power-of-two factors run fastest).
+    ``other_refs`` (``{name: W}``, each ``(sens_size, d_out, d_in)``): the implicit models of other
+    references on the same first tasks (e.g. preconditioned GD); the model's sensitivities, computed
+    once, are compared with each too, as ``model_diff_<name>`` and ``model_cos_<name>``.
     Jit-able (``layout``, ``steps``, ``sens_size``, ``chunk_size`` static).
     """
     batch = task.x.shape[0]
@@ -128,12 +132,15 @@ def evaluate(
     sub = jax.tree.map(lambda v: v[:sens_size], task)
     model_sens = chunked(sens, sub, chunk_for(sens_size))
     ref_sens = gd.weights(sub.x, sub.y, lr=gd_lr, steps=steps)
-    return {
+    out = {
         "loss": loss(pred, task.y_query),
         "gd_loss": loss(ref, task.y_query),
         "preds_diff": preds_diff(pred, ref),
         **alignment(model_sens, ref_sens),
     }
+    for name, other in (other_refs or {}).items():
+        out.update({f"{k}_{name}": v for k, v in alignment(model_sens, other).items()})
+    return out
 
 
 # --------------------------------------------------------------------------- parameter match

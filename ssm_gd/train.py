@@ -444,19 +444,6 @@ def _reference_sensitivities(task, refs, size: int) -> dict[str, Any]:
     }
 
 
-def _sensitivities(model, task, layout: str, *, chunk_size: int):
-    """``∂ŷ/∂x_q`` ``(B, d_out, d_in)`` of ``model`` on ``task``, ``chunk_size`` tasks at a time."""
-    n = task.x.shape[0]
-    size = max(d for d in range(1, min(chunk_size, n) + 1) if n % d == 0)
-
-    def one(t):
-        return metrics.sensitivity(metrics.query_predictor(model, t, layout), t.x_query)
-
-    chunks = jax.tree.map(lambda v: v.reshape((n // size, size) + v.shape[1:]), task)
-    out = jax.lax.map(one, chunks)
-    return out.reshape((n,) + out.shape[2:])
-
-
 def _reference_summary(final: dict[str, Any], refs) -> dict[str, Any]:
     if refs is None:
         return {}
@@ -561,7 +548,7 @@ def train(
     @jax.jit
     def evaluate_on(params, task, ref_sens):
         m = nnx.merge(graphdef, params)
-        values = metrics.evaluate(
+        return metrics.evaluate(
             m,
             task,
             layout=config.layout,
@@ -569,14 +556,8 @@ def train(
             steps=config.n_steps,
             sens_size=sens_size,
             chunk_size=2048,
+            other_refs=ref_sens,
         )
-        if ref_sens:
-            sub = jax.tree.map(lambda v: v[:sens_size], task)
-            sens = _sensitivities(m, sub, config.layout, chunk_size=2048)
-            for name, ref in ref_sens.items():
-                for key, value in metrics.alignment(sens, ref).items():
-                    values[f"{key}_{name}"] = value
-        return values
 
     def evaluate(params):  # the set is an argument, not a constant baked into the program
         return evaluate_on(params, eval_task, ref_sens)

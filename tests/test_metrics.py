@@ -552,3 +552,26 @@ def test_param_match_rejects_mismatched_models():
         metrics.param_match_error(base, linear)
     with pytest.raises(TypeError, match="GDSSM"):
         metrics.param_match_error(base, {"q": np.eye(3)})
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@REST
+def test_evaluate_against_other_references(steps):
+    # The construction at η against GD at 1.5η, with other references: GD at η itself (the model's
+    # own implicit model: distance 0, cosine 1) and GD at 1.5η (the main reference again).
+    task = _task(4, 2, seed=51)
+    model = _constructed(4, 2, "interleaved", steps)
+    others = {
+        "own": gd.weights(task.x, task.y, lr=LR, steps=steps),
+        "main": gd.weights(task.x, task.y, lr=1.5 * LR, steps=steps),
+    }
+    out = nnx.jit(
+        lambda m, t, o: metrics.evaluate(
+            m, t, layout="interleaved", gd_lr=1.5 * LR, steps=steps, other_refs=o
+        )
+    )(model, task, others)
+    assert set(out) == KEYS | {f"{k}_{n}" for k in ("model_diff", "model_cos") for n in others}
+    np.testing.assert_allclose(out["model_diff_own"], 0.0, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out["model_cos_own"], 1.0, rtol=0, atol=TOL)
+    for k in ("model_diff", "model_cos"):
+        np.testing.assert_allclose(out[f"{k}_main"], out[k], rtol=1e-13, err_msg=k)
