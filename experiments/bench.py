@@ -9,13 +9,16 @@ For each grid point (context N, width d, batch B; interleaved tokens, d_out = d,
 ``forward+backward`` (the gradient of the query's squared error). The implementations:
 
 * ``weighted``: :meth:`GDSSM.predict_query`, the last state as a weighted sum of the window
-  products (:func:`ssm_gd.scan.last_state_readout`): no scan, memory the size of the tokens;
+  products (:func:`ssm_gd.scan.last_state_readout`, a chunk of time steps at a time): memory the
+  size of the tokens;
 * ``associative`` / ``sequential``: every window's state by the scan, then the last window's
   readout; ``chunked``: every window's readout without the states (:func:`ssm_gd.scan.chunked_readout`).
 
 It measures the compile time, the steady-state time (median of repeats, after
 ``block_until_ready``), tokens/s (``B·L`` per second) and the memory XLA assigns to the compiled
-program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Beside them:
+program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Every program is called
+with the parameters as a list of arrays, so that the time is the computation's and not that of
+flattening an ``nnx.State`` (about 0.1 ms per call on the 2-core CPU). Beside them:
 
 * ``loop-per-dimension``: the baseline, written here only for comparison. It mirrors the published
   code's approach: a Python loop over the state's rows, each around its own sequential
@@ -47,7 +50,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ssm_gd import plots, scan  # noqa: E402
-from ssm_gd.layers import GDSSM, GDSSMInit, decay_init, windows  # noqa: E402
+from ssm_gd.layers import GDSSM, GDSSMInit, decay_init, window_factors, windows  # noqa: E402
 
 IMPLS = ("weighted", "associative", "sequential", "chunked")
 PASSES = ("scan", "forward", "forward+backward")
@@ -79,7 +82,8 @@ def _model(d: int, impl: str, chunk: int) -> GDSSM:
 
 
 def _programs(model: GDSSM, impl: str):
-    """``{pass: f(params, tokens)}`` for one implementation (``None`` where it has no such pass)."""
+    """``(leaves, {pass: f(leaves, tokens)})`` for one implementation (``None`` where it has no such
+    pass), ``leaves`` the model's parameter arrays."""
     graphdef, params = nnx.split(model)
 
     def forward(params, tokens):
@@ -95,11 +99,12 @@ def _programs(model: GDSSM, impl: str):
 
     def scan_only(params, tokens):
         m = nnx.merge(graphdef, params)
-        x = windows(tokens, m.window, m.stride)
+        n_windows = (tokens.shape[1] - 1) // 2
         if impl == "weighted":  # the last state, applied to the last query
-            xt = jnp.moveaxis(x, 1, 0)
-            left, right = m.yx_attention.factors(xt)
-            return scan.last_state_readout(m.yx_recurrence.lam, left, right, xt[-1, :, -1])
+            rows = jnp.transpose(tokens, (1, 2, 0))
+            factors = window_factors(m.yx_attention, rows)
+            return scan.last_state_readout(m.yx_recurrence.lam, factors, n_windows, rows[-1])
+        x = windows(tokens, m.window, m.stride)
         u = m.yx_attention.products(x)
         if impl == "chunked":
             v = x[:, :, -1]
@@ -107,11 +112,19 @@ def _programs(model: GDSSM, impl: str):
             return scan.chunked_readout(lam, m.yx_attention.products, x, v, chunk=m.chunk)
         return m.yx_recurrence(u)
 
-    return params, {
+    programs = {
         "scan": None if impl == "loop-per-dimension" else scan_only,
         "forward": forward,
         "forward+backward": jax.grad(loss),
     }
+    # Called with the parameters' leaves: flattening an nnx.State on every call costs about
+    # 0.1 ms on the 2-core CPU, as much as the whole computation at the smallest points.
+    leaves, treedef = jax.tree.flatten(params)
+
+    def on_leaves(fn):
+        return None if fn is None else lambda leaves, tokens: fn(treedef.unflatten(leaves), tokens)
+
+    return leaves, {name: on_leaves(fn) for name, fn in programs.items()}
 
 
 def _time(fn, args, repeats: int, budget: float):

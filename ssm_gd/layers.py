@@ -45,6 +45,7 @@ __all__ = [
     "compose_readout",
     "gd_readout",
     "local_self_attention",
+    "window_factors",
     "windows",
 ]
 
@@ -112,6 +113,17 @@ def compose_readout(apply_y, apply_x, query: Array, c_y: Array, c_x: Array | Non
     return jnp.einsum("or,btr->bto", c_y, apply_y(u))
 
 
+def _mix_window(m: Array, x: Array, axis: int) -> Array:
+    """``Σ_c m_ac x_c`` over the window positions ``c`` on ``axis``: the terms ``a`` on ``axis``.
+
+    Written as a sum of scaled slices rather than a matrix product: XLA fuses it with its
+    neighbours, where a product contracting 3 positions runs slowly on the CPU.
+    """
+    rows = jnp.moveaxis(x, axis, 0)
+    terms = [sum(m[a, c] * rows[c] for c in range(m.shape[1])) for a in range(m.shape[0])]
+    return jnp.stack(terms, axis=axis % x.ndim)
+
+
 class LocalSelfAttention(nnx.Module):
     """Cross products inside sliding windows: ``(B, L, H) → (B, T, H, H)``, ``U_t = X_tᵀ Q X_t``.
 
@@ -135,12 +147,14 @@ class LocalSelfAttention(nnx.Module):
         """``U_t`` ``(B, T, H, H)`` from windows ``x`` ``(B, T, window, H)``."""
         return local_self_attention(x, self.q[...])
 
-    def factors(self, x: Array) -> tuple[Array, Array]:
+    def factors(self, x: Array, axis: int = -2, features: int = -1) -> tuple[Array, Array]:
         """``(left, right)`` with ``U_t = Σ_a left_{t,a} right_{t,a}ᵀ``: ``X_t`` and ``Q X_t``.
 
-        ``x`` ``(…, window, H)`` with any leading axes; both factors have its shape.
+        ``x``: windows with the window positions on ``axis`` and the features on ``features``
+        (``(…, window, H)`` by default); both factors have its shape, the terms ``a`` on ``axis``.
         """
-        return x, jnp.einsum("ac,...ch->...ah", self.q[...], x)
+        del features  # both factors keep x's features
+        return x, _mix_window(self.q[...], x, axis)
 
     def __call__(self, tokens: Array) -> Array:
         return self.products(windows(tokens, self.window, self.stride))
@@ -170,13 +184,36 @@ class LocalMixing(nnx.Module):
         """``U_t`` ``(B, T, 1, H)`` from windows ``x`` ``(B, T, window, H)``."""
         return jnp.einsum("btah,a->bth", x, self.p[...])[:, :, None, :]
 
-    def factors(self, x: Array) -> tuple[Array, Array]:
-        """``(left, right)`` with ``U_t = left_t right_tᵀ``: ``1`` ``(…, 1, 1)`` and ``Pᵀ X_t`` ``(…, 1, H)``."""
-        right = jnp.einsum("...ah,a->...h", x, self.p[...])[..., None, :]
-        return jnp.ones((*right.shape[:-1], 1), right.dtype), right
+    def factors(self, x: Array, axis: int = -2, features: int = -1) -> tuple[Array, Array]:
+        """``(left, right)`` with ``U_t = left_t right_tᵀ``: ``1`` and ``Pᵀ X_t``.
+
+        ``x``: windows with the window positions on ``axis`` and the features on ``features``
+        (``(…, window, H)`` by default). Both factors keep its axes, one term on ``axis``;
+        ``left`` has a single row (``R = 1``) on ``features``.
+        """
+        right = _mix_window(self.p[...][None], x, axis)
+        shape = list(right.shape)
+        shape[features] = 1
+        return jnp.ones(shape, right.dtype), right
 
     def __call__(self, tokens: Array) -> Array:
         return self.products(windows(tokens, self.window, self.stride))
+
+
+def window_factors(attention: LocalSelfAttention | LocalMixing, rows: Array) -> Callable:
+    """``factors(start, size)`` of the windows ``start … start + size − 1`` of ``rows``.
+
+    ``rows`` ``(2N + 1, h, B)`` are window rows, time-major and batch-minor; the windows (3 rows,
+    stride 2) are cut when asked for, and ``attention.factors`` gives ``(left, right)``,
+    ``(size, ·, A, B)``: the ``factors`` argument of :func:`ssm_gd.scan.last_state_readout`.
+    """
+
+    def factors(start, size):
+        r = jax.lax.dynamic_slice_in_dim(rows, 2 * start, 2 * size + 1)
+        x = jnp.stack([r[a : a + 2 * size - 1 : 2] for a in range(3)], axis=2)  # (size, h, 3, B)
+        return attention.factors(x, axis=2, features=1)
+
+    return factors
 
 
 def ones_init(key, shape, dtype=jnp.float32) -> Array:
@@ -464,18 +501,19 @@ class GDSSM(nnx.Module):
         Only the last states are read, and each is a weighted sum of the window products,
         ``S_N = Σ_t Λ^{N−t} ⊙ U_t`` (:func:`ssm_gd.scan.last_state_readout`), applied to the
         readout's vectors directly. The work is that of one scan, with no sequential dependency;
-        memory is the size of the tokens. Equal to ``self(tokens)[:, -1]`` up to float rounding,
-        whatever ``impl``.
+        the windows are cut from the tokens a chunk of time at a time, so memory is the size of
+        the tokens. Equal to ``self(tokens)[:, -1]`` up to float rounding, whatever ``impl``.
         """
-        rows = jnp.moveaxis(self.rows(tokens), 1, 0)  # time-major (2N + 1, B, h)
-        n = (rows.shape[0] - 1) // 2
-        x = jnp.stack([rows[a : a + 2 * n - 1 : 2] for a in range(self.window)], axis=2)
-        query = self.query(x[-1])  # (B, h): the last window's query, x_q
+        rows = self.rows(tokens)  # (B, 2N + 1, h)
+        n = (rows.shape[1] - 1) // 2
+        query = self.query(rows[:, -self.window :])  # (B, h): the last window's query, x_q
+        # Time-major, batch-minor (2N + 1, h, B): one transpose of the tokens; a chunk's windows
+        # are then contiguous slices (transposing chunk by chunk inside the scan is slower).
+        rows = jnp.transpose(rows, (1, 2, 0))
 
         def apply(attention, recurrence):
-            left, right = attention.factors(x)  # (N, B, A, ·)
-            lam = recurrence.lam
-            return lambda u: scan.last_state_readout(lam, left, right, u[:, 0])[:, None]
+            lam, factors = recurrence.lam, window_factors(attention, rows)
+            return lambda u: scan.last_state_readout(lam, factors, n, u[:, 0].T).T[:, None]
 
         applies = [apply(*b) for b in self._branches()] + [None]
         c_x = None if self.n_steps == 1 else self.c_x[...]

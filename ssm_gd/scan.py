@@ -16,8 +16,8 @@ of outer products and whose states are only read through a vector:
 * :func:`chunked_readout` — ``h_t v_t`` at every ``t``: matrix products inside chunks, a scan
   across chunks.
 * :func:`last_state_readout` — ``h_T v`` at the last step only: the recurrence collapses to the
-  weighted sum ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` (the convolutional view of a linear SSM), one pass of
-  batched matrix products with no sequential dependency at all.
+  weighted sum ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` (the convolutional view of a linear SSM), matrix
+  products with no sequential dependency, a chunk of time steps at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "CHUNK_ELEMENTS",
     "IMPLEMENTATIONS",
     "chunked_readout",
     "decay_powers",
@@ -240,7 +241,12 @@ def decay_powers(lam: Array, length: int) -> Array:
     return jnp.power(lam[None], exponents)
 
 
-def last_state_readout(lam: Array, left: Array, right: Array, v: Array) -> Array:
+CHUNK_ELEMENTS = 2**19
+
+
+def last_state_readout(
+    lam: Array, factors: Callable, length: int, v: Array, *, chunk: int | None = None
+) -> Array:
     """``h_T v`` for ``h_t = Λ ⊙ h_{t−1} + Σ_a left_{t,a} right_{t,a}ᵀ`` (``h_0 = 0``), without any ``h_t``.
 
     The last state is a weighted sum of the inputs, ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` with
@@ -248,32 +254,65 @@ def last_state_readout(lam: Array, left: Array, right: Array, v: Array) -> Array
 
         o_r = Σ_t Σ_a left_{t,a,r} · Σ_k (Λ^{T−t})_{rk} right_{t,a,k} v_k,
 
-    one batched matrix product per time step (batched over ``t``, all independent) and a
-    reduction: work ``O(T·A·R·H)`` per sequence like the scans, but no sequential dependency and
-    memory ``O(T·A·(R + H))`` — the inputs' size — forward and backward, where the scans hold
-    ``O(T·R·H)``. Arrays are time-major (``T`` leading): it is the layout in which the products
-    over ``t`` are batched without a transpose.
+    one matrix product per time step (all independent: no sequential dependency) and a reduction.
+    The work is ``O(T·A·R·H)`` per sequence, like the scans. Time is cut into chunks of ``chunk``
+    steps whose factors are built by ``factors`` when the chunk is reached (inside a
+    :func:`jax.lax.scan` over the chunks, rematerialised for the backward pass,
+    :func:`jax.checkpoint`), so nothing of size ``T`` is held beyond what the caller already has,
+    forward and backward, and a chunk's arrays stay in the cache.
+
+    Arrays are batch-minor (the batch ``B`` last): each time step's product is then one matrix
+    product ``(R, H) × (H, A·B)``, the layout in which XLA's CPU matrix products run fastest for
+    small ``R, H`` (measured by ``experiments.bench``).
 
     Args:
       lam: ``Λ`` ``(R, H)``.
-      left: ``(T, B, A, R)``.
-      right: ``(T, B, A, H)``.
-      v: ``(B, H)``.
+      factors: ``(start, size) ↦ (left, right)``, the factors of steps ``start, …, start + size − 1``:
+        ``left`` ``(size, R, A, B)``, ``right`` ``(size, H, A, B)``. ``size`` is a Python int and
+        ``start`` may be traced; ``start + size ≤ length`` always.
+      length: ``T``, the number of steps.
+      v: ``(H, B)``.
+      chunk: steps per chunk; by default as many as keep one chunk's ``right`` within
+        :data:`CHUNK_ELEMENTS` entries (2 MiB in float32).
 
     Returns:
-      ``o`` ``(B, R)``.
+      ``o`` ``(R, B)``.
     """
-    if lam.ndim != 2 or left.ndim != 4 or right.ndim != 4 or v.ndim != 2:
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise ValueError(f"length must be a positive integer; got {length!r}")
+    if lam.ndim != 2 or v.ndim != 2 or v.shape[0] != lam.shape[1]:
         raise ValueError(
-            "lam must be (R, H), left (T, B, A, R), right (T, B, A, H) and v (B, H); got "
-            f"{lam.shape}, {left.shape}, {right.shape}, {v.shape}"
+            f"lam must be (R, H) and v (H, B) with the same H; got {lam.shape}, {v.shape}"
         )
-    (t, b, a, r), h = left.shape, lam.shape[1]
-    if right.shape != (t, b, a, h) or lam.shape[0] != r or v.shape != (b, h):
+    left, right = jax.eval_shape(lambda start: factors(start, 1), 0)
+    (_, r, a, b), h = left.shape, lam.shape[1]
+    if left.shape != (1, lam.shape[0], a, v.shape[1]) or right.shape != (1, h, a, v.shape[1]):
         raise ValueError(
-            f"shapes do not agree: lam {lam.shape} (R, H), left {left.shape} (T, B, A, R), "
-            f"right {right.shape} (T, B, A, H), v {v.shape} (B, H)"
+            f"factors(start, size) must give left (size, R, A, B) and right (size, H, A, B) for "
+            f"lam {lam.shape} (R, H) and v {v.shape} (H, B); got {left.shape} and {right.shape}"
         )
-    weights = decay_powers(lam.astype(jnp.result_type(lam, right, v)), t)  # (T, R, H)
-    g = jnp.einsum("trk,tbak->tbar", weights, right * v[None, :, None, :])
-    return jnp.einsum("tbar,tbar->br", left, g)
+    if chunk is None:
+        chunk = max(1, CHUNK_ELEMENTS // (h * a * b))
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
+    chunk = min(chunk, length)
+    dtype = jnp.result_type(lam, left.dtype, right.dtype, v)
+    lam, v = lam.astype(dtype), v.astype(dtype)
+
+    def part(start, size):
+        left, right = factors(start, size)
+        exponents = length - 1 - (start + jnp.arange(size))  # Λ^{T−t}, integer powers
+        weights = jnp.power(lam[None], exponents[:, None, None])  # (size, R, H)
+        g = jnp.einsum("trk,tkab->trab", weights, right.astype(dtype) * v[None, :, None, :])
+        return jnp.sum(left.astype(dtype) * g, axis=(0, 2))
+
+    n_chunks, tail = divmod(length, chunk)
+    if n_chunks == 1 and tail == 0:
+        return part(0, chunk)
+
+    @jax.checkpoint
+    def body(o, j):
+        return o + part(j * chunk, chunk), None
+
+    o, _ = jax.lax.scan(body, jnp.zeros((r, b), dtype), jnp.arange(n_chunks))
+    return o + part(n_chunks * chunk, tail) if tail else o

@@ -508,33 +508,53 @@ def test_decay_powers_equal_integer_powers(length):
     np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
 
 
-@pytest.mark.parametrize("length", [1, 2, 13])
-def test_last_state_readout_equals_the_loop(length):
+def _factors(left, right):
+    """``factors(start, size)`` slicing time-major, batch-minor arrays, as the callers do."""
+
+    def factors(start, size):
+        return tuple(
+            jax.lax.dynamic_slice_in_dim(jnp.asarray(f), start, size) for f in (left, right)
+        )
+
+    return factors
+
+
+@pytest.mark.parametrize(
+    ("length", "chunk"), [(1, None), (2, 1), (13, None), (13, 4), (12, 4), (13, 20)]
+)
+def test_last_state_readout_equals_the_loop(length, chunk):
+    # chunk 4 at length 13: three chunks and a tail of one; 12: no tail; 20: capped at the length.
     rng = np.random.default_rng(length)
     lam = rng.uniform(-1.0, 1.0, size=(2, 3))  # R ≠ H, signed Λ
-    left, right = rng.normal(size=(length, 4, 3, 2)), rng.normal(size=(length, 4, 3, 3))
-    v = rng.normal(size=(4, 3))
-    got = fast_jit(scan.last_state_readout)(lam, left, right, v)
-    b = np.einsum("tbar,tbak->btrk", left, right)  # b_t = Σ_a left_{t,a} right_{t,a}ᵀ
-    want = _readout_reference(lam, b, np.broadcast_to(v[:, None], (4, length, 3)))[:, -1]
-    np.testing.assert_allclose(got, want, **TOL)
+    left, right = rng.normal(size=(length, 2, 3, 4)), rng.normal(size=(length, 3, 3, 4))
+    v = rng.normal(size=(3, 4))
+    got = fast_jit(
+        lambda lam, left, right, v: scan.last_state_readout(
+            lam, _factors(left, right), length, v, chunk=chunk
+        )
+    )(lam, left, right, v)
+    b = np.einsum("trab,tkab->btrk", left, right)  # b_t = Σ_a left_{t,a} right_{t,a}ᵀ
+    want = _readout_reference(lam, b, np.broadcast_to(v.T[:, None], (4, length, 3)))[:, -1]
+    np.testing.assert_allclose(got.T, want, **TOL)
 
 
-def test_last_state_readout_gradient_equals_the_materialised_states():
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_last_state_readout_gradient_equals_the_materialised_states(chunk):
     rng = np.random.default_rng(1)
     lam = rng.uniform(0.5, 1, (2, 3))
     left, right, v = (
         rng.normal(size=(7, 2, 3, 2)),
-        rng.normal(size=(7, 2, 3, 3)),
-        rng.normal(size=(2, 3)),
+        rng.normal(size=(7, 3, 3, 2)),
+        rng.normal(size=(3, 2)),
     )
 
     def weighted(lam, left, right, v):
-        return jnp.sum(jnp.cos(scan.last_state_readout(lam, left, right, v)))
+        o = scan.last_state_readout(lam, _factors(left, right), 7, v, chunk=chunk)
+        return jnp.sum(jnp.cos(o))
 
     def materialised(lam, left, right, v):
-        _, h = linear_recurrence(lam, jnp.einsum("tbar,tbak->tbrk", left, right))
-        return jnp.sum(jnp.cos(jnp.einsum("brk,bk->br", h, v)))
+        _, h = linear_recurrence(lam, jnp.einsum("trab,tkab->tbrk", left, right))
+        return jnp.sum(jnp.cos(jnp.einsum("brk,kb->rb", h, v)))
 
     got = fast_jit(jax.grad(weighted, argnums=(0, 1, 2, 3)))(lam, left, right, v)
     want = fast_jit(jax.grad(materialised, argnums=(0, 1, 2, 3)))(lam, left, right, v)
@@ -543,17 +563,35 @@ def test_last_state_readout_gradient_equals_the_materialised_states():
 
 
 @pytest.mark.parametrize(
-    ("shapes", "match"),
+    ("lam", "left", "right", "v", "length", "chunk", "match"),
     [
-        (((3,), (5, 2, 3, 3), (5, 2, 3, 3), (2, 3)), r"lam must be \(R, H\)"),
-        (((3, 3), (5, 2, 3, 3), (5, 2, 3, 4), (2, 3)), "shapes do not agree"),
-        (((3, 3), (5, 2, 3, 3), (5, 2, 3, 3), (1, 3)), "shapes do not agree"),
-        (((2, 3), (5, 2, 3, 3), (5, 2, 3, 3), (2, 3)), "shapes do not agree"),
+        ((3,), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 5, None, r"lam must be \(R, H\) and v \(H, B\)"),
+        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (2, 4), 5, None, "with the same H"),
+        ((3, 3), (5, 3, 2, 4), (5, 3, 1, 4), (3, 4), 5, None, r"must give left \(size, R, A, B\)"),
+        ((2, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 5, None, r"got \(1, 3, 2, 4\)"),
+        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 5), 5, None, r"must give left"),
+        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 0, None, "length must be a positive integer"),
+        (
+            (3, 3),
+            (5, 3, 2, 4),
+            (5, 3, 2, 4),
+            (3, 4),
+            5,
+            0,
+            "chunk must be a positive integer or None",
+        ),
+        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 5, 2.0, "chunk must be a positive integer"),
     ],
 )
-def test_last_state_readout_rejects_bad_shapes(shapes, match):
+def test_last_state_readout_rejects_bad_arguments(lam, left, right, v, length, chunk, match):
     with pytest.raises(ValueError, match=match):
-        scan.last_state_readout(*(jnp.ones(s) for s in shapes))
+        scan.last_state_readout(
+            jnp.ones(lam),
+            _factors(jnp.ones(left), jnp.ones(right)),
+            length,
+            jnp.ones(v),
+            chunk=chunk,
+        )
 
 
 def test_decay_powers_rejects_bad_length():
