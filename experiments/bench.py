@@ -234,7 +234,7 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5, help="steady-state calls per program")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per program")
-    parser.add_argument("--max-gb", type=float, default=8.0, help="skip bigger materialised states")
+    parser.add_argument("--max-gb", type=float, default=4.0, help="skip bigger materialised states")
     parser.add_argument("--max-tokens", type=float, default=3e7, help="skip bigger B·L points")
     parser.add_argument(
         "--max-seconds",
