@@ -393,7 +393,8 @@ class GDSSM(nnx.Module):
     ``"chunked"`` never builds them (:func:`ssm_gd.scan.chunked_readout`, ``chunk`` windows per
     chunk, memory ``O(N·h)``); ``"auto"`` picks per call (:meth:`resolve_impl`). All give the same
     values up to float rounding. :meth:`predict_query` computes the query's prediction alone, from
-    the last states as weighted sums (:func:`ssm_gd.scan.last_state_readout`): no scan, memory
+    the last states as weighted sums (:func:`ssm_gd.scan.last_state_readout`, a chunk of windows at
+    a time, no sequential dependency inside a chunk), memory
     ``O(N·h)``; it is what training on the query's loss and the metrics call.
     """
 
