@@ -166,7 +166,10 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
         if impl == "loop-per-dimension" and n * d > max_loop_steps:
             point["results"][impl] = {"skipped": f"N·d = {n * d} sequential steps per call"}
             continue
-        inputs_gb = 4 * batch * n * 3 * d * 4 / 2**30  # windows and their Q-products, x2 for AD
+        if impl == "weighted":  # the tokens and their time-major copy; chunks are O(1 MiB)
+            inputs_gb = 2 * tokens.size * 4 / 2**30
+        else:  # chunked: the windows and their Q-products, x2 for AD
+            inputs_gb = 4 * batch * n * 3 * d * 4 / 2**30
         if impl in ("weighted", "chunked") and inputs_gb > max_gb:
             point["results"][impl] = {"skipped": f"window inputs need {inputs_gb:.1f} GB"}
             continue

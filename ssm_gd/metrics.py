@@ -2,7 +2,7 @@
 
 * :func:`preds_diff`: mean distance between two predictors' query predictions.
 * :func:`sensitivity`: a predictor's implicit linear model ``∂ŷ/∂x_q`` ``(B, d_out, d_in)``, in
-  forward mode (one ``jvp`` per input dimension, vmapped); GD's is its weights ``W_K``.
+  reverse mode (one pullback per output dimension); GD's is its weights ``W_K``.
 * :func:`alignment`: ``model_diff`` (mean Frobenius distance of two sensitivities) and
   ``model_cos`` (mean cosine between them, flattened per task).
 * :func:`gd_loss`: GD's loss at its best step size on a task batch.
@@ -45,18 +45,20 @@ def preds_diff(pred: Array, ref: Array) -> Array:
 def sensitivity(predict_query, x_query: Array) -> Array:
     """``∂ŷ/∂x_q`` ``(B, d_out, d_in)`` of ``predict_query: (B, d_in) → (B, d_out)``.
 
-    Forward mode: one ``jvp`` per input direction ``e_j``, broadcast over the batch (each task's
-    prediction depends on its own query only), mapped over the ``d_in`` directions.
+    Reverse mode: one linearisation, then one pullback per output direction ``e_o``, broadcast
+    over the batch (each task's prediction depends on its own query only), mapped over the
+    ``d_out`` directions. (Reverse, not forward, mode: ``d_out`` is 1 in the paper's tasks, and the
+    GD-SSM's weighted readout defines its gradient by hand, :func:`ssm_gd.scan.last_state_readout`.)
     """
-    d_in = x_query.shape[-1]
+    prediction, pullback = jax.vjp(predict_query, x_query)
 
-    def column(direction):
-        tangent = jnp.broadcast_to(direction, x_query.shape).astype(x_query.dtype)
-        return jax.jvp(predict_query, (x_query,), (tangent,))[1]
+    def row(direction):
+        cotangent = jnp.broadcast_to(direction, prediction.shape).astype(prediction.dtype)
+        return pullback(cotangent)[0]
 
-    # One direction at a time (lax.map): memory of one forward pass, not d_in of them.
-    columns = jax.lax.map(column, jnp.eye(d_in, dtype=x_query.dtype))  # (d_in, B, d_out)
-    return jnp.moveaxis(columns, 0, -1)
+    # One direction at a time (lax.map): the memory of one backward pass, not d_out of them.
+    rows = jax.lax.map(row, jnp.eye(prediction.shape[-1], dtype=prediction.dtype))
+    return jnp.moveaxis(rows, 0, 1)  # (d_out, B, d_in) → (B, d_out, d_in)
 
 
 def query_predictor(model, task, layout: str):
