@@ -102,8 +102,9 @@ def _programs(model: GDSSM, impl: str):
         n_windows = (tokens.shape[1] - 1) // 2
         if impl == "weighted":  # the last state, applied to the last query
             rows = jnp.transpose(tokens, (1, 2, 0))
-            factors = window_factors(m.yx_attention, rows)
-            return scan.last_state_readout(m.yx_recurrence.lam, factors, n_windows, rows[-1])
+            w, factors = window_factors(m.yx_attention, rows)
+            pairs = scan.last_state_readout(m.yx_recurrence.lam, factors, n_windows, rows[-1])
+            return jnp.einsum("ac,acrb->rb", w, pairs)
         x = windows(tokens, m.window, m.stride)
         u = m.yx_attention.products(x)
         if impl == "chunked":

@@ -113,17 +113,6 @@ def compose_readout(apply_y, apply_x, query: Array, c_y: Array, c_x: Array | Non
     return jnp.einsum("or,btr->bto", c_y, apply_y(u))
 
 
-def _mix_window(m: Array, x: Array, axis: int) -> Array:
-    """``Σ_c m_ac x_c`` over the window positions ``c`` on ``axis``: the terms ``a`` on ``axis``.
-
-    Written as a sum of scaled slices rather than a matrix product: XLA fuses it with its
-    neighbours, where a product contracting 3 positions runs slowly on the CPU.
-    """
-    rows = jnp.moveaxis(x, axis, 0)
-    terms = [sum(m[a, c] * rows[c] for c in range(m.shape[1])) for a in range(m.shape[0])]
-    return jnp.stack(terms, axis=axis % x.ndim)
-
-
 class LocalSelfAttention(nnx.Module):
     """Cross products inside sliding windows: ``(B, L, H) → (B, T, H, H)``, ``U_t = X_tᵀ Q X_t``.
 
@@ -147,14 +136,18 @@ class LocalSelfAttention(nnx.Module):
         """``U_t`` ``(B, T, H, H)`` from windows ``x`` ``(B, T, window, H)``."""
         return local_self_attention(x, self.q[...])
 
-    def factors(self, x: Array, axis: int = -2, features: int = -1) -> tuple[Array, Array]:
-        """``(left, right)`` with ``U_t = Σ_a left_{t,a} right_{t,a}ᵀ``: ``X_t`` and ``Q X_t``.
+    def weights(self) -> Array:
+        """``w = Q`` ``(window, window)``: ``U_t = Σ_{a,c} w_ac left_{t,a} right_{t,c}ᵀ`` (:meth:`factors`)."""
+        return self.q[...]
 
-        ``x``: windows with the window positions on ``axis`` and the features on ``features``
-        (``(…, window, H)`` by default); both factors have its shape, the terms ``a`` on ``axis``.
+    def factors(self, rows: tuple) -> tuple[tuple, tuple]:
+        """``(lefts, rights) = (X_t, X_t)``, so that ``U_t = Σ_{a,c} Q_ac X_t[a] X_t[c]ᵀ``.
+
+        ``rows``: the window's rows ``X_t[a]`` as one array per position ``a`` (any leading axes,
+        the features on any axis but the same in all): the form
+        :func:`ssm_gd.scan.last_state_readout` takes.
         """
-        del features  # both factors keep x's features
-        return x, _mix_window(self.q[...], x, axis)
+        return tuple(rows), tuple(rows)
 
     def __call__(self, tokens: Array) -> Array:
         return self.products(windows(tokens, self.window, self.stride))
@@ -184,36 +177,43 @@ class LocalMixing(nnx.Module):
         """``U_t`` ``(B, T, 1, H)`` from windows ``x`` ``(B, T, window, H)``."""
         return jnp.einsum("btah,a->bth", x, self.p[...])[:, :, None, :]
 
-    def factors(self, x: Array, axis: int = -2, features: int = -1) -> tuple[Array, Array]:
-        """``(left, right)`` with ``U_t = left_t right_tᵀ``: ``1`` and ``Pᵀ X_t``.
+    def weights(self) -> Array:
+        """``w = P`` as a row ``(1, window)``: ``U_t = Σ_c w_0c left_t right_{t,c}ᵀ`` (:meth:`factors`)."""
+        return self.p[...][None]
 
-        ``x``: windows with the window positions on ``axis`` and the features on ``features``
-        (``(…, window, H)`` by default). Both factors keep its axes, one term on ``axis``;
-        ``left`` has a single row (``R = 1``) on ``features``.
+    def factors(self, rows: tuple, features: int = -2) -> tuple[tuple, tuple]:
+        """``(lefts, rights) = ((1,), X_t)``, so that ``U_t = Σ_c P_c 1 X_t[c]ᵀ``.
+
+        ``rows``: the window's rows ``X_t[c]`` as one array per position ``c``, the features on
+        axis ``features``; the single left factor is a row of ones (``R = 1``) on that axis.
         """
-        right = _mix_window(self.p[...][None], x, axis)
-        shape = list(right.shape)
+        shape = list(rows[0].shape)
         shape[features] = 1
-        return jnp.ones(shape, right.dtype), right
+        return (jnp.ones(shape, rows[0].dtype),), tuple(rows)
 
     def __call__(self, tokens: Array) -> Array:
         return self.products(windows(tokens, self.window, self.stride))
 
 
-def window_factors(attention: LocalSelfAttention | LocalMixing, rows: Array) -> Callable:
-    """``factors(start, size)`` of the windows ``start … start + size − 1`` of ``rows``.
+def window_factors(
+    attention: LocalSelfAttention | LocalMixing, rows: Array
+) -> tuple[Array, Callable]:
+    """``(w, factors)``: the weights and the ``factors(start, size)`` of windows ``start … start + size − 1``.
 
-    ``rows`` ``(2N + 1, h, B)`` are window rows, time-major and batch-minor; the windows (3 rows,
-    stride 2) are cut when asked for, and ``attention.factors`` gives ``(left, right)``,
-    ``(size, ·, A, B)``: the ``factors`` argument of :func:`ssm_gd.scan.last_state_readout`.
+    ``rows`` ``(2N + 1, h, B)`` are window rows, time-major and batch-minor; window ``t`` holds
+    rows ``2t, 2t + 1, 2t + 2`` (3 rows, stride 2). Each position's rows are gathered when asked
+    for, one array ``(size, h, B)`` per position (on XLA:CPU a gather of whole rows is fast where
+    strided slices of a slice inside a loop are not) and ``attention.factors`` turns them into
+    ``(lefts, rights)``: ``factors`` is the argument of :func:`ssm_gd.scan.last_state_readout`,
+    and ``h_T v = Σ_{a,c} w_ac M_ac`` of its result ``M``, ``w = attention.weights()``.
     """
 
     def factors(start, size):
-        r = jax.lax.dynamic_slice_in_dim(rows, 2 * start, 2 * size + 1)
-        x = jnp.stack([r[a : a + 2 * size - 1 : 2] for a in range(3)], axis=2)  # (size, h, 3, B)
-        return attention.factors(x, axis=2, features=1)
+        steps = 2 * (start + jnp.arange(size))
+        x = tuple(rows.at[steps + a].get(mode="promise_in_bounds") for a in range(3))
+        return attention.factors(x)
 
-    return factors
+    return attention.weights(), factors
 
 
 def ones_init(key, shape, dtype=jnp.float32) -> Array:
@@ -513,8 +513,13 @@ class GDSSM(nnx.Module):
         rows = jnp.transpose(rows, (1, 2, 0))
 
         def apply(attention, recurrence):
-            lam, factors = recurrence.lam, window_factors(attention, rows)
-            return lambda u: scan.last_state_readout(lam, factors, n, u[:, 0].T).T[:, None]
+            w, factors = window_factors(attention, rows)
+
+            def readout(u):  # (B, 1, h) → (B, 1, R)
+                m = scan.last_state_readout(recurrence.lam, factors, n, u[:, 0].T)
+                return jnp.einsum("ac,acrb->br", w, m)[:, None]
+
+            return readout
 
         applies = [apply(*b) for b in self._branches()] + [None]
         c_x = None if self.n_steps == 1 else self.c_x[...]

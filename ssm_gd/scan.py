@@ -241,45 +241,49 @@ def decay_powers(lam: Array, length: int) -> Array:
     return jnp.power(lam[None], exponents)
 
 
-def _sum_terms(x: Array) -> Array:
-    """``Σ_t Σ_a x[t, :, a, :]`` of ``x`` ``(T, ·, A, ·)``.
+def _sum_steps(x: Array) -> Array:
+    """``Σ_t x[t]`` over the leading axis, as a product with a vector of ones.
 
-    The ``A`` terms are added as slices and the steps ``t`` by a product with a vector of ones:
-    on XLA:CPU a reduction over the middle axis ``a``, or over a short leading ``t``, ran several
-    times slower than either (3.5 ms against 0.1 ms per step at ``d = 50``, ``B = 2048``).
+    On XLA:CPU a reduction over a short leading axis ran several times slower than this product
+    (3.5 ms against 0.1 ms per step at ``d = 50``, ``B = 2048``).
     """
-    terms = sum(x[:, :, a] for a in range(x.shape[2]))
-    return jnp.einsum("t,t...->...", jnp.ones(x.shape[0], x.dtype), terms)
+    return jnp.einsum("t,t...->...", jnp.ones(x.shape[0], x.dtype), x)
 
 
 @jax.custom_vjp
-def _weighted_sum(p: Array, left: Array, right: Array, v: Array) -> Array:
-    """``o_rb = Σ_t Σ_a left_trab · Σ_k p_trk right_tkab v_kb``: one chunk of the weighted readout.
+def _pair_readouts(p: Array, lefts: tuple, rights: tuple, v: Array) -> tuple:
+    """``M_ac = Σ_t left_{t,a} ⊙ (P_t (right_{t,c} ⊙ v))``: one chunk of :func:`last_state_readout`.
 
-    ``p`` ``(T, R, H)``, ``left`` ``(T, R, A, B)``, ``right`` ``(T, H, A, B)``, ``v`` ``(H, B)``.
-    The backward pass is written out (:func:`_weighted_sum_bwd`) so that its two matrix products
-    keep the batch-minor layout; the transposed products that autodiff derives made XLA copy
-    their operands first.
+    ``p`` ``(T, R, H)``, each ``left_a`` ``(T, R, B)``, each ``right_c`` ``(T, H, B)``, ``v``
+    ``(H, B)``; the result is a tuple of tuples, ``M[a][c]`` ``(R, B)``. The terms stay separate
+    arrays (a stack of them on a middle axis is a slow copy on XLA:CPU, inside a loop even more
+    so), the time steps' matrix products ``(R, H) × (H, B)`` are batch-minor, and the backward
+    pass is written out (:func:`_pair_readouts_bwd`) so that it keeps that layout.
     """
-    return _sum_terms(left * jnp.einsum("trk,tkab->trab", p, right * v[None, :, None, :]))
+    h = [jnp.einsum("trk,tkb->trb", p, r * v) for r in rights]
+    return tuple(tuple(_sum_steps(left * hc) for hc in h) for left in lefts)
 
 
-def _weighted_sum_fwd(p, left, right, v):
-    y = right * v[None, :, None, :]
-    out = _sum_terms(left * jnp.einsum("trk,tkab->trab", p, y))
-    return out, (p, left, right, v, y)
+def _pair_readouts_fwd(p, lefts, rights, v):
+    h = [jnp.einsum("trk,tkb->trb", p, r * v) for r in rights]
+    out = tuple(tuple(_sum_steps(left * hc) for hc in h) for left in lefts)
+    return out, (p, lefts, rights, v, h)
 
 
-def _weighted_sum_bwd(residuals, d_out):
-    p, left, right, v, y = residuals
-    d_g = left * d_out[None, :, None, :]  # the cotangent of g = p·y
-    d_y = jnp.einsum("trk,trab->tkab", p, d_g)
-    d_p = jnp.einsum("trab,tkab->trk", d_g, y)
-    d_left = jnp.einsum("trk,tkab->trab", p, y) * d_out[None, :, None, :]  # dropped if unused
-    return d_p, d_left, d_y * v[None, :, None, :], _sum_terms(d_y * right)
+def _pair_readouts_bwd(residuals, d_m):
+    p, lefts, rights, v, h = residuals
+    # M_ac is linear in left_a and in h_c = P (right_c ⊙ v): the cotangent of h_c gathers the
+    # lefts, that of left_a gathers the h_c; P and right_c ⊙ v meet in one product each way.
+    d_h = [sum(left * d_m[a][c] for a, left in enumerate(lefts)) for c in range(len(rights))]
+    d_p = sum(jnp.einsum("trb,tkb->trk", dh, r * v) for dh, r in zip(d_h, rights, strict=True))
+    d_z = [jnp.einsum("trk,trb->tkb", p, dh) for dh in d_h]  # the cotangents of right_c ⊙ v
+    d_lefts = tuple(sum(hc * d_m[a][c] for c, hc in enumerate(h)) for a in range(len(lefts)))
+    d_rights = tuple(dz * v for dz in d_z)
+    d_v = _sum_steps(sum(dz * r for dz, r in zip(d_z, rights, strict=True)))
+    return d_p, d_lefts, d_rights, d_v
 
 
-_weighted_sum.defvjp(_weighted_sum_fwd, _weighted_sum_bwd)
+_pair_readouts.defvjp(_pair_readouts_fwd, _pair_readouts_bwd)
 
 
 CHUNK_ELEMENTS = 2**18
@@ -288,37 +292,41 @@ CHUNK_ELEMENTS = 2**18
 def last_state_readout(
     lam: Array, factors: Callable, length: int, v: Array, *, chunk: int | None = None
 ) -> Array:
-    """``h_T v`` for ``h_t = Λ ⊙ h_{t−1} + Σ_a left_{t,a} right_{t,a}ᵀ`` (``h_0 = 0``), without any ``h_t``.
+    """The pair readouts ``M_ac = h^{ac}_T v`` of ``h^{ac}_t = Λ ⊙ h^{ac}_{t−1} + left_{t,a} right_{t,c}ᵀ``, without any state.
 
-    The last state is a weighted sum of the inputs, ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` with
-    ``b_t = Σ_a left_{t,a} right_{t,a}ᵀ``, so the readout is
+    A recurrence whose inputs are weighted sums of outer products,
+    ``b_t = Σ_{a,c} w_ac left_{t,a} right_{t,c}ᵀ`` (the GD-SSM's ``U_t = X_tᵀ Q X_t``: ``w = Q``,
+    ``left = right = X_t``), has the last state readout ``h_T v = Σ_{a,c} w_ac M_ac``. Each
+    ``M_ac`` is a weighted sum of the inputs (``h_T = Σ_t Λ^{T−t} ⊙ b_t``),
 
-        o_r = Σ_t Σ_a left_{t,a,r} · Σ_k (Λ^{T−t})_{rk} right_{t,a,k} v_k,
+        M_{ac,r} = Σ_t left_{t,a,r} · Σ_k (Λ^{T−t})_{rk} right_{t,c,k} v_k,
 
-    one matrix product per time step (all independent: no sequential dependency) and a reduction.
-    The work is ``O(T·A·R·H)`` per sequence, like the scans. Time is cut into chunks of ``chunk``
-    steps whose factors are built by ``factors`` when the chunk is reached (inside a
-    :func:`jax.lax.scan` over the chunks, rematerialised for the backward pass,
+    one matrix product per time step and term ``c`` (all independent: no sequential dependency)
+    and a sum over the steps. The weights ``w`` stay with the caller, so their gradient is a sum
+    of the ``M_ac``. The work is ``O(T·C·R·H)`` per sequence, like the scans'. Time is cut into
+    chunks of ``chunk`` steps whose factors are built by ``factors`` when the chunk is reached
+    (inside a :func:`jax.lax.scan` over the chunks, rematerialised for the backward pass,
     :func:`jax.checkpoint`), so nothing of size ``T`` is held beyond what the caller already has,
     forward and backward, and a chunk's arrays stay in the cache.
 
-    Arrays are batch-minor (the batch ``B`` last): each time step's product is then one matrix
-    product ``(R, H) × (H, A·B)``, the layout in which XLA's CPU matrix products run fastest for
-    small ``R, H`` (measured by ``experiments.bench``); the chunk's backward pass is written out
-    to keep that layout (:func:`_weighted_sum`).
+    Arrays are batch-minor (the batch ``B`` last), the layout in which XLA's CPU matrix products
+    ``(R, H) × (H, B)`` run fastest for small ``R, H`` (measured by ``experiments.bench``); each
+    term is its own array, and a chunk's backward pass is written out to keep that layout
+    (:func:`_pair_readouts`).
 
     Args:
       lam: ``Λ`` ``(R, H)``.
-      factors: ``(start, size) ↦ (left, right)``, the factors of steps ``start, …, start + size − 1``:
-        ``left`` ``(size, R, A, B)``, ``right`` ``(size, H, A, B)``. ``size`` is a Python int and
-        ``start`` may be traced; ``start + size ≤ length`` always.
+      factors: ``(start, size) ↦ (lefts, rights)``, the factors of steps ``start, …, start + size − 1``:
+        ``lefts`` a tuple of ``A`` arrays ``(size, R, B)``, ``rights`` a tuple of ``C`` arrays
+        ``(size, H, B)``. ``size`` is a Python int and ``start`` may be traced;
+        ``start + size ≤ length`` always.
       length: ``T``, the number of steps.
       v: ``(H, B)``.
-      chunk: steps per chunk; by default as many as keep one chunk's ``right`` within
+      chunk: steps per chunk; by default as many as keep one chunk's terms within
         :data:`CHUNK_ELEMENTS` entries (1 MiB in float32).
 
     Returns:
-      ``o`` ``(R, B)``.
+      ``M`` ``(A, C, R, B)``.
     """
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
         raise ValueError(f"length must be a positive integer; got {length!r}")
@@ -326,34 +334,43 @@ def last_state_readout(
         raise ValueError(
             f"lam must be (R, H) and v (H, B) with the same H; got {lam.shape}, {v.shape}"
         )
-    left, right = jax.eval_shape(lambda start: factors(start, 1), 0)
-    (_, r, a, b), h = left.shape, lam.shape[1]
-    if left.shape != (1, lam.shape[0], a, v.shape[1]) or right.shape != (1, h, a, v.shape[1]):
+    lefts, rights = jax.eval_shape(lambda start: factors(start, 1), 0)
+    (r, h), b = lam.shape, v.shape[1]
+    terms = (lefts, rights)
+    if not all(isinstance(t, tuple | list) and t for t in terms) or (
+        any(x.shape != (1, r, b) for x in lefts) or any(x.shape != (1, h, b) for x in rights)
+    ):
         raise ValueError(
-            f"factors(start, size) must give left (size, R, A, B) and right (size, H, A, B) for "
-            f"lam {lam.shape} (R, H) and v {v.shape} (H, B); got {left.shape} and {right.shape}"
+            f"factors(start, size) must give (lefts, rights), non-empty tuples of arrays "
+            f"(size, R, B) and (size, H, B), for lam {lam.shape} (R, H) and v {v.shape} (H, B); "
+            f"got {jax.tree.map(lambda x: tuple(x.shape), terms)}"
         )
     if chunk is None:
-        chunk = max(1, CHUNK_ELEMENTS // (h * a * b))
+        chunk = max(1, CHUNK_ELEMENTS // (h * len(rights) * b))
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
         raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
     chunk = min(chunk, length)
-    dtype = jnp.result_type(lam, left.dtype, right.dtype, v)
+    dtype = jnp.result_type(lam, *lefts, *rights, v)
     lam, v = lam.astype(dtype), v.astype(dtype)
 
     def part(start, size):
-        left, right = factors(start, size)
+        lefts, rights = factors(start, size)
         exponents = length - 1 - (start + jnp.arange(size))  # Λ^{T−t}, integer powers
         weights = jnp.power(lam[None], exponents[:, None, None])  # (size, R, H)
-        return _weighted_sum(weights, left.astype(dtype), right.astype(dtype), v)
+        cast = lambda xs: tuple(x.astype(dtype) for x in xs)  # noqa: E731
+        return _pair_readouts(weights, cast(lefts), cast(rights), v)
 
     n_chunks, tail = divmod(length, chunk)
     if n_chunks == 1 and tail == 0:
-        return part(0, chunk)
+        m = part(0, chunk)
+    else:
 
-    @jax.checkpoint
-    def body(o, j):
-        return o + part(j * chunk, chunk), None
+        @jax.checkpoint
+        def body(m, j):
+            return jax.tree.map(jnp.add, m, part(j * chunk, chunk)), None
 
-    o, _ = jax.lax.scan(body, jnp.zeros((r, b), dtype), jnp.arange(n_chunks))
-    return o + part(n_chunks * chunk, tail) if tail else o
+        zeros = tuple(tuple(jnp.zeros((r, b), dtype) for _ in rights) for _ in lefts)
+        m, _ = jax.lax.scan(body, zeros, jnp.arange(n_chunks))
+        if tail:
+            m = jax.tree.map(jnp.add, m, part(n_chunks * chunk, tail))
+    return jnp.stack([jnp.stack(row) for row in m])

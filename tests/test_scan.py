@@ -509,14 +509,31 @@ def test_decay_powers_equal_integer_powers(length):
 
 
 def _factors(left, right):
-    """``factors(start, size)`` slicing time-major, batch-minor arrays, as the callers do."""
+    """``factors(start, size)`` slicing time-major, batch-minor terms ``(T, A, ·, B)``, as the callers do."""
 
     def factors(start, size):
-        return tuple(
-            jax.lax.dynamic_slice_in_dim(jnp.asarray(f), start, size) for f in (left, right)
-        )
+        def cut(f):
+            f = jax.lax.dynamic_slice_in_dim(jnp.asarray(f), start, size)
+            return tuple(f[:, a] for a in range(f.shape[1]))
+
+        return cut(left), cut(right)
 
     return factors
+
+
+def _pairs_reference(lam, left, right, v):
+    """``M_ac = h^{ac}_T v`` by a plain loop over ``h^{ac}_t = Λ ⊙ h^{ac}_{t−1} + left_{t,a} right_{t,c}ᵀ``."""
+    lam, left, right, v = (np.asarray(x, np.float64) for x in (lam, left, right, v))
+    t_len, n_a, _, batch = left.shape
+    n_c = right.shape[1]
+    m = np.zeros((n_a, n_c, lam.shape[0], batch))
+    for a in range(n_a):
+        for c in range(n_c):
+            h = np.zeros((batch, *lam.shape))
+            for t in range(t_len):
+                h = lam * h + np.einsum("rb,kb->brk", left[t, a], right[t, c])
+            m[a, c] = np.einsum("brk,kb->rb", h, v)
+    return m
 
 
 @pytest.mark.parametrize(
@@ -524,18 +541,31 @@ def _factors(left, right):
 )
 def test_last_state_readout_equals_the_loop(length, chunk):
     # chunk 4 at length 13: three chunks and a tail of one; 12: no tail; 20: capped at the length.
+    # A = 2 left terms, C = 3 right terms, R ≠ H, signed Λ.
     rng = np.random.default_rng(length)
-    lam = rng.uniform(-1.0, 1.0, size=(2, 3))  # R ≠ H, signed Λ
-    left, right = rng.normal(size=(length, 2, 3, 4)), rng.normal(size=(length, 3, 3, 4))
+    lam = rng.uniform(-1.0, 1.0, size=(2, 3))
+    left, right = rng.normal(size=(length, 2, 2, 4)), rng.normal(size=(length, 3, 3, 4))
     v = rng.normal(size=(3, 4))
     got = fast_jit(
         lambda lam, left, right, v: scan.last_state_readout(
             lam, _factors(left, right), length, v, chunk=chunk
         )
     )(lam, left, right, v)
-    b = np.einsum("trab,tkab->btrk", left, right)  # b_t = Σ_a left_{t,a} right_{t,a}ᵀ
-    want = _readout_reference(lam, b, np.broadcast_to(v.T[:, None], (4, length, 3)))[:, -1]
-    np.testing.assert_allclose(got.T, want, **TOL)
+    assert got.shape == (2, 3, 2, 4)
+    np.testing.assert_allclose(got, _pairs_reference(lam, left, right, v), **TOL)
+
+
+def test_last_state_readout_weighted_by_w_is_the_readout_of_the_weighted_inputs():
+    # h_T v for b_t = Σ_ac w_ac left_a right_cᵀ is Σ_ac w_ac M_ac (the GD-SSM's U_t = X_tᵀ Q X_t).
+    rng = np.random.default_rng(3)
+    lam, w = rng.uniform(-1.0, 1.0, size=(3, 3)), rng.normal(size=(3, 3))
+    x, v = rng.normal(size=(6, 3, 3, 5)), rng.normal(size=(3, 5))
+    m = fast_jit(lambda lam, x, v: scan.last_state_readout(lam, _factors(x, x), 6, v, chunk=4))(
+        lam, x, v
+    )
+    b = np.einsum("ac,tarb,tckb->btrk", w, x, x)
+    want = _readout_reference(lam, b, np.broadcast_to(v.T[:, None], (5, 6, 3)))[:, -1]
+    np.testing.assert_allclose(np.einsum("ac,acrb->br", w, m), want, **TOL)
 
 
 @pytest.mark.parametrize("chunk", [None, 3])
@@ -543,44 +573,54 @@ def test_last_state_readout_gradient_equals_the_materialised_states(chunk):
     rng = np.random.default_rng(1)
     lam = rng.uniform(0.5, 1, (2, 3))
     left, right, v = (
-        rng.normal(size=(7, 2, 3, 2)),
+        rng.normal(size=(7, 2, 2, 2)),
         rng.normal(size=(7, 3, 3, 2)),
         rng.normal(size=(3, 2)),
     )
+    w = jnp.asarray(rng.normal(size=(2, 3)))
 
     def weighted(lam, left, right, v):
-        o = scan.last_state_readout(lam, _factors(left, right), 7, v, chunk=chunk)
-        return jnp.sum(jnp.cos(o))
+        m = scan.last_state_readout(lam, _factors(left, right), 7, v, chunk=chunk)
+        return jnp.sum(jnp.cos(jnp.einsum("ac,acrb->rb", w, m)))
 
     def materialised(lam, left, right, v):
-        _, h = linear_recurrence(lam, jnp.einsum("trab,tkab->tbrk", left, right))
+        b = jnp.einsum("ac,tarb,tckb->tbrk", w, left, right)
+        _, h = linear_recurrence(lam, b)
         return jnp.sum(jnp.cos(jnp.einsum("brk,kb->rb", h, v)))
 
     got = fast_jit(jax.grad(weighted, argnums=(0, 1, 2, 3)))(lam, left, right, v)
     want = fast_jit(jax.grad(materialised, argnums=(0, 1, 2, 3)))(lam, left, right, v)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, **TOL)
+    for g, w_ in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w_, **TOL)
 
 
 @pytest.mark.parametrize(
     ("lam", "left", "right", "v", "length", "chunk", "match"),
     [
-        ((3,), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 5, None, r"lam must be \(R, H\) and v \(H, B\)"),
-        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (2, 4), 5, None, "with the same H"),
-        ((3, 3), (5, 3, 2, 4), (5, 3, 1, 4), (3, 4), 5, None, r"must give left \(size, R, A, B\)"),
-        ((2, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 5, None, r"got \(1, 3, 2, 4\)"),
-        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 5), 5, None, r"must give left"),
-        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 0, None, "length must be a positive integer"),
+        ((3,), (5, 2, 3, 4), (5, 2, 3, 4), (3, 4), 5, None, r"lam must be \(R, H\) and v \(H, B\)"),
+        ((3, 3), (5, 2, 3, 4), (5, 2, 3, 4), (2, 4), 5, None, "with the same H"),
+        ((3, 3), (5, 2, 3, 4), (5, 2, 2, 4), (3, 4), 5, None, r"must give \(lefts, rights\)"),
+        (
+            (2, 3),
+            (5, 2, 3, 4),
+            (5, 2, 3, 4),
+            (3, 4),
+            5,
+            None,
+            r"got \(\(\(1, 3, 4\), \(1, 3, 4\)\)",
+        ),
+        ((3, 3), (5, 2, 3, 4), (5, 2, 3, 4), (3, 5), 5, None, r"must give \(lefts, rights\)"),
+        ((3, 3), (5, 2, 3, 4), (5, 2, 3, 4), (3, 4), 0, None, "length must be a positive integer"),
         (
             (3, 3),
-            (5, 3, 2, 4),
-            (5, 3, 2, 4),
+            (5, 2, 3, 4),
+            (5, 2, 3, 4),
             (3, 4),
             5,
             0,
             "chunk must be a positive integer or None",
         ),
-        ((3, 3), (5, 3, 2, 4), (5, 3, 2, 4), (3, 4), 5, 2.0, "chunk must be a positive integer"),
+        ((3, 3), (5, 2, 3, 4), (5, 2, 3, 4), (3, 4), 5, 2.0, "chunk must be a positive integer"),
     ],
 )
 def test_last_state_readout_rejects_bad_arguments(lam, left, right, v, length, chunk, match):
@@ -591,6 +631,13 @@ def test_last_state_readout_rejects_bad_arguments(lam, left, right, v, length, c
             length,
             jnp.ones(v),
             chunk=chunk,
+        )
+
+
+def test_last_state_readout_rejects_factors_that_are_not_tuples_of_terms():
+    with pytest.raises(ValueError, match="non-empty tuples of arrays"):
+        scan.last_state_readout(
+            jnp.ones((3, 3)), lambda start, size: (jnp.ones((size, 3, 4)),) * 2, 5, jnp.ones((3, 4))
         )
 
 
