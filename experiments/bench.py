@@ -14,8 +14,9 @@ For each grid point (context N, width d, batch B; interleaved tokens, d_out = d,
 * ``associative`` / ``sequential``: every window's state by the scan, then the last window's
   readout; ``chunked``: every window's readout without the states (:func:`ssm_gd.scan.chunked_readout`).
 
-It measures the compile time, the steady-state time (median of repeats, after
-``block_until_ready``), tokens/s (``B·L`` per second) and the memory XLA assigns to the compiled
+It measures the compile time, the steady-state time (median of repeated calls, after
+``block_until_ready``; a point's programs, the baseline and the copy among them, are called in
+turn, round after round, so that they share the machine's load), tokens/s (``B·L`` per second) and the memory XLA assigns to the compiled
 program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Every program is called
 with the parameters as a list of arrays, so that the time is the computation's and not that of
 flattening an ``nnx.State`` (about 0.1 ms per call on the 2-core CPU). Beside them:
@@ -128,8 +129,8 @@ def _programs(model: GDSSM, impl: str):
     return leaves, {name: on_leaves(fn) for name, fn in programs.items()}
 
 
-def _time(fn, args, repeats: int, budget: float):
-    """(compile seconds, median steady seconds, memory bytes) of ``jit(fn)(*args)``."""
+def _compile(fn, args):
+    """(compiled, compile seconds, memory bytes) of ``jit(fn)`` for ``args``."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
@@ -137,14 +138,29 @@ def _time(fn, args, repeats: int, budget: float):
     memory = None
     if mem is not None:
         memory = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
-    jax.block_until_ready(compiled(*args))  # warm up
-    times = []
-    spent = time.perf_counter()
-    while len(times) < repeats and (len(times) < 2 or time.perf_counter() - spent < budget):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), memory
+    return compiled, compile_s, memory
+
+
+def _time_interleaved(programs: dict, repeats: int, budget: float) -> dict:
+    """Median steady seconds of each ``{key: (compiled, args)}``, called in turn, round after round.
+
+    Interleaving puts every program under the same load, so that a slow spell of the machine
+    (timings here drift by up to 2x between runs) falls on all of them, not on one. After a
+    warm-up call each, rounds go on while fewer than 2 are done, or while the rounds have taken
+    less than ``budget`` seconds per program and fewer than ``repeats`` are done.
+    """
+    for compiled, args in programs.values():
+        jax.block_until_ready(compiled(*args))  # warm up
+    times = {key: [] for key in programs}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 2 or (rounds < repeats and time.perf_counter() - start < budget * len(programs)):
+        for key, (compiled, args) in programs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times[key].append(time.perf_counter() - t0)
+        rounds += 1
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, budget: float,
@@ -152,8 +168,7 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
     tokens = jax.random.uniform(jax.random.key(0), (batch, 2 * n + 1, d), jnp.float32, -0.5, 0.5)
     point = {"n_context": n, "d": d, "batch": batch, "tokens": batch * (2 * n + 1), "results": {}}
     states_gb = batch * n * d * d * 4 / 2**30
-    copy_s = _time(lambda t: -t, (tokens,), repeats, budget)
-    point["copy"] = {"seconds": copy_s[1], "bytes": 2 * tokens.size * 4}
+    compiled = {("copy", "forward"): _compile(lambda t: -t, (tokens,)) + ((tokens,),)}
     for impl in [*impls, "loop-per-dimension"]:
         materialises = impl in ("associative", "sequential", "loop-per-dimension")
         # The baseline holds one row of states at a time (a d-th of the rest) but keeps d scans.
@@ -178,18 +193,21 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
         if impl == "sequential":
             model = _model(d, "sequential", chunk)
         params, programs = _programs(model, impl)
-        row = {}
         for name, fn in programs.items():
-            if fn is None:
-                continue
-            compile_s, steady, memory = _time(fn, (params, tokens), repeats, budget)
-            row[name] = {
-                "compile_seconds": compile_s,
-                "seconds": steady,
-                "tokens_per_second": point["tokens"] / steady,
-                "memory_bytes": memory,
-            }
-        point["results"][impl] = row
+            if fn is not None:
+                compiled[impl, name] = _compile(fn, (params, tokens)) + ((params, tokens),)
+        point["results"][impl] = {}
+    steady = _time_interleaved({key: (c[0], c[3]) for key, c in compiled.items()}, repeats, budget)
+    for (impl, name), (_, compile_s, memory, _) in compiled.items():
+        if impl == "copy":
+            point["copy"] = {"seconds": steady[impl, name], "bytes": 2 * tokens.size * 4}
+            continue
+        point["results"][impl][name] = {
+            "compile_seconds": compile_s,
+            "seconds": steady[impl, name],
+            "tokens_per_second": point["tokens"] / steady[impl, name],
+            "memory_bytes": memory,
+        }
     base = point["results"].get("loop-per-dimension", {})
     for row in point["results"].values():
         for name, r in row.items() if "skipped" not in row else ():
@@ -236,8 +254,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 2048])
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--chunk", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="steady-state calls per program")
-    parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per program")
+    parser.add_argument(
+        "--repeats", type=int, default=200, help="most steady-state calls per program"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=1.0, help="seconds of interleaved calls per program"
+    )
     parser.add_argument("--max-gb", type=float, default=4.0, help="skip bigger materialised states")
     parser.add_argument("--max-tokens", type=float, default=3e7, help="skip bigger B·L points")
     parser.add_argument(
