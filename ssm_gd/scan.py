@@ -15,9 +15,10 @@ of outer products and whose states are only read through a vector:
 
 * :func:`chunked_readout` — ``h_t v_t`` at every ``t``: matrix products inside chunks, a scan
   across chunks.
-* :func:`last_state_readout` — ``h_T v`` at the last step only: the recurrence collapses to the
-  weighted sum ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` (the convolutional view of a linear SSM), matrix
-  products with no sequential dependency, a chunk of time steps at a time.
+* :func:`last_state_readout` — ``h_T v`` at the last step only, as the pair readouts of inputs
+  ``b_t = Σ_{a,c} w_ac left_{t,a} right_{t,c}ᵀ``: the recurrence collapses to the weighted sum
+  ``h_T = Σ_t Λ^{T−t} ⊙ b_t`` (the convolutional view of a linear SSM), matrix products with no
+  sequential dependency, a chunk of time steps at a time.
 """
 
 from __future__ import annotations
@@ -260,8 +261,7 @@ def _pair_readouts(p: Array, lefts: tuple, rights: tuple, v: Array) -> tuple:
     so), the time steps' matrix products ``(R, H) × (H, B)`` are batch-minor, and the backward
     pass is written out (:func:`_pair_readouts_bwd`) so that it keeps that layout.
     """
-    h = [jnp.einsum("trk,tkb->trb", p, r * v) for r in rights]
-    return tuple(tuple(_sum_steps(left * hc) for hc in h) for left in lefts)
+    return _pair_readouts_fwd(p, lefts, rights, v)[0]
 
 
 def _pair_readouts_fwd(p, lefts, rights, v):
@@ -356,9 +356,9 @@ def last_state_readout(
     def part(start, size):
         lefts, rights = factors(start, size)
         exponents = length - 1 - (start + jnp.arange(size))  # Λ^{T−t}, integer powers
-        weights = jnp.power(lam[None], exponents[:, None, None])  # (size, R, H)
-        cast = lambda xs: tuple(x.astype(dtype) for x in xs)  # noqa: E731
-        return _pair_readouts(weights, cast(lefts), cast(rights), v)
+        decay = jnp.power(lam[None], exponents[:, None, None])  # (size, R, H)
+        lefts, rights = (tuple(x.astype(dtype) for x in terms) for terms in (lefts, rights))
+        return _pair_readouts(decay, lefts, rights, v)
 
     n_chunks, tail = divmod(length, chunk)
     if n_chunks == 1 and tail == 0:
