@@ -272,12 +272,14 @@ def main(argv=None):
     parser.add_argument(
         "--budget", type=float, default=1.0, help="seconds of interleaved calls per program"
     )
-    parser.add_argument("--max-gb", type=float, default=4.0, help="skip bigger materialised states")
+    parser.add_argument(
+        "--max-gb", type=float, default=12.0, help="skip programs and states that need more GB"
+    )
     parser.add_argument("--max-tokens", type=float, default=3e7, help="skip bigger B·L points")
     parser.add_argument(
         "--max-seconds",
         type=float,
-        default=3.0,
+        default=10.0,
         help="skip an implementation at larger N once its forward+backward took this long",
     )
     parser.add_argument(
