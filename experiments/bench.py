@@ -16,8 +16,8 @@ For each grid point (context N, width d, batch B; interleaved tokens, d_out = d,
 
 It measures the compile time, the steady-state time (median of repeated calls, after
 ``block_until_ready``; a point's programs, the baseline among them, are called in turn, round
-after round, so that they share the machine's load), tokens/s (``B·L`` per second) and the memory XLA assigns to the compiled
-program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Every program is called
+after round, so that they share the machine's load), tokens/s (``B·L`` per second) and the
+memory XLA assigns to the compiled program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Every program is called
 with the parameters as a list of arrays, so that the time is the computation's and not that of
 flattening an ``nnx.State`` (about 0.1 ms per call on the 2-core CPU). Beside them:
 
@@ -42,6 +42,8 @@ import pathlib
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -131,8 +133,15 @@ def _programs(model: GDSSM, impl: str):
     return leaves, {name: on_leaves(fn) for name, fn in programs.items()}
 
 
-def _compile(fn, args):
-    """(compiled, compile seconds, memory bytes) of ``jit(fn)`` for ``args``."""
+class Program(NamedTuple):
+    compiled: Callable
+    compile_seconds: float
+    memory_bytes: int | None
+    args: tuple
+
+
+def _compile(fn, args) -> Program:
+    """``jit(fn)`` compiled for ``args``, with its compile seconds and memory bytes."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
@@ -140,26 +149,26 @@ def _compile(fn, args):
     memory = None
     if mem is not None:
         memory = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
-    return compiled, compile_s, memory
+    return Program(compiled, compile_s, memory, args)
 
 
 def _time_interleaved(programs: dict, repeats: int, budget: float) -> dict:
-    """Median steady seconds of each ``{key: (compiled, args)}``, called in turn, round after round.
+    """Median steady seconds of each ``{key: Program}``, called in turn, round after round.
 
     Interleaving puts every program under the same load, so that a slow spell of the machine
     (timings here drift by up to 2x between runs) falls on all of them, not on one. After a
     warm-up call each, rounds go on while fewer than 2 are done, or while the rounds have taken
     less than ``budget`` seconds per program and fewer than ``repeats`` are done.
     """
-    for compiled, args in programs.values():
-        jax.block_until_ready(compiled(*args))  # warm up
+    for p in programs.values():
+        jax.block_until_ready(p.compiled(*p.args))  # warm up
     times = {key: [] for key in programs}
     start = time.perf_counter()
     rounds = 0
     while rounds < 2 or (rounds < repeats and time.perf_counter() - start < budget * len(programs)):
-        for key, (compiled, args) in programs.items():
+        for key, p in programs.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
+            jax.block_until_ready(p.compiled(*p.args))
             times[key].append(time.perf_counter() - t0)
         rounds += 1
     return {key: statistics.median(t) for key, t in times.items()}
@@ -172,8 +181,7 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
     states_gb = batch * n * d * d * 4 / 2**30
     # The copy alone, in consecutive calls that reuse its output buffer: interleaved with the
     # others, each call would pay fresh pages for the tokens' bytes (6x slower at 10^7 floats).
-    copy, _, _ = _compile(lambda t: -t, (tokens,))
-    copy_s = _time_interleaved({"copy": (copy, (tokens,))}, repeats, budget)["copy"]
+    copy_s = _time_interleaved({"copy": _compile(lambda t: -t, (tokens,))}, repeats, budget)["copy"]
     point["copy"] = {"seconds": copy_s, "bytes": 2 * tokens.size * 4}
     compiled = {}
     for impl in [*impls, "loop-per-dimension"]:
@@ -201,24 +209,28 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
             model = _model(d, "sequential", chunk)
         params, programs = _programs(model, impl)
         ours = {
-            (impl, name): _compile(fn, (params, tokens)) + ((params, tokens),)
+            (impl, name): _compile(fn, (params, tokens))
             for name, fn in programs.items()
             if fn is not None
         }
-        over = {name: c[2] / 2**30 for (_, name), c in ours.items() if (c[2] or 0) > max_gb * 2**30}
+        over = {
+            name: p.memory_bytes / 2**30
+            for (_, name), p in ours.items()
+            if (p.memory_bytes or 0) > max_gb * 2**30
+        }
         if over:  # what XLA assigns the compiled program, checked before it runs
             name, gb = max(over.items(), key=lambda item: item[1])
             point["results"][impl] = {"skipped": f"{name} needs {gb:.1f} GB (--max-gb)"}
             continue
         compiled.update(ours)
         point["results"][impl] = {}
-    steady = _time_interleaved({key: (c[0], c[3]) for key, c in compiled.items()}, repeats, budget)
-    for (impl, name), (_, compile_s, memory, _) in compiled.items():
+    steady = _time_interleaved(compiled, repeats, budget)
+    for (impl, name), p in compiled.items():
         point["results"][impl][name] = {
-            "compile_seconds": compile_s,
+            "compile_seconds": p.compile_seconds,
             "seconds": steady[impl, name],
             "tokens_per_second": point["tokens"] / steady[impl, name],
-            "memory_bytes": memory,
+            "memory_bytes": p.memory_bytes,
         }
     base = point["results"].get("loop-per-dimension", {})
     for row in point["results"].values():
