@@ -353,24 +353,27 @@ def last_state_readout(
     dtype = jnp.result_type(lam, *lefts, *rights, v)
     lam, v = lam.astype(dtype), v.astype(dtype)
 
-    def part(start, size):
+    def part(start, size, inside):
+        # Λ^{T−t} = Λ^{T−start−size} ⊙ Λ^{start+size−1−t}: one power per chunk times the powers
+        # inside a chunk, the same for every chunk (a power per entry and step cost 10–25 % of
+        # the time at B = 64).
         lefts, rights = factors(start, size)
-        exponents = length - 1 - (start + jnp.arange(size))  # Λ^{T−t}, integer powers
-        decay = jnp.power(lam[None], exponents[:, None, None])  # (size, R, H)
+        decay = jnp.power(lam, length - start - size) * inside  # (size, R, H)
         lefts, rights = (tuple(x.astype(dtype) for x in terms) for terms in (lefts, rights))
         return _pair_readouts(decay, lefts, rights, v)
 
     n_chunks, tail = divmod(length, chunk)
     if n_chunks == 1 and tail == 0:
-        m = part(0, chunk)
+        m = part(0, chunk, decay_powers(lam, chunk))
     else:
+        inside = decay_powers(lam, chunk)  # Λ^{chunk−1} … Λ^0, computed once for every chunk
 
         @jax.checkpoint
         def body(m, j):
-            return jax.tree.map(jnp.add, m, part(j * chunk, chunk)), None
+            return jax.tree.map(jnp.add, m, part(j * chunk, chunk, inside)), None
 
         zeros = tuple(tuple(jnp.zeros((r, b), dtype) for _ in rights) for _ in lefts)
         m, _ = jax.lax.scan(body, zeros, jnp.arange(n_chunks))
         if tail:
-            m = jax.tree.map(jnp.add, m, part(n_chunks * chunk, tail))
+            m = jax.tree.map(jnp.add, m, part(n_chunks * chunk, tail, inside[-tail:]))
     return jnp.stack([jnp.stack(row) for row in m])

@@ -568,10 +568,15 @@ def test_last_state_readout_weighted_by_w_is_the_readout_of_the_weighted_inputs(
     np.testing.assert_allclose(np.einsum("ac,acrb->br", w, m), want, **TOL)
 
 
+@pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("chunk", [None, 3])
-def test_last_state_readout_gradient_equals_the_materialised_states(chunk):
+def test_last_state_readout_gradient_equals_the_materialised_states(chunk, signed):
+    # chunk 3 at length 7: two chunks and a tail of one (the decays are a power per chunk times
+    # the powers inside a chunk); signed: negative entries and an exact zero in Λ.
     rng = np.random.default_rng(1)
     lam = rng.uniform(0.5, 1, (2, 3))
+    if signed:
+        lam = lam * np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, -1.0]])
     left, right, v = (
         rng.normal(size=(7, 2, 2, 2)),
         rng.normal(size=(7, 3, 3, 2)),
