@@ -55,7 +55,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ssm_gd import plots, scan  # noqa: E402
-from ssm_gd.layers import GDSSM, GDSSMInit, decay_init, window_factors, windows  # noqa: E402
+from ssm_gd.layers import (  # noqa: E402
+    GDSSM,
+    GDSSMInit,
+    decay_init,
+    transpose_per_chunk,
+    window_factors,
+    windows,
+)
 
 IMPLS = ("weighted", "associative", "sequential", "chunked")
 PASSES = ("scan", "forward", "forward+backward")
@@ -106,9 +113,10 @@ def _programs(model: GDSSM, impl: str):
         m = nnx.merge(graphdef, params)
         n_windows = (tokens.shape[1] - 1) // 2
         if impl == "weighted":  # the last state, applied to the last query
-            rows = jnp.transpose(tokens, (1, 2, 0))
-            w, factors = window_factors(m.yx_attention, rows)
-            pairs = scan.last_state_readout(m.yx_recurrence.lam, factors, n_windows, rows[-1])
+            per_chunk = transpose_per_chunk(jax.default_backend(), tokens.shape[0], tokens.size)
+            w, factors = window_factors(m.yx_attention, tokens, per_chunk=per_chunk)
+            v = tokens[:, -1].T
+            pairs = scan.last_state_readout(m.yx_recurrence.lam, factors, n_windows, v)
             return jnp.einsum("ac,acrb->rb", w, pairs)
         x = windows(tokens, m.window, m.stride)
         u = m.yx_attention.products(x)

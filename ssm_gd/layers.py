@@ -45,6 +45,7 @@ __all__ = [
     "compose_readout",
     "gd_readout",
     "local_self_attention",
+    "transpose_per_chunk",
     "window_factors",
     "windows",
 ]
@@ -195,22 +196,61 @@ class LocalMixing(nnx.Module):
         return self.products(windows(tokens, self.window, self.stride))
 
 
+TRANSPOSE_PER_CHUNK_ENTRIES = 2**23
+TRANSPOSE_PER_CHUNK_MAX_BATCH = 256
+
+
+def transpose_per_chunk(backend: str, batch: int, entries: int) -> bool:
+    """Whether :meth:`GDSSM.predict_query` transposes its window rows a chunk at a time.
+
+    The weighted readout reads the rows time-major and batch-minor (:func:`window_factors`).
+    Transposing all the tokens at once writes a copy of them; transposing each chunk's rows when
+    the chunk is reached writes none, but gathers runs of ``h`` numbers from ``B`` places. On the
+    CPU the chunks win for tokens of at least :data:`TRANSPOSE_PER_CHUNK_ENTRIES` entries (2^23,
+    32 MiB in float32: past that size every call writes its copy to fresh pages, and the copy cost
+    about 1.4 times a plain negation of the tokens) and batches of at most
+    :data:`TRANSPOSE_PER_CHUNK_MAX_BATCH`. Measured side by side (2-core CPU, forward of the query's
+    prediction, one GD step), whole / per chunk: d = 10, B = 64: 703 / 540 ms at N = 10⁵,
+    80 / 59 ms at N = 10⁴, 12.7 / 13.0 ms at N = 1000, 1.06 / 1.44 ms at N = 100; d = 50,
+    B = 64, N = 10⁴: 420 / 368 ms; d = 10, B = 256, N = 10⁴: 258 / 241 ms; but B = 512,
+    N = 5000: 267 / 355 ms and B = 2048, N = 1000: 264 / 337 ms. On GPU and TPU, where nothing
+    has been measured yet, the rows are transposed at once.
+    """
+    return (
+        backend == "cpu"
+        and batch <= TRANSPOSE_PER_CHUNK_MAX_BATCH
+        and entries >= TRANSPOSE_PER_CHUNK_ENTRIES
+    )
+
+
 def window_factors(
-    attention: LocalSelfAttention | LocalMixing, rows: Array
+    attention: LocalSelfAttention | LocalMixing, rows: Array, *, per_chunk: bool = False
 ) -> tuple[Array, Callable]:
     """``(w, factors)``: the weights and the ``factors(start, size)`` of windows ``start … start + size − 1``.
 
-    ``rows`` ``(2N + 1, h, B)`` are window rows, time-major and batch-minor; window ``t`` holds
-    rows ``2t, 2t + 1, 2t + 2`` (3 rows, stride 2). Each position's rows are gathered when asked
-    for, one array ``(size, h, B)`` per position (on XLA:CPU a gather of whole rows is fast where
-    strided slices of a slice inside a loop are not) and ``attention.factors`` turns them into
-    ``(lefts, rights)``: ``factors`` is the argument of :func:`ssm_gd.scan.last_state_readout`,
-    and ``h_T v = Σ_{a,c} w_ac M_ac`` of its result ``M``, ``w = attention.weights()``.
+    ``rows`` ``(B, 2N + 1, h)`` are window rows; window ``t`` holds rows ``2t, 2t + 1, 2t + 2``
+    (3 rows, stride 2). The factors are time-major and batch-minor, one array ``(size, h, B)`` per
+    window position: the rows are transposed once, here (``per_chunk=False``), and each position's
+    rows gathered when asked for (on XLA:CPU a gather of whole rows is fast where strided slices
+    of a slice inside a loop are not), or each position's rows are gathered from ``rows`` and
+    transposed when asked for (``per_chunk=True``: no transposed copy of the whole tokens;
+    :func:`transpose_per_chunk` says when that is faster). Both give the same arrays.
+    ``attention.factors`` turns them into ``(lefts, rights)``: ``factors`` is the argument of
+    :func:`ssm_gd.scan.last_state_readout`, and ``h_T v = Σ_{a,c} w_ac M_ac`` of its result ``M``,
+    ``w = attention.weights()``.
     """
+    if not per_chunk:
+        rows = jnp.transpose(rows, (1, 2, 0))  # (2N + 1, h, B)
 
     def factors(start, size):
         steps = 2 * (start + jnp.arange(size))
-        x = tuple(rows.at[steps + a].get(mode="promise_in_bounds") for a in range(3))
+        if per_chunk:
+            x = tuple(
+                jnp.transpose(rows.at[:, steps + a].get(mode="promise_in_bounds"), (1, 2, 0))
+                for a in range(3)
+            )
+        else:
+            x = tuple(rows.at[steps + a].get(mode="promise_in_bounds") for a in range(3))
         return attention.factors(x)
 
     return attention.weights(), factors
@@ -508,12 +548,10 @@ class GDSSM(nnx.Module):
         rows = self.rows(tokens)  # (B, 2N + 1, h)
         n = (rows.shape[1] - 1) // 2
         query = self.query(rows[:, -self.window :])  # (B, h): the last window's query, x_q
-        # Time-major, batch-minor (2N + 1, h, B): one transpose of the tokens; a chunk's windows
-        # are then contiguous slices (transposing chunk by chunk inside the scan is slower).
-        rows = jnp.transpose(rows, (1, 2, 0))
+        per_chunk = transpose_per_chunk(jax.default_backend(), rows.shape[0], rows.size)
 
         def apply(attention, recurrence):
-            w, factors = window_factors(attention, rows)
+            w, factors = window_factors(attention, rows, per_chunk=per_chunk)
 
             def readout(u):  # (B, 1, h) → (B, 1, R)
                 m = scan.last_state_readout(recurrence.lam, factors, n, u[:, 0].T)

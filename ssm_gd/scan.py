@@ -358,7 +358,8 @@ def last_state_readout(
         # inside a chunk, the same for every chunk (a power per entry and step cost 10–25 % of
         # the time at B = 64).
         lefts, rights = factors(start, size)
-        decay = jnp.power(lam, length - start - size) * inside  # (size, R, H)
+        after = length - start - size  # the steps after the chunk (0 for the last: Λ^0 = 1)
+        decay = inside if isinstance(after, int) and after == 0 else jnp.power(lam, after) * inside
         lefts, rights = (tuple(x.astype(dtype) for x in terms) for terms in (lefts, rights))
         return _pair_readouts(decay, lefts, rights, v)
 

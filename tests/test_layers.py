@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssm_gd import construction, scan
+from ssm_gd import construction, layers, scan
 from ssm_gd.layers import (
     GDSSM,
     DiagonalRecurrence,
@@ -541,10 +541,16 @@ def test_gdssm_rejects_bad_tokens(layout, d_in, d_out, shape, match):
         call(model, jnp.zeros(shape))
 
 
-@pytest.mark.parametrize("query_map", ["vector", "matrix"])
+@pytest.mark.parametrize(
+    ("query_map", "per_chunk"), [("vector", False), ("matrix", False), ("vector", True)]
+)
 @pytest.mark.parametrize("cfg", GDSSM_PARAMS)
-def test_gdssm_predict_query_equals_last_window_values_and_gradients(cfg, query_map):
-    """The weighted-sum query prediction against every window's scan, and the loop reference."""
+def test_gdssm_predict_query_equals_last_window_values_and_gradients(
+    cfg, query_map, per_chunk, monkeypatch
+):
+    """The weighted-sum query prediction against every window's scan, and the loop reference,
+    with the window rows transposed at once and, as for large tokens on the CPU, chunk by chunk."""
+    monkeypatch.setattr(layers, "transpose_per_chunk", lambda *_: per_chunk)
     model = random_model(cfg, seed=6, query_map=query_map)
     tokens = random_tokens(model, seed=6)
     got = nnx.jit(lambda m, t: m.predict_query(t))(model, jnp.asarray(tokens))
@@ -586,6 +592,47 @@ def test_auto_impl_rule(backend, n_windows, entries, want):
     from ssm_gd.layers import auto_impl
 
     assert auto_impl(backend, n_windows, entries) == want
+
+
+@pytest.mark.parametrize(
+    ("backend", "batch", "entries", "want"),
+    [
+        ("cpu", 64, 2**23, True),
+        ("cpu", 256, 2**23, True),
+        ("cpu", 64, 2**23 - 1, False),
+        ("cpu", 257, 2**30, False),
+        ("gpu", 64, 2**30, False),
+        ("tpu", 64, 2**30, False),
+    ],
+)
+def test_transpose_per_chunk_rule(backend, batch, entries, want):
+    assert layers.transpose_per_chunk(backend, batch, entries) == want
+
+
+@pytest.mark.parametrize("attention", ["self-attention", "mixing"])
+def test_window_factors_per_chunk_equal_the_whole_transpose(attention):
+    # Pure data movement: the two ways of cutting windows give the same arrays, bit for bit,
+    # for a traced start (inside jit, as in the scan over chunks) and every window position.
+    att = (LocalSelfAttention if attention == "self-attention" else LocalMixing)(rngs=nnx.Rngs(0))
+    rows = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2 * 6 + 1, 4)))  # N = 6
+
+    def cut(per_chunk, start, size):
+        w, factors = layers.window_factors(att, rows, per_chunk=per_chunk)
+        return w, factors(start, size)
+
+    for start, size in [(0, 6), (0, 1), (2, 3), (5, 1)]:
+        got, want = (
+            jax.jit(cut, static_argnums=(0, 2))(per_chunk, start, size)
+            for per_chunk in (True, False)
+        )
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert a.shape == b.shape and np.array_equal(a, b)
+        x = np.asarray(rows)
+        (lefts, rights) = want[1]
+        for a in range(3):  # position a of window t is row 2t + a, time-major and batch-minor
+            expected = np.transpose(x[:, 2 * (start + np.arange(size)) + a], (1, 2, 0))
+            np.testing.assert_array_equal(rights[a], expected)
 
 
 def test_gdssm_auto_resolves_by_size_and_equals_the_associative_scan():
