@@ -209,12 +209,13 @@ def transpose_per_chunk(backend: str, batch: int, entries: int) -> bool:
     CPU the chunks win for tokens of at least :data:`TRANSPOSE_PER_CHUNK_ENTRIES` entries (2^23,
     32 MiB in float32: past that size every call writes its copy to fresh pages, and the copy cost
     about 1.4 times a plain negation of the tokens) and batches of at most
-    :data:`TRANSPOSE_PER_CHUNK_MAX_BATCH`. Measured side by side (2-core CPU, forward of the query's
-    prediction, one GD step), whole / per chunk: d = 10, B = 64: 703 / 540 ms at N = 10⁵,
-    80 / 59 ms at N = 10⁴, 12.7 / 13.0 ms at N = 1000, 1.06 / 1.44 ms at N = 100; d = 50,
-    B = 64, N = 10⁴: 420 / 368 ms; d = 10, B = 256, N = 10⁴: 258 / 241 ms; but B = 512,
-    N = 5000: 267 / 355 ms and B = 2048, N = 1000: 264 / 337 ms. On GPU and TPU, where nothing
-    has been measured yet, the rows are transposed at once.
+    :data:`TRANSPOSE_PER_CHUNK_MAX_BATCH`. Measured on the 2-core CPU (forward of the query's
+    prediction, one GD step, each pair side by side in one process), whole / per chunk: d = 10,
+    B = 64: 703 / 540 ms at N = 10⁵, 80 / 59 ms at N = 10⁴, 12.7 / 13.0 ms at N = 1000,
+    1.06 / 1.44 ms at N = 100; d = 50, B = 64, N = 10⁴: 420 / 368 ms; d = 10, B = 256,
+    N = 10⁴: 258 / 241 ms; but B = 512, N = 5000: 267 / 355 ms and B = 2048, N = 2000:
+    454 / 617 ms. On GPU and TPU, where nothing has been measured yet, the rows are transposed
+    at once.
     """
     return (
         backend == "cpu"
