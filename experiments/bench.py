@@ -26,7 +26,13 @@ flattening an ``nnx.State`` (about 0.1 ms per call on the 2-core CPU). Beside th
   ``lax.scan`` over time, so its program (and compile time) grows with d. It is skipped where its
   ``N·d`` sequential steps pass ``--max-loop-steps`` (minutes per call), and said so.
 * ``copy``: the lower bound, a program that reads the tokens and writes as many bytes back, timed
-  on its own in consecutive calls (its output buffer reused, as in a training loop).
+  on its own in consecutive calls (its output buffer reused, as in a training loop);
+* ``dispatch``: the floor under any program, one that returns a single number of the tokens,
+  timed the same way: what calling a compiled program costs, whatever it computes.
+
+Each compiled program's ``kernels`` counts the operations at the top level of its optimised HLO
+(fusions, matrix products, copies, loops; a loop counts once, its body not at all): at small sizes
+the time is about that many launches.
 
 Points whose materialised states would pass ``--max-gb`` are skipped for the implementations that
 build them, and so is any program whose compiled memory passes it (checked before it runs); the
@@ -40,6 +46,7 @@ import argparse
 import json
 import pathlib
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -145,7 +152,28 @@ class Program(NamedTuple):
     compiled: Callable
     compile_seconds: float
     memory_bytes: int | None
+    kernels: int
     args: tuple
+
+
+# Top-level HLO instructions that launch nothing: they only name or reshape buffers.
+_NOT_KERNELS = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast"})
+_OPCODE = re.compile(r"=\s+(?:\([^=]*?\)|\S+)\s+([a-z][a-z0-9-]*)\(")
+
+
+def count_kernels(hlo_text: str) -> int:
+    """The operations of an optimised HLO module's entry computation that run as kernels.
+
+    Every instruction of the ``ENTRY`` block but those in :data:`_NOT_KERNELS`; a ``while`` counts
+    once, whatever its body runs.
+    """
+    entry = hlo_text[hlo_text.index("\nENTRY") :]
+    entry = re.sub(r"/\*.*?\*/", "", entry[: entry.index("\n}")])  # /*index=5*/ in tuple types
+    lines = entry.splitlines()[2:]  # after the blank line and the ENTRY header
+    opcodes = [m.group(1) for line in lines if (m := _OPCODE.search(line))]
+    if len(opcodes) != len(lines):
+        raise ValueError(f"could not read {len(lines) - len(opcodes)} instruction(s) of the HLO")
+    return sum(op not in _NOT_KERNELS for op in opcodes)
 
 
 def _compile(fn, args) -> Program:
@@ -157,7 +185,7 @@ def _compile(fn, args) -> Program:
     memory = None
     if mem is not None:
         memory = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
-    return Program(compiled, compile_s, memory, args)
+    return Program(compiled, compile_s, memory, count_kernels(compiled.as_text()), args)
 
 
 def _time_interleaved(programs: dict, repeats: int, budget: float) -> dict:
@@ -191,6 +219,8 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
     # others, each call would pay fresh pages for the tokens' bytes (6x slower at 10^7 floats).
     copy_s = _time_interleaved({"copy": _compile(lambda t: -t, (tokens,))}, repeats, budget)["copy"]
     point["copy"] = {"seconds": copy_s, "bytes": 2 * tokens.size * 4}
+    dispatch = _compile(lambda t: t[0, 0, 0], (tokens,))
+    point["dispatch"] = {"seconds": _time_interleaved({"d": dispatch}, repeats, budget)["d"]}
     compiled = {}
     for impl in [*impls, "loop-per-dimension"]:
         materialises = impl in ("associative", "sequential", "loop-per-dimension")
@@ -239,6 +269,7 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
             "seconds": steady[impl, name],
             "tokens_per_second": point["tokens"] / steady[impl, name],
             "memory_bytes": p.memory_bytes,
+            "kernels": p.kernels,
         }
     base = point["results"].get("loop-per-dimension", {})
     for row in point["results"].values():

@@ -100,3 +100,35 @@ def test_bench_baseline_computes_the_same_model():
     np.testing.assert_allclose(bench.loop_per_dimension(model, tokens), want, rtol=2e-5, atol=2e-6)
     chunked = bench._model(4, "chunked", 4)
     np.testing.assert_allclose(chunked(tokens), want, rtol=2e-5, atol=2e-6)
+
+
+def test_bench_counts_the_kernels_of_the_entry_computation():
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import bench
+
+    hlo = """HloModule m
+
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  ROOT %t = (s32[], f32[4]{0}) tuple(%a, %b)
+}
+
+ENTRY %main.1 (x: f32[4], y: f32[4,4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %y = f32[4,4]{1,0} parameter(1)
+  %c = f32[] constant(1)
+  %fusion = f32[4]{0} fusion(%x, %c), kind=kLoop, calls=%fused_computation
+  %dot.1 = f32[4]{0} dot(%y, %fusion), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %tuple.2 = (s32[], f32[4]{0}, /*index=2*/f32[4]{0}) tuple(%c, %dot.1, %x)
+  %while.3 = (s32[], f32[4]{0}, /*index=2*/f32[4]{0}) while(%tuple.2), condition=%cond, body=%body
+  %gte = f32[4]{0} get-tuple-element(%while.3), index=1
+  %b = f32[2,2]{1,0} bitcast(%gte)
+  ROOT %copy.4 = f32[4]{0} copy(%gte)
+}
+"""
+    # fusion, dot, while (once, its body not counted) and copy
+    assert bench.count_kernels(hlo) == 4
+    compiled = jax.jit(lambda x: jnp.tanh(x @ x) @ x).lower(jnp.ones((4, 4))).compile()
+    assert bench.count_kernels(compiled.as_text()) >= 2  # two matrix products at least
