@@ -16,7 +16,8 @@ For each grid point (context N, width d, batch B; interleaved tokens, d_out = d,
 
 It measures the compile time, the steady-state time (median of repeated calls, after
 ``block_until_ready``; a point's programs, the baseline among them, are called in turn, round
-after round, so that they share the machine's load), tokens/s (``B·L`` per second) and the
+after round, so that they share the machine's load; ``calls`` says how many timings a median
+rests on), tokens/s (``B·L`` per second) and the
 memory XLA assigns to the compiled program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Every program is called
 with the parameters as a list of arrays, so that the time is the computation's and not that of
 flattening an ``nnx.State`` (about 0.1 ms per call on the 2-core CPU). Beside them:
@@ -188,26 +189,34 @@ def _compile(fn, args) -> Program:
     return Program(compiled, compile_s, memory, count_kernels(compiled.as_text()), args)
 
 
+MIN_ROUNDS = 5
+
+
 def _time_interleaved(programs: dict, repeats: int, budget: float) -> dict:
-    """Median steady seconds of each ``{key: Program}``, called in turn, round after round.
+    """``{key: (median seconds, timed calls)}`` of each ``{key: Program}``, called in turn, round after round.
 
     Interleaving puts every program under the same load, so that a slow spell of the machine
-    (timings here drift by up to 2x between runs) falls on all of them, not on one. After a
-    warm-up call each, rounds go on while fewer than 2 are done, or while the rounds have taken
-    less than ``budget`` seconds per program and fewer than ``repeats`` are done.
+    (timings here drift by up to 2x between runs) falls on all of them, not on one; each is called
+    once a round, so that none runs with caches its own previous call warmed (calls in a row of
+    one program ran up to 1.4x faster at the smallest points). After a warm-up call each, rounds go
+    on while fewer than :data:`MIN_ROUNDS` are done (a median of at least 5 timings, also beside a
+    baseline of seconds), or while the rounds have taken less than ``budget`` seconds per program
+    and fewer than ``repeats`` are done.
     """
     for p in programs.values():
         jax.block_until_ready(p.compiled(*p.args))  # warm up
     times = {key: [] for key in programs}
     start = time.perf_counter()
     rounds = 0
-    while rounds < 2 or (rounds < repeats and time.perf_counter() - start < budget * len(programs)):
+    while rounds < MIN_ROUNDS or (
+        rounds < repeats and time.perf_counter() - start < budget * len(programs)
+    ):
         for key, p in programs.items():
             t0 = time.perf_counter()
             jax.block_until_ready(p.compiled(*p.args))
             times[key].append(time.perf_counter() - t0)
         rounds += 1
-    return {key: statistics.median(t) for key, t in times.items()}
+    return {key: (statistics.median(t), len(t)) for key, t in times.items()}
 
 
 def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, budget: float,
@@ -217,10 +226,10 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
     states_gb = batch * n * d * d * 4 / 2**30
     # The copy alone, in consecutive calls that reuse its output buffer: interleaved with the
     # others, each call would pay fresh pages for the tokens' bytes (6x slower at 10^7 floats).
-    copy_s = _time_interleaved({"copy": _compile(lambda t: -t, (tokens,))}, repeats, budget)["copy"]
+    copy_s, _ = _time_interleaved({"c": _compile(lambda t: -t, (tokens,))}, repeats, budget)["c"]
     point["copy"] = {"seconds": copy_s, "bytes": 2 * tokens.size * 4}
     dispatch = _compile(lambda t: t[0, 0, 0], (tokens,))
-    point["dispatch"] = {"seconds": _time_interleaved({"d": dispatch}, repeats, budget)["d"]}
+    point["dispatch"] = {"seconds": _time_interleaved({"d": dispatch}, repeats, budget)["d"][0]}
     compiled = {}
     for impl in [*impls, "loop-per-dimension"]:
         materialises = impl in ("associative", "sequential", "loop-per-dimension")
@@ -264,10 +273,12 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
         point["results"][impl] = {}
     steady = _time_interleaved(compiled, repeats, budget)
     for (impl, name), p in compiled.items():
+        seconds, calls = steady[impl, name]
         point["results"][impl][name] = {
             "compile_seconds": p.compile_seconds,
-            "seconds": steady[impl, name],
-            "tokens_per_second": point["tokens"] / steady[impl, name],
+            "seconds": seconds,
+            "calls": calls,
+            "tokens_per_second": point["tokens"] / seconds,
             "memory_bytes": p.memory_bytes,
             "kernels": p.kernels,
         }
@@ -318,7 +329,7 @@ def main(argv=None):
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument(
-        "--repeats", type=int, default=200, help="most steady-state calls per program"
+        "--repeats", type=int, default=200, help="most rounds of steady-state calls"
     )
     parser.add_argument(
         "--budget", type=float, default=1.0, help="seconds of interleaved calls per program"
