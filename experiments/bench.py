@@ -17,9 +17,9 @@ For each grid point (context N, width d, batch B; interleaved tokens, d_out = d,
 It measures the compile time, the steady-state time (median of repeated calls, after
 ``block_until_ready``; a point's programs, the baseline among them, are called in turn, round
 after round, so that they share the machine's load; ``calls`` says how many timings a median
-rests on), tokens/s (``B·L`` per second) and the
-memory XLA assigns to the compiled program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). Every program is called
-with the parameters as a list of arrays, so that the time is the computation's and not that of
+rests on), tokens/s (``B·L`` per second) and the memory XLA assigns to the compiled program
+(arguments + outputs + temporaries, ``Compiled.memory_analysis``). Every program is called with
+the parameters as a list of arrays, so that the time is the computation's and not that of
 flattening an ``nnx.State`` (about 0.1 ms per call on the 2-core CPU). Beside them:
 
 * ``loop-per-dimension``: the baseline, written here only for comparison. It mirrors the published
@@ -67,7 +67,6 @@ from ssm_gd.layers import (  # noqa: E402
     GDSSM,
     GDSSMInit,
     decay_init,
-    transpose_per_chunk,
     window_factors,
     windows,
 )
@@ -121,8 +120,7 @@ def _programs(model: GDSSM, impl: str):
         m = nnx.merge(graphdef, params)
         n_windows = (tokens.shape[1] - 1) // 2
         if impl == "weighted":  # the last state, applied to the last query
-            per_chunk = transpose_per_chunk(jax.default_backend(), tokens.shape[0], tokens.size)
-            w, factors = window_factors(m.yx_attention, tokens, per_chunk=per_chunk)
+            w, factors = window_factors(m.yx_attention, tokens)
             v = tokens[:, -1].T
             pairs = scan.last_state_readout(m.yx_recurrence.lam, factors, n_windows, v)
             return jnp.einsum("ac,acrb->rb", w, pairs)

@@ -225,7 +225,7 @@ def transpose_per_chunk(backend: str, batch: int, entries: int) -> bool:
 
 
 def window_factors(
-    attention: LocalSelfAttention | LocalMixing, rows: Array, *, per_chunk: bool = False
+    attention: LocalSelfAttention | LocalMixing, rows: Array, *, per_chunk: bool | None = None
 ) -> tuple[Array, Callable]:
     """``(w, factors)``: the weights and the ``factors(start, size)`` of windows ``start … start + size − 1``.
 
@@ -235,11 +235,14 @@ def window_factors(
     rows gathered when asked for (on XLA:CPU a gather of whole rows is fast where strided slices
     of a slice inside a loop are not), or each position's rows are gathered from ``rows`` and
     transposed when asked for (``per_chunk=True``: no transposed copy of the whole tokens;
-    :func:`transpose_per_chunk` says when that is faster). Both give the same arrays.
+    by default :func:`transpose_per_chunk` decides, for the default backend and the size of
+    ``rows``). Both give the same arrays.
     ``attention.factors`` turns them into ``(lefts, rights)``: ``factors`` is the argument of
     :func:`ssm_gd.scan.last_state_readout`, and ``h_T v = Σ_{a,c} w_ac M_ac`` of its result ``M``,
     ``w = attention.weights()``.
     """
+    if per_chunk is None:
+        per_chunk = transpose_per_chunk(jax.default_backend(), rows.shape[0], rows.size)
     if not per_chunk:
         rows = jnp.transpose(rows, (1, 2, 0))  # (2N + 1, h, B)
 
@@ -549,10 +552,9 @@ class GDSSM(nnx.Module):
         rows = self.rows(tokens)  # (B, 2N + 1, h)
         n = (rows.shape[1] - 1) // 2
         query = self.query(rows[:, -self.window :])  # (B, h): the last window's query, x_q
-        per_chunk = transpose_per_chunk(jax.default_backend(), rows.shape[0], rows.size)
 
         def apply(attention, recurrence):
-            w, factors = window_factors(attention, rows, per_chunk=per_chunk)
+            w, factors = window_factors(attention, rows)
 
             def readout(u):  # (B, 1, h) → (B, 1, R)
                 m = scan.last_state_readout(recurrence.lam, factors, n, u[:, 0].T)
