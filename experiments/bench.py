@@ -70,6 +70,7 @@ from ssm_gd.layers import (  # noqa: E402
     window_factors,
     windows,
 )
+from ssm_gd.tokens import Tokens
 
 IMPLS = ("weighted", "associative", "sequential", "chunked")
 PASSES = ("scan", "forward", "forward+backward")
@@ -109,6 +110,7 @@ def _programs(model: GDSSM, impl: str):
         m = nnx.merge(graphdef, params)
         if impl == "loop-per-dimension":
             return loop_per_dimension(m, tokens)[:, -1]
+        tokens = Tokens(tokens, layout=m.layout, d_in=m.d_in, d_out=m.d_out)
         if impl == "weighted":
             return m.predict_query(tokens)
         return m(tokens)[:, -1]

@@ -15,10 +15,12 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import sys
 
 import jax
 import numpy as np
 
+from experiments import cli
 from ssm_gd import gd, metrics, plots, tasks, train
 
 # A smoke run: the same pipeline at a size that finishes in well under a minute on 2 CPU cores.
@@ -36,7 +38,9 @@ def parse(argv=None, *, out="results/linear", description=None):
     parser.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
     parser.add_argument("--resume", action="store_true", help="resume from --out's checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return train.config_from_args(argv, defaults=defaults, parser=parser)
+    config, args = train.config_from_args(argv, defaults=defaults, parser=parser)
+    cli.writable_folder(parser, args.out)
+    return config, args
 
 
 def icl_curves(result: train.Result, config: train.Config, batch: int = 4096):
@@ -83,6 +87,8 @@ def run(config: train.Config, out, *, resume=False, progress=True) -> dict:
     out = pathlib.Path(out)
     result = train.train(config, out, resume=resume, progress=progress)
     summary = result.summary
+    if progress:
+        print("drawing the figures", file=sys.stderr, flush=True)
     what = f"N={config.n_context}, d_in={config.d_in}, d_out={config.d_out}, {config.layout}"
     plots.loss_curve(
         result.history,
@@ -119,7 +125,7 @@ def table(summary: dict) -> str:
         ("preds_diff", summary["preds_diff"]),
         ("param_match_error", summary["param_match_error"]),
         ("steps × batch", f"{summary['steps']} × {summary['batch_size']}"),
-        ("steps/s", summary["steps_per_second"]),
+        ("train steps/s", summary["train_steps_per_second"]),  # no evaluation, no compilation
         ("wall seconds", summary["wall_seconds"]),
     ]
     return "\n".join(
@@ -130,7 +136,10 @@ def table(summary: dict) -> str:
 
 def main(argv=None):
     config, args = parse(argv)
-    summary = run(config, args.out, resume=args.resume, progress=not args.no_progress)
+    try:
+        summary = run(config, args.out, resume=args.resume, progress=not args.no_progress)
+    except train.ResumeError as error:  # one line, exit status 1: not a traceback
+        sys.exit(f"error: {error}")
     print(table(summary))
     print(f"wrote {args.out}/summary.json, history.jsonl and figures")
     return summary

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from ssm_gd.layers import GDSSM, GDSSMInit, decay_init
+from ssm_gd.tokens import Tokens
 
 
 def _peak_rss_gb() -> float:
@@ -80,11 +81,14 @@ def main(argv=None):
     )
     print(f"{args.batch} x {length:,} tokens of width {args.d} (N = {n:,} pairs)", flush=True)
 
+    def wrap(tokens):  # a bare array in, so that the programs take the same input as a copy
+        return Tokens(tokens, layout="interleaved", d_in=args.d, d_out=args.d)
+
     def every_window(params, tokens):
-        return nnx.merge(graphdef, params)(tokens)
+        return nnx.merge(graphdef, params)(wrap(tokens))
 
     def query(params, tokens):
-        return nnx.merge(graphdef, params).predict_query(tokens)
+        return nnx.merge(graphdef, params).predict_query(wrap(tokens))
 
     summary = {"batch": args.batch, "length": length, "tokens": args.batch * length,
                "n_context": n, "d": args.d, "chunk": args.chunk, "device": str(jax.devices()[0])}  # fmt: skip

@@ -42,7 +42,7 @@ def main(argv=None):
         base,
         steps=steps,
         eval_every=max(1, min(base.eval_every, steps)),
-        warmup_steps=min(base.warmup_steps, steps // 5),
+        warmup_steps=min(base.resolved_warmup_steps, steps // 5),
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,7 @@ def learned_decay(model_name: str, model) -> float | None:
 KEYS = ("val_loss", "gd_loss", "pgd_loss", "pgd_fitted_loss", "wgd_loss", "wgd_lr", "wgd_decay",
         "loss_ratio", "loss_ratio_pgd", "loss_ratio_wgd", "model_cos", "model_cos_pgd",
         "model_cos_wgd", "model_diff", "model_diff_pgd", "model_diff_wgd", "wall_seconds",
-        "steps_per_second")  # fmt: skip
+        "train_steps_per_second")  # fmt: skip
 
 
 def run_one(model: str, task: str, out: pathlib.Path, *, quick, steps, seed, progress) -> dict:

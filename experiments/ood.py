@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,15 @@ def shifted_tasks(
 def main(argv=None):
     config, args = linear.parse(argv, out="results/ood", description=__doc__.splitlines()[0])
     out = pathlib.Path(args.out)
-    result = train.train(config, out / "train", progress=not args.no_progress)
+    # This experiment's own summary and figures are recomputed in full (also on --resume, which
+    # continues the training in out/train): an earlier run's must not outlive a failed one.
+    train.clear_outputs(out)
+    try:
+        result = train.train(
+            config, out / "train", resume=args.resume, progress=not args.no_progress
+        )
+    except train.ResumeError as error:  # one line, exit status 1: not a traceback
+        sys.exit(f"error: {error}")
     gd_lr = result.summary["gd_lr"]
     graphdef, params = nnx.split(result.model)
     batch = 4096 if args.quick else 16_384

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssm_gd import validate
 from ssm_gd.layers import GDSSM, GDSSMInit
-from ssm_gd.tasks import check_layout
+from ssm_gd.tokens import check_layout
 
 __all__ = ["constant_init", "gd_ssm", "gd_ssm_values"]
 
@@ -75,13 +76,12 @@ def gd_ssm_values(
     (the value of every ``Λ``: ``decay``, or 1).
     """
     check_layout(layout, d_in, d_out)
-    if isinstance(n_context, bool) or not isinstance(n_context, int) or n_context <= 0:
-        raise ValueError(f"n_context must be a positive integer; got {n_context!r}")
-    if not np.isfinite(lr):
-        raise ValueError(f"lr must be a finite number; got {lr!r}")
-    if decay is not None and not (isinstance(decay, int | float) and np.isfinite(decay)):
-        raise ValueError(f"decay must be a finite number or None; got {decay!r}")
-    c = float(lr) / n_context
+    d_in, d_out = int(d_in), int(d_out)
+    n_context = validate.positive_int("n_context", n_context)
+    lr = validate.positive_number("lr", lr)
+    if decay is not None:
+        decay = validate.finite_number("decay", decay)
+    c = lr / n_context
     e = np.eye(3)
     h = max(d_in, d_out) if layout == "interleaved" else d_in
     rows = h if layout == "interleaved" else 1
@@ -122,7 +122,8 @@ def gd_ssm(
 
     ``model(tokens(task, layout))`` has shape ``(B, N, d_out)`` and equals
     :func:`ssm_gd.gd.predict_prefixes` (its last window: :func:`ssm_gd.gd.predict`) up to float
-    rounding, for contexts of ``n_context`` pairs (the ``1/N`` normaliser is built into ``C``).
+    rounding, for contexts of ``n_context`` pairs (the ``1/N`` normaliser is built into ``C``, so
+    the model refuses tokens of another context size).
 
     With ``preconditioner`` ``Γ`` ``(d_in, d_in)`` (a model with ``query_map="matrix"``) each step
     is ``W ← W − η ∇L(W) Γ``; with ``decay`` ``λ`` the loss on the prefix of ``t`` pairs weighs
@@ -148,6 +149,7 @@ def gd_ssm(
         init=init,
         impl=impl,
         query_map="vector" if preconditioner is None else "matrix",
+        n_context=n_context,
         param_dtype=dtype,
         rngs=nnx.Rngs(0),
     )

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssm_gd import scan
+from ssm_gd import scan, validate
 
 __all__ = [
     "DEFAULT_LR_GRID",
@@ -66,28 +66,43 @@ DEFAULT_LR_GRID = np.arange(0.001, 25, 0.1)
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}")
-    return int(steps)
+    return validate.positive_int("steps", steps)
 
 
-def _check_context(x, y, x_query=None) -> None:
-    if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
+def _shape(name: str, value) -> tuple:
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise validate.ArgumentTypeError(f"{name} must be an array; got {type(value).__name__}")
+    return tuple(value.shape)
+
+
+def _check_context(x, y, x_query=None, y_query=None) -> None:
+    """``x (B, N, d_in)``, ``y (B, N, d_out)``, ``x_query (B, d_in)``, ``y_query (B, d_out)``."""
+    xs, ys = _shape("x", x), _shape("y", y)
+    if len(xs) != 3 or len(ys) != 3 or xs[:2] != ys[:2]:
         raise ValueError(
-            f"x must be (B, N, d_in) and y (B, N, d_out) with the same B, N; got {x.shape}, {y.shape}"
+            f"x must be (B, N, d_in) and y (B, N, d_out) with the same B, N; got {xs}, {ys}"
         )
-    if x_query is not None and x_query.shape != (x.shape[0], x.shape[2]):
-        raise ValueError(
-            f"x_query must be (B, d_in) = {(x.shape[0], x.shape[2])}; got {x_query.shape}"
-        )
+    if 0 in xs or 0 in ys:
+        raise ValueError(f"x and y must have no empty axis; got {xs}, {ys}")
+    if x_query is not None and _shape("x_query", x_query) != (xs[0], xs[2]):
+        raise ValueError(f"x_query must be (B, d_in) = {(xs[0], xs[2])}; got {x_query.shape}")
+    if y_query is not None and _shape("y_query", y_query) != (ys[0], ys[2]):
+        raise ValueError(f"y_query must be (B, d_out) = {(ys[0], ys[2])}; got {y_query.shape}")
+
+
+def _check_lr(lr):
+    """A positive finite step size (a traced one passes unchecked); scalar either way."""
+    return validate.positive_number("lr", lr)
 
 
 def loss(pred: Array, target: Array) -> Array:
     """Half the mean squared error over every axis: ``mean((ŷ − y)²) / 2``.
 
     For vector labels this is ``E||ŷ − y||² / (2 d_out)``; predicting 0 at the default task
-    setting costs ``E||y||² / (2 d_out) = d_in / 24 ≈ 0.42``.
+    setting costs ``E||y||² / (2 d_out) = d_in / 24 ≈ 0.42``. ``pred`` and ``target`` must have
+    one shape (a ``(B, 1)`` prediction against ``(B,)`` labels would broadcast to ``(B, B)``).
     """
+    validate.same_shape("pred", pred, "target", target)
     return 0.5 * jnp.mean(jnp.square(pred - target))
 
 
@@ -111,6 +126,7 @@ def weights(x: Array, y: Array, *, lr, steps: int = 1) -> Array:
     Each step evaluates the gradient ``(1/N) Σ_i (W x_i − y_i) x_iᵀ`` from the residuals.
     """
     _check_context(x, y)
+    _check_lr(lr)
     return _weights(x, y, lr, _check_steps(steps))
 
 
@@ -136,7 +152,8 @@ def predict(x: Array, y: Array, x_query: Array, *, lr, steps: int = 1) -> Array:
       steps: the number of GD steps K.
     """
     _check_context(x, y, x_query)
-    return jnp.einsum("boi,bi->bo", weights(x, y, lr=lr, steps=steps), x_query)
+    _check_lr(lr)
+    return jnp.einsum("boi,bi->bo", _weights(x, y, lr, _check_steps(steps)), x_query)
 
 
 def predict_prefixes(x: Array, y: Array, x_query: Array, *, lr, steps: int = 1) -> Array:
@@ -148,6 +165,7 @@ def predict_prefixes(x: Array, y: Array, x_query: Array, *, lr, steps: int = 1) 
     ``t`` pairs this is GD on that prefix's own mean loss with step size ``η t / N``.
     """
     _check_context(x, y, x_query)
+    _check_lr(lr)
     return _predict_prefixes(x, y, x_query, lr, _check_steps(steps))
 
 
@@ -165,8 +183,10 @@ def _predict_prefixes(x, y, x_query, lr, steps):
 def ridge(x: Array, y: Array, x_query: Array, *, reg) -> Array:
     """Ridge regression at the query: ``ŷ = S_y (S_x + reg·I)^{-1} x_q``, ``(B, d_out)``."""
     _check_context(x, y, x_query)
-    if not np.all(np.asarray(reg) > 0):
-        raise ValueError(f"reg must be > 0 (use least_squares for reg = 0); got {reg!r}")
+    if not np.all(np.isfinite(np.asarray(reg)) & (np.asarray(reg) > 0)):
+        raise ValueError(
+            f"reg must be a positive finite number (least_squares is reg = 0); got {reg!r}"
+        )
     s_y, s_x = accumulators(x, y)
     eye = jnp.eye(x.shape[-1], dtype=s_x.dtype)
     v = jnp.linalg.solve(s_x + reg * eye, x_query[..., None])[..., 0]
@@ -210,21 +230,30 @@ def optimal_lr(x: Array, y: Array, x_query: Array, y_query: Array) -> Array:
     One step gives ``ŷ = η g`` with ``g = S_y x_q / N``, so the loss is quadratic in ``η`` and
     ``η* = Σ_b ⟨g_b, y_b⟩ / Σ_b ||g_b||²``.
     """
-    _check_context(x, y, x_query)
-    g = predict(x, y, x_query, lr=1.0, steps=1)
+    _check_context(x, y, x_query, y_query)
+    return _optimal_lr(x, y, x_query, y_query)
+
+
+@jax.jit
+def _optimal_lr(x, y, x_query, y_query):
+    g = jnp.einsum("boi,bi->bo", _weights(x, y, 1.0, 1), x_query)
     return jnp.sum(g * y_query) / jnp.sum(g * g)
 
 
 def lr_losses(x, y, x_query, y_query, lrs, *, steps: int = 1) -> Array:
     """:func:`loss` of K-step GD for each step size in ``lrs`` ``(M,)``; diverging ones give ``inf``."""
+    _check_context(x, y, x_query, y_query)
     steps = _check_steps(steps)
+    lrs = jnp.asarray(lrs)
+    if lrs.ndim != 1 or lrs.shape[0] == 0:
+        raise ValueError(f"lrs must be a non-empty 1-D array of step sizes; got shape {lrs.shape}")
     # lax.map in chunks of step sizes: about 2²² numbers of weights and residuals at a time,
     # whatever the length of the grid and the size of the batch.
     b, n, d_in = x.shape
     per_lr = b * y.shape[-1] * max(d_in, n)
     losses = jax.lax.map(
-        lambda lr: loss(predict(x, y, x_query, lr=lr, steps=steps), y_query),
-        jnp.asarray(lrs),
+        lambda lr: loss(jnp.einsum("boi,bi->bo", _weights(x, y, lr, steps), x_query), y_query),
+        lrs,
         batch_size=max(1, min(64, 2**22 // per_lr)),
     )
     return jnp.where(jnp.isfinite(losses), losses, jnp.inf)
@@ -232,6 +261,7 @@ def lr_losses(x, y, x_query, y_query, lrs, *, steps: int = 1) -> Array:
 
 def grid_search_lr(x, y, x_query, y_query, *, steps: int = 1, grid=DEFAULT_LR_GRID):
     """The best step size on a grid (default: the published code's): ``(lr, loss)``."""
+    _check_context(x, y, x_query, y_query)
     grid = jnp.asarray(grid, jnp.result_type(x, float))
     losses = lr_losses(x, y, x_query, y_query, grid, steps=steps)
     i = jnp.argmin(losses)
@@ -255,10 +285,16 @@ def best_lr(
     then ``refine`` rounds that each re-grid the bracket between the best point's neighbours with
     ``points`` points (each round shrinks the bracket by ``(points − 1) / 2``).
     """
+    _check_context(x, y, x_query, y_query)
     steps = _check_steps(steps)
+    refine = validate.non_negative_int("refine", refine)
+    points = validate.positive_int("points", points)
+    if points < 3:
+        raise ValueError(f"points must be an integer >= 3; got {points}")
     if steps == 1:
-        lr = optimal_lr(x, y, x_query, y_query)
-        return lr, loss(predict(x, y, x_query, lr=lr), y_query)
+        lr = _optimal_lr(x, y, x_query, y_query)
+        pred = jnp.einsum("boi,bi->bo", _weights(x, y, lr, 1), x_query)
+        return lr, loss(pred, y_query)
     grid = jnp.asarray(grid, jnp.result_type(x, float))
     losses = lr_losses(x, y, x_query, y_query, grid, steps=steps)
     i = jnp.argmin(losses)
@@ -289,10 +325,7 @@ def _check_gamma(gamma, d_in: int) -> None:
 
 
 def _check_decay(decay) -> None:
-    if np.ndim(decay) != 0:
-        raise ValueError(f"decay must be a scalar; got shape {np.shape(decay)}")
-    if not isinstance(decay, jax.core.Tracer) and not bool(np.isfinite(np.asarray(decay))):
-        raise ValueError(f"decay must be a finite number; got {decay!r}")
+    validate.finite_number("decay", decay)
 
 
 def sample_weights(n_context: int, decay, dtype=None) -> Array:
@@ -300,8 +333,7 @@ def sample_weights(n_context: int, decay, dtype=None) -> Array:
 
     Integer powers (:func:`ssm_gd.scan.decay_powers`), so any real ``λ`` and a traced one work.
     """
-    if isinstance(n_context, bool) or not isinstance(n_context, (int, np.integer)) or n_context < 1:
-        raise ValueError(f"n_context must be a positive integer; got {n_context!r}")
+    n_context = validate.positive_int("n_context", n_context)
     _check_decay(decay)
     dtype = jnp.result_type(decay, float) if dtype is None else dtype
     return scan.decay_powers(jnp.asarray(decay, dtype), int(n_context))
@@ -343,8 +375,7 @@ def weighted_predict(x: Array, y: Array, x_query: Array, *, lr, decay) -> Array:
     ``λ = 1`` is :func:`predict` with one step.
     """
     _check_context(x, y, x_query)
-    if np.ndim(lr) != 0:
-        raise ValueError(f"lr must be a scalar; got shape {np.shape(lr)}")
+    _check_lr(lr)
     eye = jnp.eye(x.shape[-1], dtype=jnp.result_type(x, lr))
     return preconditioned_predict(x, y, x_query, gamma=lr * eye, decay=decay)
 
@@ -380,12 +411,9 @@ def optimal_preconditioner(sigma, n_context: int, *, w_scale: float = 1.0, noise
         raise ValueError("sigma must be a finite symmetric matrix")
     if np.linalg.eigvalsh(sigma).min() <= 0:
         raise ValueError("sigma must be positive definite")
-    if isinstance(n_context, bool) or not isinstance(n_context, (int, np.integer)) or n_context < 1:
-        raise ValueError(f"n_context must be a positive integer; got {n_context!r}")
-    if not (np.isfinite(w_scale) and w_scale > 0):
-        raise ValueError(f"w_scale must be a positive finite number; got {w_scale!r}")
-    if not (np.isfinite(noise_std) and noise_std >= 0):
-        raise ValueError(f"noise_std must be a non-negative finite number; got {noise_std!r}")
+    n_context = validate.positive_int("n_context", n_context)
+    w_scale = validate.positive_number("w_scale", w_scale)
+    noise_std = validate.non_negative_number("noise_std", noise_std)
     n, d = n_context, sigma.shape[0]
     shift = (np.trace(sigma) + (noise_std / w_scale) ** 2) / n
     return np.linalg.inv((n + 1) / n * sigma + shift * np.eye(d))
@@ -400,7 +428,7 @@ def best_preconditioner(x, y, x_query, y_query, *, decay=1.0):
     normal equations ``Σ_b f_bᵀ f_b vec Γ = Σ_b f_bᵀ y_b``. Needs ``B · d_out ≥ d_in²`` tasks
     (and many more for a Γ near the population optimum, :func:`optimal_preconditioner`).
     """
-    _check_context(x, y, x_query)
+    _check_context(x, y, x_query, y_query)
     _check_decay(decay)
     b, n, d = x.shape
     if b * y.shape[-1] < d * d:
@@ -444,7 +472,7 @@ def best_weighted(
     points between its grid neighbours. The returned loss is evaluated directly at ``(η, λ)``.
     With ``gamma`` the step is ``η·Γ``-preconditioned and sample-weighted (H3's construction).
     """
-    _check_context(x, y, x_query)
+    _check_context(x, y, x_query, y_query)
     d = x.shape[-1]
     if gamma is None:
         gamma = jnp.eye(d, dtype=jnp.result_type(x, float))
@@ -454,9 +482,9 @@ def best_weighted(
         raise ValueError(
             f"decays must be a 1-D grid of at least 2 values; got shape {decays.shape}"
         )
-    for name, value, low in (("refine", refine, 0), ("points", points, 3)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    refine = validate.non_negative_int("refine", refine)
+    if validate.positive_int("points", points) < 3:
+        raise ValueError(f"points must be an integer >= 3; got {points!r}")
     gram, h, yy = _weighted_moments(x, y, x_query, y_query, gamma)
     lr, decay = _weighted_search(decays, gram, h, yy, y_query.size, int(refine), int(points))
     pred = preconditioned_predict(x, y, x_query, gamma=lr * gamma, decay=decay)

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_gd import scan
-from ssm_gd.tasks import check_layout, token_width
+from ssm_gd import scan, validate
+from ssm_gd.tokens import Tokens, check_layout, read_tokens, token_width
 
 __all__ = [
     "GDSSM",
@@ -54,10 +54,7 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
+_positive_int = validate.positive_int
 
 
 def windows(tokens: Array, window: int, stride: int) -> Array:
@@ -419,7 +416,10 @@ class GDSSM(nnx.Module):
     ``W = (η/N) S^y Γ``): every position is causal, a prediction for ``x_{t+1}`` from the first
     ``t`` pairs; the last window is the query's prediction.
 
-    Layouts (:func:`ssm_gd.tasks.tokens`):
+    It reads :class:`~ssm_gd.tokens.Tokens` made for its ``layout``, ``d_in`` and ``d_out``
+    (:func:`ssm_gd.tasks.tokens`); a bare array, or tokens made for other sizes, are refused.
+    ``n_context`` (``None``: any) pins the context size, as the construction does (its readout
+    holds ``1/N``). Layouts:
 
     * ``"interleaved"``: ``H = max(d_in, d_out)``, ``L = 2N + 1``.
     * ``"constructed"`` (``d_out = 1``): tokens ``[x_i·y_i, x_{i+1}]`` of width ``2 d_in`` after a
@@ -456,10 +456,14 @@ class GDSSM(nnx.Module):
         impl: str = "associative",
         chunk: int = 32,
         query_map: str = "vector",
+        n_context: int | None = None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_layout(layout, d_in, d_out)
+        d_in, d_out = int(d_in), int(d_out)
+        # A model built for one context size (the construction's C holds η/N) refuses others.
+        self.n_context = None if n_context is None else _positive_int("n_context", n_context)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
         if query_map not in QUERY_MAPS:
@@ -497,27 +501,22 @@ class GDSSM(nnx.Module):
             d_init, d_shape = init.d or nnx.initializers.normal(h**-0.5), (self.window, h, h)
         self.d = nnx.Param(d_init(rngs.params(), d_shape, param_dtype))
 
-    def rows(self, tokens: Array) -> Array:
-        """The token sequence as window rows ``(B, 2N + 1, h)``, after checking its shape."""
-        if tokens.ndim != 3:
-            raise ValueError(f"tokens must be (B, L, H); got shape {tokens.shape}")
-        b, length, width = tokens.shape
-        if width != self.token_width:
+    def rows(self, tokens: Tokens) -> Array:
+        """The token sequence as window rows ``(B, 2N + 1, h)``, after checking that the tokens
+        were made for this model's layout and sizes (and context size, if it has one)."""
+        tokens = read_tokens(tokens, layout=self.layout, d_in=self.d_in, d_out=self.d_out)
+        n = tokens.n_context
+        if self.n_context is not None and n != self.n_context:
             raise ValueError(
-                f"tokens have width {width}, but layout={self.layout!r} with d_in={self.d_in}, "
-                f"d_out={self.d_out} needs H={self.token_width}"
+                f"this model was built for n_context={self.n_context} pairs (its readout holds "
+                f"1/N), but the tokens hold N={n}; build it with n_context={n}"
             )
+        array = tokens.array
         if self.layout == "interleaved":
-            if length < 3 or length % 2 == 0:
-                raise ValueError(
-                    f"interleaved tokens need L = 2N + 1 >= 3 (pairs then the query); got L={length}"
-                )
-            return tokens
-        if length < 2:
-            raise ValueError(f"constructed tokens need L = N + 1 >= 2; got L={length}")
-        return tokens.reshape(b, 2 * length, self.d_in)[:, 1:]
+            return array
+        return array.reshape(array.shape[0], 2 * array.shape[1], self.d_in)[:, 1:]
 
-    def __call__(self, tokens: Array) -> Array:
+    def __call__(self, tokens: Tokens) -> Array:
         """Predictions ``(B, N, d_out)``: entry ``t`` predicts ``y_{t+1}`` (``y_q`` for the last)."""
         x = windows(self.rows(tokens), self.window, self.stride)  # (B, N, 3, h)
         query = self.query(x)
@@ -540,7 +539,7 @@ class GDSSM(nnx.Module):
         applies = [apply(*b) for b in branches] + [None]
         return compose_readout(applies[0], applies[1], query, self.c_y[...], c_x, self.n_steps)
 
-    def predict_query(self, tokens: Array) -> Array:
+    def predict_query(self, tokens: Tokens) -> Array:
         """The query's prediction ``(B, d_out)``: ``self(tokens)[:, -1]``, without building states.
 
         Only the last states are read, and each is a weighted sum of the window products,

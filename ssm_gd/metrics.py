@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssm_gd import gd, tasks
+from ssm_gd import gd, tasks, validate
 from ssm_gd.layers import GDSSM
+from ssm_gd.tokens import check_task
 
 __all__ = [
     "alignment",
@@ -38,7 +39,8 @@ loss = gd.loss
 
 
 def preds_diff(pred: Array, ref: Array) -> Array:
-    """Mean over tasks of ``‖ŷ − ŷ_ref‖₂`` for query predictions ``(B, d_out)``."""
+    """Mean over tasks of ``‖ŷ − ŷ_ref‖₂`` for query predictions ``(B, d_out)`` (one shape)."""
+    validate.same_shape("pred", pred, "ref", ref)
     return jnp.mean(jnp.linalg.norm(pred - ref, axis=-1))
 
 
@@ -72,7 +74,11 @@ def query_predictor(model, task, layout: str):
 
 
 def alignment(sens: Array, ref: Array) -> dict[str, Array]:
-    """``model_diff`` = mean ``‖S − S_ref‖_F`` and ``model_cos`` = mean cosine, over tasks."""
+    """``model_diff`` = mean ``‖S − S_ref‖_F`` and ``model_cos`` = mean cosine, over tasks.
+
+    ``sens`` and ``ref``: ``(B, d_out, d_in)``, one shape.
+    """
+    validate.same_shape("sens", sens, "ref", ref)
     a = sens.reshape(sens.shape[0], -1)
     b = ref.reshape(ref.shape[0], -1)
     na, nb = jnp.linalg.norm(a, axis=-1), jnp.linalg.norm(b, axis=-1)
@@ -109,6 +115,15 @@ def evaluate(
     once, are compared with each too, as ``model_diff_<name>`` and ``model_cos_<name>``.
     Jit-able (``layout``, ``steps``, ``sens_size``, ``chunk_size`` static).
     """
+    check_task(task)
+    gd._check_context(task.x, task.y, task.x_query, task.y_query)
+    layout = validate.one_of("layout", layout, tasks.ALL_LAYOUTS)
+    steps = validate.positive_int("steps", steps)
+    gd_lr = validate.positive_number("gd_lr", gd_lr)
+    if sens_size is not None:
+        sens_size = validate.positive_int("sens_size", sens_size)
+    if chunk_size is not None:
+        chunk_size = validate.positive_int("chunk_size", chunk_size)
     batch = task.x.shape[0]
     sens_size = batch if sens_size is None else min(sens_size, batch)
 

@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm_gd import scan
+from ssm_gd import scan, validate
 from ssm_gd.construction import constant_init
 from ssm_gd.layers import DiagonalRecurrence, uniform_init
-from ssm_gd.tasks import check_layout, token_width
+from ssm_gd.tokens import Tokens, check_layout, read_tokens, token_width
 
 __all__ = [
     "H3",
@@ -63,10 +63,7 @@ Initializer = Callable[..., Array]
 MODELS = ("linear_attention", "h3", "plain_ssm")
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
+_positive_int = validate.positive_int
 
 
 def split_pairs(tokens: Array, d_in: int, d_out: int) -> tuple[Array, Array]:
@@ -103,9 +100,11 @@ class _PairsModel(nnx.Module):
         self.layout = "pairs"
         self.token_width = token_width("pairs", d_in, d_out)
 
-    def split(self, tokens: Array) -> tuple[Array, Array]:
-        """:func:`split_pairs` for this model's sizes."""
-        return split_pairs(tokens, self.d_in, self.d_out)
+    def split(self, tokens: Tokens) -> tuple[Array, Array]:
+        """:func:`split_pairs` of :class:`~ssm_gd.tokens.Tokens` made for this model's sizes
+        (a bare array, or tokens made for other sizes, are refused)."""
+        tokens = read_tokens(tokens, layout="pairs", d_in=self.d_in, d_out=self.d_out)
+        return split_pairs(tokens.array, self.d_in, self.d_out)
 
 
 # --------------------------------------------------------------------- linear self-attention
@@ -448,8 +447,7 @@ def h3_gd(
     """
     check_layout("pairs", d_in, d_out, allowed=("pairs",))
     g = _gamma(gamma, d_in)
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not np.isfinite(decay):
-        raise ValueError(f"decay must be a finite number; got {decay!r}")
+    decay = validate.finite_number("decay", decay)
     width = d_in + d_out
     pick_x = np.eye(d_in, width)
     pick_y = np.eye(d_out, width, k=d_in)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssm_gd import validate
+
 __all__ = [
     "CHUNK_ELEMENTS",
     "IMPLEMENTATIONS",
@@ -96,6 +98,8 @@ def _check(a, b, h0, axis, impl) -> int:
             f"axis must be in [{-b.ndim}, {b.ndim}) for b of shape {b.shape}; got {axis}"
         )
     axis %= b.ndim
+    if b.shape[axis] == 0:
+        raise ValueError(f"b must have at least one time step; got length 0 on axis {axis}")
     try:
         target = np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
@@ -191,8 +195,7 @@ def chunked_readout(lam: Array, make_b: Callable, xs, v: Array, *, chunk: int = 
     Returns:
       ``o`` ``(B, T, R)``.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
-        raise ValueError(f"chunk must be a positive integer; got {chunk!r}")
+    chunk = validate.positive_int("chunk", chunk)
     if lam.ndim != 2 or v.ndim != 3 or v.shape[-1] != lam.shape[-1]:
         raise ValueError(
             f"lam must be (R, H) and v (B, T, H) with the same H; got {lam.shape} and {v.shape}"
@@ -236,8 +239,7 @@ def decay_powers(lam: Array, length: int) -> Array:
     negative or zero entries included — is exact up to float rounding, and the gradient is
     ``n Λ^{n−1}``.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-        raise ValueError(f"length must be a positive integer; got {length!r}")
+    length = validate.positive_int("length", length)
     exponents = jnp.arange(length - 1, -1, -1).reshape((length,) + (1,) * lam.ndim)
     return jnp.power(lam[None], exponents)
 
@@ -328,8 +330,7 @@ def last_state_readout(
     Returns:
       ``M`` ``(A, C, R, B)``.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-        raise ValueError(f"length must be a positive integer; got {length!r}")
+    length = validate.positive_int("length", length)
     if lam.ndim != 2 or v.ndim != 2 or v.shape[0] != lam.shape[1]:
         raise ValueError(
             f"lam must be (R, H) and v (H, B) with the same H; got {lam.shape}, {v.shape}"
@@ -347,8 +348,7 @@ def last_state_readout(
         )
     if chunk is None:
         chunk = max(1, CHUNK_ELEMENTS // (h * len(rights) * b))
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
-        raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
+    chunk = validate.positive_int("chunk", chunk)
     chunk = min(chunk, length)
     dtype = jnp.result_type(lam, *lefts, *rights, v)
     lam, v = lam.astype(dtype), v.astype(dtype)

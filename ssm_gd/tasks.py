@@ -21,11 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssm_gd import validate
+from ssm_gd.tokens import ALL_LAYOUTS, LAYOUTS, Tokens, check_layout, token_width, tokens
+
 __all__ = [
     "ALL_LAYOUTS",
     "LAYOUTS",
     "LinearTask",
     "SineTask",
+    "Tokens",
     "check_layout",
     "drift_coefficients",
     "drifting_regression",
@@ -40,11 +44,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-#: The GD-SSM's layouts (:class:`ssm_gd.layers.GDSSM` reads these), :func:`check_layout`'s default.
-LAYOUTS = ("interleaved", "constructed")
-#: Every layout :func:`tokens` writes: the GD-SSM's, and ``"pairs"`` for the models of
-#: :mod:`ssm_gd.neighbours` (linear self-attention, H3, the plain SSM).
-ALL_LAYOUTS = LAYOUTS + ("pairs",)
 
 
 def _sampler(fn):
@@ -96,16 +95,22 @@ class SineTask(NamedTuple):
     phase: Array
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
-
-
-def _non_negative(name: str, value) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number; got {value!r}")
-    return float(value)
+def _float_dtype(dtype):
+    """``dtype`` as a float dtype that JAX will really use (float64 needs ``jax_enable_x64``)."""
+    if dtype is None:
+        return jnp.result_type(float)
+    try:
+        out = jnp.dtype(dtype)
+    except TypeError as err:
+        raise validate.ArgumentTypeError(f"dtype must be a float dtype; got {dtype!r}") from err
+    if not jnp.issubdtype(out, jnp.floating):
+        raise ValueError(f"dtype must be a float dtype; got {dtype!r}")
+    if out == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype='float64' needs jax_enable_x64 (jax.config.update('jax_enable_x64', True) "
+            "first); without it JAX would silently use float32"
+        )
+    return out
 
 
 def linear_regression(
@@ -140,19 +145,18 @@ def linear_regression(
       a :class:`LinearTask` with ``x (B, N, d_in)``, ``y (B, N, d_out)``, ``x_query (B, d_in)``,
       ``y_query (B, d_out)``, ``w (B, d_out, d_in)``.
     """
-    batch = _positive_int("batch", batch)
-    n_context = _positive_int("n_context", n_context)
-    d_in = _positive_int("d_in", d_in)
-    d_out = _positive_int("d_out", d_out)
-    x_range = _non_negative("x_range", x_range)
-    w_scale = _non_negative("w_scale", w_scale)
-    noise_std = _non_negative("noise_std", noise_std)
-    if isinstance(n_distract, bool) or not isinstance(n_distract, int):
-        raise ValueError(f"n_distract must be an integer in [0, n_context]; got {n_distract!r}")
+    batch = validate.positive_int("batch", batch)
+    n_context = validate.positive_int("n_context", n_context)
+    d_in = validate.positive_int("d_in", d_in)
+    d_out = validate.positive_int("d_out", d_out)
+    x_range = validate.non_negative_number("x_range", x_range)
+    w_scale = validate.non_negative_number("w_scale", w_scale)
+    noise_std = validate.non_negative_number("noise_std", noise_std)
+    n_distract = validate.non_negative_int("n_distract", n_distract)
     if not 0 <= n_distract <= n_context:
         raise ValueError(f"n_distract must be in [0, n_context={n_context}]; got {n_distract}")
 
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    dtype = _float_dtype(dtype)
     return _linear_regression(
         key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, n_distract, dtype
     )
@@ -190,13 +194,16 @@ def sine_regression(
     ``A ~ U(amplitude)``, ``φ ~ U(phase)`` (defaults ``U(0.1, 0.5)`` and ``U(0, π)``), inputs
     ``x ~ U(-x_range/2, x_range/2)``. Returns a :class:`SineTask` with ``d_in = d_out = 1``.
     """
-    batch = _positive_int("batch", batch)
-    n_context = _positive_int("n_context", n_context)
-    x_range = _non_negative("x_range", x_range)
-    for name, (lo, hi) in (("amplitude", amplitude), ("phase", phase)):
+    batch = validate.positive_int("batch", batch)
+    n_context = validate.positive_int("n_context", n_context)
+    x_range = validate.non_negative_number("x_range", x_range)
+    for name, pair in (("amplitude", amplitude), ("phase", phase)):
+        if np.shape(pair) != (2,):
+            raise ValueError(f"{name} must be a (low, high) pair; got {pair!r}")
+        lo, hi = (validate.finite_number(name, v) for v in pair)
         if not lo <= hi:
             raise ValueError(f"{name} must be a (low, high) pair with low <= high; got {(lo, hi)}")
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    dtype = _float_dtype(dtype)
     return _sine_regression(key, batch, n_context, x_range, tuple(amplitude), tuple(phase), dtype)
 
 
@@ -216,20 +223,14 @@ def _sine_regression(key, batch, n_context, x_range, amplitude, phase, dtype):
 
 
 def _finite_at_least(name: str, value, low: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not np.isfinite(value)
-        or not value >= low
-    ):
+    out = validate.finite_number(name, value)
+    if not out >= low:
         raise ValueError(f"{name} must be a finite number >= {low}; got {value!r}")
-    return float(value)
+    return out
 
 
 def _seed(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer (0: none); got {value!r}")
-    return int(value)
+    return validate.non_negative_int(name, value)
 
 
 def input_spectrum(d_in: int, *, condition: float = 1.0, mean: float = 1.0) -> np.ndarray:
@@ -239,10 +240,9 @@ def input_spectrum(d_in: int, *, condition: float = 1.0, mean: float = 1.0) -> n
     (``tr Σ = d_in · mean``). ``condition = 1`` (or ``d_in = 1``) gives ``mean`` everywhere.
     Returns a float64 numpy array ``(d_in,)``.
     """
-    d_in = _positive_int("d_in", d_in)
+    d_in = validate.positive_int("d_in", d_in)
     condition = _finite_at_least("condition", condition, 1.0)
-    if not (isinstance(mean, (int, float)) and np.isfinite(mean) and mean > 0):
-        raise ValueError(f"mean must be a positive finite number; got {mean!r}")
+    mean = validate.positive_number("mean", mean)
     s = condition ** (-np.arange(d_in) / max(d_in - 1, 1))
     return mean * s / s.mean()
 
@@ -251,7 +251,7 @@ def rotation_matrix(d_in: int, seed: int) -> np.ndarray:
     """A fixed orthogonal matrix ``R`` ``(d_in, d_in)`` (float64): ``I`` for ``seed = 0``, else a
     Haar-random rotation drawn from ``numpy.random.default_rng(seed)`` (QR of a Gaussian matrix,
     the signs of ``R``'s diagonal fixed), the same on every machine and call."""
-    d_in = _positive_int("d_in", d_in)
+    d_in = validate.positive_int("d_in", d_in)
     seed = _seed("rotation", seed)
     if seed == 0:
         return np.eye(d_in)
@@ -299,19 +299,18 @@ def gaussian_regression(
     ``y_query (B, d_out)``, ``w (B, d_out, d_in)``). One-step GD's best preconditioner for these
     tasks is :func:`ssm_gd.gd.optimal_preconditioner` of this ``Σ``.
     """
-    batch = _positive_int("batch", batch)
-    n_context = _positive_int("n_context", n_context)
-    d_in = _positive_int("d_in", d_in)
-    d_out = _positive_int("d_out", d_out)
+    batch = validate.positive_int("batch", batch)
+    n_context = validate.positive_int("n_context", n_context)
+    d_in = validate.positive_int("d_in", d_in)
+    d_out = validate.positive_int("d_out", d_out)
     condition = _finite_at_least("condition", condition, 1.0)
-    if not (isinstance(x_var, (int, float)) and np.isfinite(x_var) and x_var > 0):
-        raise ValueError(f"x_var must be a positive finite number; got {x_var!r}")
+    x_var = validate.positive_number("x_var", x_var)
     rotation = _seed("rotation", rotation)
-    w_scale = _non_negative("w_scale", w_scale)
-    noise_std = _non_negative("noise_std", noise_std)
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    w_scale = validate.non_negative_number("w_scale", w_scale)
+    noise_std = validate.non_negative_number("noise_std", noise_std)
+    dtype = _float_dtype(dtype)
     return _gaussian_regression(
-        key, batch, n_context, d_in, d_out, condition, float(x_var), rotation, w_scale,
+        key, batch, n_context, d_in, d_out, condition, x_var, rotation, w_scale,
         noise_std, dtype,
     )  # fmt: skip
 
@@ -347,14 +346,11 @@ def drift_coefficients(
       coefficients are exactly ``(0, 1)``);
     * ``switch_at=k`` (an abrupt switch): ``(1, 0)`` for ``i ≤ k``, ``(0, 1)`` after.
     """
-    n_context = _positive_int("n_context", n_context)
+    n_context = validate.positive_int("n_context", n_context)
     i = np.arange(1, n_context + 1)
     if switch_at is None:
         return np.sin(np.pi / 2 * (1 - i / n_context)), np.sin(np.pi / 2 * i / n_context)
-    if isinstance(switch_at, bool) or not isinstance(switch_at, (int, np.integer)):
-        raise ValueError(
-            f"switch_at must be None or an integer in [0, n_context]; got {switch_at!r}"
-        )
+    switch_at = validate.non_negative_int("switch_at", switch_at)
     if not 0 <= switch_at <= n_context:
         raise ValueError(f"switch_at must be in [0, n_context={n_context}]; got {switch_at}")
     old = (i <= switch_at).astype(np.float64)
@@ -387,15 +383,15 @@ def drifting_regression(
     Returns a :class:`LinearTask`; recent pairs are the more informative, which sample-weighted
     GD (:func:`ssm_gd.gd.weighted_predict`) exploits and plain GD cannot.
     """
-    batch = _positive_int("batch", batch)
-    n_context = _positive_int("n_context", n_context)
-    d_in = _positive_int("d_in", d_in)
-    d_out = _positive_int("d_out", d_out)
-    x_range = _non_negative("x_range", x_range)
-    w_scale = _non_negative("w_scale", w_scale)
-    noise_std = _non_negative("noise_std", noise_std)
+    batch = validate.positive_int("batch", batch)
+    n_context = validate.positive_int("n_context", n_context)
+    d_in = validate.positive_int("d_in", d_in)
+    d_out = validate.positive_int("d_out", d_out)
+    x_range = validate.non_negative_number("x_range", x_range)
+    w_scale = validate.non_negative_number("w_scale", w_scale)
+    noise_std = validate.non_negative_number("noise_std", noise_std)
     drift_coefficients(n_context, switch_at)  # checks switch_at
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    dtype = _float_dtype(dtype)
     switch = None if switch_at is None else int(switch_at)
     return _drifting_regression(
         key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, switch, dtype
@@ -420,72 +416,3 @@ def _drifting_regression(
         noise = noise_std * jax.random.normal(k_noise, (batch, n_context + 1, d_out), dtype)
         y, yq = y + noise[:, :-1], yq + noise[:, -1]
     return LinearTask(x=x, y=y, x_query=xq, y_query=yq, w=w_new)
-
-
-# --------------------------------------------------------------------------- token layouts
-
-
-def check_layout(layout: str, d_in: int, d_out: int, *, allowed: tuple = LAYOUTS) -> None:
-    """Raise ``ValueError`` unless ``layout`` is one of ``allowed`` and fits the sizes.
-
-    ``allowed`` defaults to the GD-SSM's :data:`LAYOUTS`; :data:`ALL_LAYOUTS` adds ``"pairs"``.
-    """
-    if layout not in allowed:
-        raise ValueError(f"layout must be one of {allowed}; got {layout!r}")
-    _positive_int("d_in", d_in)
-    _positive_int("d_out", d_out)
-    if layout == "constructed" and d_out != 1:
-        raise ValueError(
-            f"layout='constructed' needs scalar labels (d_out=1), since its tokens hold x_i·y_i; "
-            f"got d_out={d_out}. Use layout='interleaved' for vector labels."
-        )
-
-
-def token_width(layout: str, d_in: int, d_out: int) -> int:
-    """Token width ``H``: ``max(d_in, d_out)`` interleaved, ``2·d_in`` constructed, ``d_in + d_out``
-    pairs (any of :data:`ALL_LAYOUTS`)."""
-    check_layout(layout, d_in, d_out, allowed=ALL_LAYOUTS)
-    if layout == "pairs":
-        return d_in + d_out
-    return max(d_in, d_out) if layout == "interleaved" else 2 * d_in
-
-
-def tokens(task, layout: str = "interleaved") -> Array:
-    """Lay a task out as a token sequence ``(B, L, H)``.
-
-    * ``"interleaved"``: ``[x_1, y_1, x_2, y_2, …, x_N, y_N, x_q]``, ``L = 2N + 1``,
-      ``H = max(d_in, d_out)``; every token is zero-padded to ``H``.
-    * ``"constructed"`` (scalar labels): ``[u_0, u_1, …, u_N]`` with ``u_i = [x_i·y_i, x_{i+1}]``
-      (``x_{N+1} = x_q``) and a leading ``u_0 = [0, x_1]``; ``L = N + 1``, ``H = 2·d_in``. The label
-      is already multiplied into the token. ``u_0`` carries ``x_1``, which the products alone
-      lose and which multi-step GD needs (through ``Σ x_i x_iᵀ``).
-    * ``"pairs"``: ``[x_1, y_1], …, [x_N, y_N], [x_q, 0]`` (input and label side by side in one
-      token, von Oswald et al.'s layout), ``L = N + 1``, ``H = d_in + d_out``; the models of
-      :mod:`ssm_gd.neighbours` read it.
-    """
-    x, y, xq = task.x, task.y, task.x_query
-    if x.ndim != 3 or y.ndim != 3 or xq.ndim != 2:
-        raise ValueError(
-            f"task must be batched: x (B, N, d_in), y (B, N, d_out), x_query (B, d_in); "
-            f"got {x.shape}, {y.shape}, {xq.shape}"
-        )
-    (b, n, d_in), d_out = x.shape, y.shape[-1]
-    if y.shape[:2] != (b, n) or xq.shape != (b, d_in):
-        raise ValueError(f"task shapes disagree: x {x.shape}, y {y.shape}, x_query {xq.shape}")
-    return _tokens(x, y, xq, layout, token_width(layout, d_in, d_out))
-
-
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _tokens(x, y, xq, layout, width):
-    b, n, _ = x.shape
-    if layout == "pairs":
-        query = jnp.concatenate([xq, jnp.zeros(xq.shape[:1] + y.shape[2:], y.dtype)], axis=-1)
-        return jnp.concatenate([jnp.concatenate([x, y], axis=-1), query[:, None]], axis=1)
-    if layout == "interleaved":
-        pad = lambda v: jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width - v.shape[-1])])  # noqa: E731
-        pairs = jnp.stack([pad(x), pad(y)], axis=2).reshape(b, 2 * n, width)
-        return jnp.concatenate([pairs, pad(xq)[:, None]], axis=1)
-    nxt = jnp.concatenate([x[:, 1:], xq[:, None]], axis=1)
-    body = jnp.concatenate([x * y, nxt], axis=-1)
-    first = jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :1]], axis=-1)
-    return jnp.concatenate([first, body], axis=1)

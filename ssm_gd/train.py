@@ -29,11 +29,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import pathlib
+import re
+import shutil
+import sys
 import time
 import typing
+import warnings
 from typing import Any
 
 import jax
@@ -44,7 +49,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssm_gd import construction, gd, metrics, neighbours, scan, tasks
+from ssm_gd import construction, gd, metrics, neighbours, scan, tasks, validate
 from ssm_gd.layers import GDSSM, IMPLS, PARAMETRIZATIONS, QUERY_MAPS, GDSSMInit, identity_init
 
 __all__ = [
@@ -52,8 +57,11 @@ __all__ = [
     "MODELS",
     "TASKS",
     "Config",
+    "NoCheckpoint",
+    "ResumeError",
     "Result",
     "TrainingDiverged",
+    "clear_outputs",
     "config_from_args",
     "input_covariance",
     "reference_preconditioner",
@@ -66,6 +74,57 @@ LOSS_ON = ("query", "all")
 DTYPES = ("float32", "float64")
 MODELS = ("gdssm",) + neighbours.MODELS
 TASKS = ("isotropic", "anisotropic", "drift")
+
+# The warmup when ``warmup_steps`` is left unset: ``min(WARMUP_STEPS, steps // 4)``.
+WARMUP_STEPS = 50
+
+# The closed sets of values of the string fields (the command line's ``choices``).
+CHOICES = {
+    "layout": tasks.ALL_LAYOUTS,
+    "task": TASKS,
+    "model": MODELS,
+    "init": INITS,
+    "query_map": QUERY_MAPS,
+    "parametrization": PARAMETRIZATIONS,
+    "impl": IMPLS,
+    "dtype": DTYPES,
+    "loss_on": LOSS_ON,
+}
+
+# One line per Config field: the command line's help (``--n-context``, ...).
+HELP = {
+    "n_context": "in-context examples per task (N)",
+    "d_in": "input dimension",
+    "d_out": "output dimension (1: scalar labels)",
+    "layout": "token layout (pairs: the neighbour models' [x_i, y_i] tokens)",
+    "x_range": "inputs drawn from U(-x_range/2, x_range/2)",
+    "w_scale": "std of the task's linear map",
+    "noise_std": "std of the label noise",
+    "task": "task distribution",
+    "condition": "anisotropic task: condition number of the inputs' covariance",
+    "rotation": "anisotropic task: seed of the covariance's rotation (0: axis-aligned)",
+    "switch_at": "drift task: switch maps after this many pairs (0: a smooth drift)",
+    "model": "the model trained",
+    "n_steps": "GD steps the GD-SSM implements (K)",
+    "init": "GD-SSM initialisation",
+    "query_map": "GD-SSM query map (matrix: a learned preconditioner)",
+    "parametrization": "parametrization of the recurrence Λ",
+    "impl": "scan implementation",
+    "dtype": "parameter and data dtype (float64 turns on jax_enable_x64)",
+    "steps": "training steps",
+    "batch_size": "fresh tasks per training step",
+    "lr": "peak learning rate (AdamW)",
+    "recurrence_lr": "peak learning rate of the recurrence Λ (Adam)",
+    "weight_decay": "AdamW weight decay (not on Λ)",
+    "warmup_steps": f"linear warmup steps (default: min({WARMUP_STEPS}, steps // 4))",
+    "final_lr_fraction": "the cosine decay ends at lr × this",
+    "clip_norm": "clip the global gradient norm to this",
+    "loss_on": "training loss on the query alone, or on every position",
+    "eval_every": "evaluate every this many steps",
+    "eval_size": "fixed evaluation tasks",
+    "sens_size": "evaluation tasks used for the sensitivities",
+    "seed": "random seed",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +147,9 @@ class Config:
     ``"matrix"`` for a learned preconditioner), ``parametrization`` of ``Λ`` (GD-SSM and H3), scan
     ``impl`` (the neighbours run ``"chunked"`` and ``"auto"`` as ``"associative"``), ``dtype``.
     Optimisation: ``steps`` of ``batch_size`` fresh tasks; AdamW with peak ``lr``, linear warmup
-    over ``warmup_steps`` then cosine decay to ``lr · final_lr_fraction``; ``recurrence_lr`` (same
+    over ``warmup_steps`` then cosine decay to ``lr · final_lr_fraction``; ``warmup_steps=None``
+    (the default) means ``min(50, steps // 4)`` (:attr:`resolved_warmup_steps`): 50, as it always
+    was, for every run of at least 200 steps, and a quarter of a shorter run; ``recurrence_lr`` (same
     schedule shape, no weight decay) for ``Λ``; ``weight_decay`` for the rest; ``clip_norm`` on the
     global gradient norm; ``loss_on`` ``"query"`` (the last window: GD's objective) or ``"all"``
     (every window; a different objective that prefers ``Λ < 1``).
@@ -119,7 +180,7 @@ class Config:
     lr: float = 0.02
     recurrence_lr: float = 0.001
     weight_decay: float = 0.0
-    warmup_steps: int = 50
+    warmup_steps: int | None = None  # None: min(50, steps // 4)
     final_lr_fraction: float = 0.01
     clip_norm: float = 1.0
     loss_on: str = "query"
@@ -129,44 +190,33 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_context", "d_in", "d_out", "n_steps", "steps", "batch_size", "eval_every",
-                     "eval_size", "sens_size"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        for name in ("warmup_steps", "seed", "rotation", "switch_at"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
-        for name in ("lr", "recurrence_lr", "x_range", "w_scale", "clip_norm"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-        for name in ("noise_std", "weight_decay", "final_lr_fraction"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a non-negative finite number; got {value!r}")
-        value = self.condition
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 1):
-            raise ValueError(f"condition must be a finite number >= 1; got {value!r}")
+        # Every number is checked (and stored as a plain int or float, so the config is JSON).
+        checks = {
+            validate.positive_int: ("n_context", "d_in", "d_out", "n_steps", "steps",
+                                    "batch_size", "eval_every", "eval_size", "sens_size"),
+            validate.non_negative_int: ("seed", "rotation", "switch_at"),
+            validate.positive_number: ("lr", "recurrence_lr", "x_range", "w_scale", "clip_norm"),
+            validate.non_negative_number: ("noise_std", "weight_decay"),
+        }  # fmt: skip
+        for check, names in checks.items():
+            for name in names:
+                object.__setattr__(self, name, check(name, getattr(self, name)))
+        if self.warmup_steps is not None:  # None: min(50, steps // 4)
+            value = validate.non_negative_int("warmup_steps", self.warmup_steps)
+            object.__setattr__(self, "warmup_steps", value)
+        value = validate.number_in("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
+        object.__setattr__(self, "final_lr_fraction", value)
+        value = validate.finite_number("condition", self.condition)
+        if value < 1:
+            raise ValueError(f"condition must be a finite number >= 1; got {self.condition!r}")
+        object.__setattr__(self, "condition", value)
         if self.switch_at > self.n_context:
             raise ValueError(
                 f"switch_at must be in [0, n_context={self.n_context}] (0: a smooth drift); "
                 f"got {self.switch_at}"
             )
-        choices = {
-            "model": MODELS,
-            "task": TASKS,
-            "query_map": QUERY_MAPS,
-            "init": INITS,
-            "parametrization": PARAMETRIZATIONS,
-            "impl": IMPLS,
-            "dtype": DTYPES,
-            "loss_on": LOSS_ON,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        for name, allowed in CHOICES.items():
+            validate.one_of(name, getattr(self, name), allowed)
         if self.model == "gdssm":
             if self.layout == "pairs":
                 raise ValueError(
@@ -190,30 +240,77 @@ class Config:
                 raise ValueError(
                     f"query_map is a GD-SSM option; model={self.model!r} needs query_map='vector'"
                 )
-        if self.warmup_steps >= self.steps:
+        if self.resolved_warmup_steps >= self.steps:
             raise ValueError(
                 f"warmup_steps must be smaller than steps; got {self.warmup_steps} >= {self.steps}"
             )
+
+    @property
+    def resolved_warmup_steps(self) -> int:
+        """The warmup the run uses: ``warmup_steps``, or ``min(50, steps // 4)`` when unset."""
+        if self.warmup_steps is None:
+            return min(WARMUP_STEPS, self.steps // 4)
+        return self.warmup_steps
 
 
 def config_from_args(argv=None, *, defaults: Config = Config(), parser=None):
     """Parse ``--field value`` flags (one per :class:`Config` field) into a ``Config``.
 
     Returns ``(config, namespace)``; extra arguments added to ``parser`` land in the namespace.
+    A bad value exits as argparse does (status 2, one ``error:`` line naming the flag, e.g.
+    ``--steps must be a positive integer; got -1``), not with a traceback. ``--dtype float64``
+    turns on ``jax_enable_x64`` before anything is built.
     """
-    parser = parser or argparse.ArgumentParser()
+    parser = parser or argparse.ArgumentParser(
+        description="Train a GD-SSM (or a neighbour model) on in-context linear regression."
+    )
+    group = parser.add_argument_group("the training run (ssm_gd.train.Config)")
     hints = typing.get_type_hints(Config)
     for field in dataclasses.fields(Config):
         kind = hints[field.name]
-        parser.add_argument(
-            "--" + field.name.replace("_", "-"),
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # int | None
+        default = getattr(defaults, field.name)
+        shown = "" if default is None else " (default: %(default)s)"
+        group.add_argument(
+            _flag(field.name),
             type=kind,
-            default=getattr(defaults, field.name),
-            help="(default: %(default)s)",
+            default=default,
+            choices=CHOICES.get(field.name),
+            help=HELP[field.name] + shown,
         )
     args = parser.parse_args(argv)
-    config = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+    try:
+        config = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+    except (ValueError, TypeError) as error:
+        parser.error(_with_flags(str(error)))
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
     return config, args
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _with_flags(message: str) -> str:
+    """A Config error as the command line says it: the fields it names become their flags
+    (``n_context must be ...`` → ``--n-context must be ...``). A plain-word field (``steps``,
+    ``task``) is translated where it is a name: at the start, before ``=``, after ``than``."""
+    names = sorted((f.name for f in dataclasses.fields(Config)), key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(names) + r")(?!\w)")
+
+    def replace(match):
+        name, start = match.group(1), match.start()
+        if (
+            "_" in name
+            or start == 0
+            or message.startswith("=", match.end())
+            or message[:start].endswith("than ")
+        ):
+            return _flag(name)
+        return name
+
+    return pattern.sub(replace, message)
 
 
 class TrainingDiverged(RuntimeError):
@@ -333,7 +430,7 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=peak,
-            warmup_steps=config.warmup_steps,
+            warmup_steps=config.resolved_warmup_steps,
             decay_steps=config.steps,
             end_value=peak * config.final_lr_fraction,
         )
@@ -482,6 +579,20 @@ def _construction(config: Config, gd_lr: float, refs) -> GDSSM | None:
 # ---------------------------------------------------------------------------------- the loop
 
 
+def _check_references(config: Config, gd_lr: float, gd_best: float) -> None:
+    """GD's best step size and loss on the evaluation set must be finite and the step positive:
+    if not, the tasks themselves overflow (or vanish in) the dtype, whatever the model does."""
+    if math.isfinite(gd_lr) and gd_lr > 0 and math.isfinite(gd_best):
+        return
+    raise ValueError(
+        f"the evaluation tasks are out of range for dtype={config.dtype!r}: GD's best step size "
+        f"on them is {gd_lr} (loss {gd_best}), so the task settings overflow or vanish in that "
+        f"precision (x_range={config.x_range}, w_scale={config.w_scale}, "
+        f"noise_std={config.noise_std}, d_in={config.d_in}, n_context={config.n_context}); "
+        "use values nearer 1, or dtype='float64'"
+    )
+
+
 def _device_mesh():
     return jax.make_mesh(
         (jax.device_count(),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,)
@@ -503,6 +614,14 @@ def train(
         divisible by ``jax.device_count()``), before anything is compiled.
       TrainingDiverged: a non-finite training loss; the message names the step, and the last good
         checkpoint (the previous evaluation) is kept under ``out``.
+      ResumeError: ``resume=True`` cannot continue the run in ``out`` exactly: another config
+        (every differing field listed; :data:`RESUMABLE_CHANGES` may differ), no intact checkpoint
+        (:class:`NoCheckpoint`, also a ``FileNotFoundError``, where there is none at all), or a
+        ``history.jsonl`` that does not lead to the checkpoint. Nothing in ``out`` is changed.
+        A broken newest checkpoint is skipped with a warning and the newest intact one is used.
+
+    A fresh run (``resume=False``) first removes an earlier run's outputs from ``out``
+    (:func:`clear_outputs`) and writes ``config.json``.
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a ssm_gd.train.Config; got {type(config).__name__}")
@@ -515,6 +634,8 @@ def train(
             )
     if resume and out is None:
         raise ValueError("resume=True needs an output folder (out) to resume from")
+    if resume:  # before any work: a checkpoint to resume from, and the run's own config
+        _check_resumable(pathlib.Path(out), config)
     start_time = time.perf_counter()
     mesh = _device_mesh()
     data_sharding = NamedSharding(mesh, P("batch"))
@@ -528,9 +649,11 @@ def train(
     opt_state = jax.device_put(optimizer.init(params), replicated)
 
     # The evaluation set, GD at its best η on it, and the construction at that η.
+    _say(progress, f"sampling the evaluation set ({config.eval_size} tasks), GD's best η on it")
     eval_task = jax.device_put(sample(config, key_eval, config.eval_size), data_sharding)
     gd_lr, gd_best = metrics.gd_loss(eval_task, steps=config.n_steps)
     gd_lr = float(gd_lr)
+    _check_references(config, gd_lr, float(gd_best))
     # The published code's grid (arange(0.001, 25, 0.1)), reported beside the exact optimum.
     grid_lr, grid_loss = gd.grid_search_lr(
         eval_task.x, eval_task.y, eval_task.x_query, eval_task.y_query, steps=config.n_steps
@@ -544,6 +667,8 @@ def train(
     )
     sens_size = min(config.sens_size, config.eval_size)
     ref_sens = {} if refs is None else _reference_sensitivities(eval_task, refs, sens_size)
+    _say(progress, f"GD at its best step size: η = {gd_lr:.4g}, loss {float(gd_best):.4g} "
+                   f"(least squares: {lsq_loss:.4g})")  # fmt: skip
 
     @jax.jit
     def evaluate_on(params, task, ref_sens):
@@ -568,15 +693,30 @@ def train(
     manager = None
     history: list[dict[str, Any]] = []
     step = 0
-    if out is not None:
+    stored_summary = None
+    if out is not None and resume:
+        # Everything is checked before anything in out changes: the config, the newest intact
+        # checkpoint, a history that leads to it. Then the history is cut at that step.
+        folder = out / "checkpoints"
+        manager = _checkpoint_manager(folder)
+        try:
+            step, params, opt_state = _restore_latest(manager, folder, params, opt_state)
+            history = _read_history(out / "history.jsonl", up_to=step, eval_every=config.eval_every)
+        except BaseException:
+            manager.close()
+            raise
+        if step < config.steps:  # training continues: the old summary no longer describes it
+            (out / "summary.json").unlink(missing_ok=True)
+        elif (out / "summary.json").exists():  # finished: keep the timings of the run that trained
+            try:
+                stored_summary = json.loads((out / "summary.json").read_text())
+            except json.JSONDecodeError:
+                stored_summary = None
+    elif out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        clear_outputs(out)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
         manager = _checkpoint_manager(out / "checkpoints")
-        if resume and manager.latest_step() is not None:
-            step = manager.latest_step()
-            params, opt_state = _restore(manager, step, params, opt_state)
-            history = _read_history(out / "history.jsonl", up_to=step)
-        elif not resume:
-            _clear(out, manager)
 
     def record(step, params, train_loss):
         values = {k: float(v) for k, v in evaluate(params).items()}
@@ -605,15 +745,18 @@ def train(
         if out is not None:
             with open(out / "history.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            manager.save(step, args=_save_args(params, opt_state))
-            manager.wait_until_finished()
+            _save(manager, step, params, opt_state)
         return row
 
     if not history:
+        _say(progress, "compiling the evaluation, evaluating the initial model")
         record(0, params, None)
 
+    if step < config.steps:
+        _say(progress, f"compiling the training step ({min(config.eval_every, config.steps - step)}"
+                       " steps per call), then training")  # fmt: skip
     bar = _progress(config.steps, step, progress)
-    steps_per_second = []
+    steps_per_second = []  # training steps alone, per chunk: no evaluation (the first compiles)
     try:
         while step < config.steps:
             length = min(config.eval_every, config.steps - step)
@@ -634,8 +777,9 @@ def train(
             step += length
             row = record(step, params, train_loss)
             bar.update(length)
-            bar.set_postfix(loss=f"{row['val_loss']:.4f}", gd=f"{row['gd_loss']:.4f}",
-                            cos=f"{row['model_cos']:.4f}")  # fmt: skip
+            bar.set_postfix({"loss": f"{row['val_loss']:.4f}", "gd": f"{row['gd_loss']:.4f}",
+                             "cos": f"{row['model_cos']:.4f}",
+                             "train": _rate_label(steps_per_second)})  # fmt: skip
     finally:
         bar.close()
         if manager is not None:
@@ -662,12 +806,17 @@ def train(
         "batch_size": config.batch_size,
         "seed": config.seed,
         "wall_seconds": time.perf_counter() - start_time,
-        # Compilation excluded: the first chunk compiles, so it is left out where there are others.
-        "steps_per_second": float(np.median(steps_per_second[1:] or steps_per_second or [0.0])),
+        # Training steps alone (the progress bar's "train"): evaluation excluded, and compilation
+        # too where there is more than one chunk (the first compiles). wall_seconds has it all.
+        "train_steps_per_second": _training_rate(steps_per_second),
         "time_to_target": _time_to_target(history),
         "devices": [str(d) for d in jax.devices()],
         "config": dataclasses.asdict(config),
     }
+    if stored_summary is not None and not steps_per_second:  # a finished run, resumed: no training
+        for key in ("wall_seconds", "train_steps_per_second"):  # here; the run's own timings
+            if key in summary and key in stored_summary:
+                summary[key] = stored_summary[key]
     if out is not None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return Result(model=model, constructed=constructed, summary=summary, history=history)
@@ -690,6 +839,29 @@ def _time_to_target(history):
     return found
 
 
+def _training_rate(steps_per_second: list[float]) -> float:
+    """Training steps per second: the median chunk, leaving out the first (it compiles)."""
+    return float(np.median(steps_per_second[1:] or steps_per_second or [0.0]))
+
+
+def _rate_label(steps_per_second: list[float]) -> str:
+    """The progress bar's ``train``: :func:`_training_rate`, marked while it includes compiling."""
+    rate = f"{_training_rate(steps_per_second):.1f} steps/s"
+    return rate + " (with compiling)" if len(steps_per_second) == 1 else rate
+
+
+def _say(enabled: bool, message: str) -> None:
+    """One line on stderr about what the run is doing (with ``progress=True`` only)."""
+    if not enabled:
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        print(message, file=sys.stderr, flush=True)
+    else:
+        tqdm.write(message, file=sys.stderr)
+
+
 def _progress(total, initial, enabled):
     try:
         from tqdm.auto import tqdm
@@ -701,54 +873,220 @@ def _progress(total, initial, enabled):
             def update(self, n):
                 pass
 
-            def set_postfix(self, **kw):
+            def set_postfix(self, *args, **kw):
                 pass
 
             def close(self):
                 pass
 
         return _Silent()
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    # No rate of its own: it would count evaluation and compilation; the postfix's "train" is the
+    # rate of the training steps alone, the summary's train_steps_per_second.
+    fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, bar_format=fmt)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
+
+# What a run writes at the top level of ``out``, in one place: a fresh run (not ``resume``)
+# removes these first, so nothing of an earlier run in the same folder survives beside the new
+# one (a summary or figures next to a history they do not describe). ``*.png``: the experiments'
+# figures (:mod:`experiments.linear` writes them beside the run's files). Nothing else in ``out``
+# (other files, other subfolders) is touched.
+RUN_FILES = ("history.jsonl", "summary.json", "config.json")
+RUN_FOLDERS = ("checkpoints",)
+RUN_FIGURES = "*.png"
+
+# Config fields that may differ between a run and its resume. Empty: every field of Config changes
+# the trajectory (``steps`` the cosine schedule, ``eval_every`` where evaluations and checkpoints
+# fall, ``seed`` the data, ...), so a resume must use the very config the run started with. A
+# future field that does not (say a logging option) goes here. Arguments of :func:`train` outside
+# Config (``progress``) may always differ.
+RESUMABLE_CHANGES: frozenset[str] = frozenset()
+
+
+class ResumeError(ValueError):
+    """``resume=True`` cannot continue the run in ``out`` exactly (another config, no intact
+    checkpoint, a history that does not reach the checkpoint); the message says why."""
+
+
+class NoCheckpoint(ResumeError, FileNotFoundError):
+    """``resume=True`` on a folder without a checkpoint (or without the folder)."""
+
+
+def clear_outputs(out: str | pathlib.Path) -> None:
+    """Remove what a run writes in ``out`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`, top-level
+    ``*.png``); leave everything else. :func:`train` calls it before a fresh run."""
+    out = pathlib.Path(out)
+    if not out.is_dir():
+        return
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    for figure in out.glob(RUN_FIGURES):
+        if figure.is_file():
+            figure.unlink()
+
+
+def _check_resumable(out: pathlib.Path, config: Config) -> None:
+    """Refuse to resume a folder without a checkpoint, or with another config."""
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        raise NoCheckpoint(f"cannot resume {out}: no checkpoint in {folder} (no such folder)")
+    manager = _checkpoint_manager(folder)
+    try:
+        if not manager.all_steps():
+            raise NoCheckpoint(f"cannot resume {out}: no checkpoint in {folder}")
+    finally:
+        manager.close()
+    _check_config(out, config)
+
+
+def _check_config(out: pathlib.Path, config: Config) -> None:
+    """Refuse to resume with a config that differs from the one the run started with."""
+    path = out / "config.json"
+    if not path.exists():
+        raise ResumeError(
+            f"cannot resume {out}: {path} is missing, so the config the run started with is "
+            "unknown; start a fresh run (without --resume) or use another --out"
+        )
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ResumeError(f"cannot resume {out}: {path} is unreadable ({e})") from e
+    new = dataclasses.asdict(config)
+    missing = object()
+    changes = [
+        f"{name} {'(not recorded)' if old is missing else repr(old)} -> "
+        f"{'(not set)' if value is missing else repr(value)}"
+        for name in [*new, *(n for n in stored if n not in new)]
+        if name not in RESUMABLE_CHANGES
+        for old, value in [(stored.get(name, missing), new.get(name, missing))]
+        if old is missing or value is missing or old != value
+    ]
+    if changes:
+        raise ResumeError(
+            f"cannot resume {out}: the run was started with a different config: "
+            f"{', '.join(changes)}; start a fresh run (without --resume) or use another --out"
+        )
 
 
 def _checkpoint_manager(path: pathlib.Path):
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(path.absolute(), options=options)
+    # cleanup_tmp_directories: an interrupted save's ``<step>.orbax-checkpoint-tmp-*`` folder is
+    # never read as a step; this removes it too, rather than leaving it beside the steps.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=2, enable_async_checkpointing=False, cleanup_tmp_directories=True
+    )
+    # The handler named up front: reading a step's metadata then needs no restore first.
+    return ocp.CheckpointManager(
+        path.absolute(), options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
 
-def _save_args(params, opt_state):
+def _state_digest(state) -> str:
+    """A SHA-256 of every array's dtype, shape and bytes: saved with the checkpoint and checked
+    on restore, so damage that still decodes (zeroed bytes, say) is caught."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        a = np.asarray(jax.device_get(leaf))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _save(manager, step, params, opt_state):
     import orbax.checkpoint as ocp
 
-    return ocp.args.StandardSave({"params": params, "opt_state": opt_state})
+    state = {"params": params, "opt_state": opt_state}
+    manager.save(
+        step,
+        args=ocp.args.StandardSave(state),
+        custom_metadata={"digest": _state_digest(state)},
+    )
+    manager.wait_until_finished()
 
 
 def _restore(manager, step, params, opt_state):
+    """The state saved at ``step``, checked against its digest; raises if it is not intact."""
     import orbax.checkpoint as ocp
 
+    like = {"params": params, "opt_state": opt_state}
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        {"params": params, "opt_state": opt_state},
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
     )
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    got, want = jax.tree.structure(restored), jax.tree.structure(target)
+    if got != want:
+        raise ValueError(f"its tree is {got}, expected {want}")
+    for path, a, t in zip(
+        jax.tree_util.tree_flatten_with_path(restored)[0], jax.tree.leaves(restored),
+        jax.tree.leaves(target), strict=True,
+    ):  # fmt: skip
+        name = jax.tree_util.keystr(path[0])
+        if a.shape != t.shape or a.dtype != t.dtype:
+            raise ValueError(f"{name} is {a.dtype}{a.shape}, expected {t.dtype}{t.shape}")
+        if jnp.issubdtype(a.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(a))):
+            raise ValueError(f"{name} has non-finite values")
+    saved = (manager.metadata(step).custom_metadata or {}).get("digest")
+    if saved is None:
+        raise ValueError("no digest in its _CHECKPOINT_METADATA (missing or unreadable)")
+    if _state_digest(restored) != saved:
+        raise ValueError("its arrays do not match the digest saved with them")
     return restored["params"], restored["opt_state"]
 
 
-def _read_history(path: pathlib.Path, up_to: int):
+def _restore_latest(manager, folder: pathlib.Path, params, opt_state):
+    """The newest intact checkpoint: ``(step, params, opt_state)``. A broken newer step is
+    reported (``warnings.warn``) and deleted, as resuming from an earlier step writes it anew."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        raise NoCheckpoint(f"cannot resume: no checkpoint in {folder}")
+    broken = []
+    for step in steps:
+        try:
+            params_, opt_state_ = _restore(manager, step, params, opt_state)
+        except Exception as e:  # orbax and tensorstore raise many kinds (ValueError, JSON, OS)
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            broken.append(step)
+            warnings.warn(
+                f"checkpoint step {step} ({folder / str(step)}) is broken and is skipped: {reason}",
+                stacklevel=3,
+            )
+            continue
+        for bad in broken:  # newer than the step resumed from: the replay saves them again
+            manager.delete(bad)
+        return step, params_, opt_state_
+    raise ResumeError(
+        f"cannot resume: no intact checkpoint in {folder} (tried steps {steps}, all broken); "
+        "start a fresh run (without --resume)"
+    )
+
+
+def _read_history(path: pathlib.Path, up_to: int, eval_every: int):
+    """The history up to the restored step, checked to lead to it; the file is cut there."""
     if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["step"] <= up_to]
+        raise ResumeError(
+            f"cannot resume: {path} is missing, so the evaluations before the checkpoint (step "
+            f"{up_to}) are lost; start a fresh run (without --resume)"
+        )
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ResumeError(f"cannot resume: {path} line {number} is unreadable ({e})") from e
+    rows = [r for r in rows if r.get("step", math.inf) <= up_to]
+    expected = sorted({*range(0, up_to, eval_every), up_to})
+    got = [r.get("step") for r in rows]
+    if got != expected:
+        raise ResumeError(
+            f"cannot resume: {path} does not match the checkpoint at step {up_to}: it has the "
+            f"evaluations at steps {got}, expected {expected}; start a fresh run (without --resume)"
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
-
-
-def _clear(out: pathlib.Path, manager):
-    """A fresh run in an existing folder: drop its history and checkpoints."""
-    (out / "history.jsonl").unlink(missing_ok=True)
-    for step in manager.all_steps():
-        manager.delete(step)

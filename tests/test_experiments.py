@@ -19,7 +19,7 @@ def test_linear_writes_summary_history_and_figures(tmp_path):
     assert written == json.loads(json.dumps(summary))
     for key in ("val_loss", "gd_loss", "gd_lr", "model_cos", "model_diff", "preds_diff",
                 "param_match_error", "steps", "batch_size", "seed", "wall_seconds", "devices",
-                "config", "icl_curve"):  # fmt: skip
+                "config", "icl_curve", "train_steps_per_second"):  # fmt: skip
         assert key in written
     assert written["steps"] == 60 and written["config"]["d_in"] == 3
     assert len((out / "history.jsonl").read_text().splitlines()) == 3  # steps 0, 30, 60
@@ -37,14 +37,16 @@ def test_linear_writes_summary_history_and_figures(tmp_path):
     assert "| model_cos |" in text and "linear/loss.png" in text and "| constructed | 2 |" in text
 
 
-def test_quick_sets_defaults_and_flags_override():
-    config, args = linear.parse(["--quick", "--steps", "80"])
+def test_quick_sets_defaults_and_flags_override(tmp_path):
+    config, args = linear.parse(["--quick", "--steps", "80", "--out", str(tmp_path)])
     assert args.quick and config.steps == 80 and config.eval_size == linear.QUICK["eval_size"]
 
 
-def test_bad_flag_value_is_rejected_before_training():
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+def test_bad_flag_value_is_rejected_before_training(capsys):
+    with pytest.raises(SystemExit) as info:  # as argparse does: status 2, the flag named
         linear.parse(["--batch-size", "0"])
+    assert info.value.code == 2
+    assert "error: --batch-size must be a positive integer" in capsys.readouterr().err
 
 
 def test_ood_inputs_have_the_training_variance():
@@ -95,11 +97,14 @@ def test_bench_baseline_computes_the_same_model():
     from experiments import bench
 
     model = bench._model(4, "associative", 32)
+    from ssm_gd.tokens import Tokens
+
     tokens = jax.random.uniform(jax.random.key(0), (3, 2 * 9 + 1, 4), jnp.float32, -0.5, 0.5)
-    want = model(tokens)
+    wrapped = Tokens(tokens, layout="interleaved", d_in=4, d_out=4)
+    want = model(wrapped)
     np.testing.assert_allclose(bench.loop_per_dimension(model, tokens), want, rtol=2e-5, atol=2e-6)
     chunked = bench._model(4, "chunked", 4)
-    np.testing.assert_allclose(chunked(tokens), want, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(chunked(wrapped), want, rtol=2e-5, atol=2e-6)
 
 
 def test_bench_counts_the_kernels_of_the_entry_computation():

@@ -32,6 +32,7 @@ from ssm_gd.layers import (
     uniform_init,
     windows,
 )
+from ssm_gd.tokens import Tokens
 
 F64 = jnp.float64
 
@@ -366,7 +367,12 @@ def random_tokens(model, seed=0, n=N_CONTEXT):
     """Random tokens (any real numbers: the layer is a function of the whole sequence)."""
     length = 2 * n + 1 if model.layout == "interleaved" else n + 1
     rng = np.random.default_rng(seed)
-    return rng.uniform(-1, 1, size=(BATCH, length, model.token_width))
+    return as_tokens(model, rng.uniform(-1, 1, size=(BATCH, length, model.token_width)))
+
+
+def as_tokens(model, array):
+    """``array`` as Tokens made for ``model``'s layout and sizes."""
+    return Tokens(jnp.asarray(array), layout=model.layout, d_in=model.d_in, d_out=model.d_out)
 
 
 def window_rows(model, tokens):
@@ -423,7 +429,7 @@ def test_gdssm_sequential_equals_associative(cfg):
     seq, par = random_model(cfg, "sequential", seed=1), random_model(cfg, "associative", seed=1)
     for a, b in zip(jax.tree.leaves(nnx.state(seq)), jax.tree.leaves(nnx.state(par)), strict=True):
         np.testing.assert_array_equal(a, b)  # the same parameters: only the scan differs
-    tokens = jnp.asarray(random_tokens(seq, seed=1))
+    tokens = random_tokens(seq, seed=1)
     assert_close(call(seq, tokens), call(par, tokens))
 
 
@@ -432,7 +438,7 @@ def test_gdssm_sequential_equals_associative(cfg):
 def test_gdssm_recurrent_equals_parallel_every_window(cfg, impl):
     model = random_model(cfg, impl, seed=2)
     tokens = random_tokens(model, seed=2)
-    out = call(model, jnp.asarray(tokens))
+    out = call(model, tokens)
     assert out.shape == (BATCH, N_CONTEXT, cfg[2]) and out.dtype == jnp.float64
     want = recurrent_reference(model, tokens)
     assert np.abs(want).max() > 1e-3  # random parameters give a non-trivial output
@@ -450,7 +456,7 @@ def test_gdssm_chunked_equals_associative_values_and_gradients(cfg, chunk):
     par = random_model(cfg, "associative", seed=5)
     chunked = random_model(cfg, "chunked", seed=5)
     chunked.chunk = chunk
-    tokens = jnp.asarray(random_tokens(par, seed=5, n=10))
+    tokens = random_tokens(par, seed=5, n=10)
 
     def loss(model):
         return jnp.sum(jnp.sin(model(tokens)))
@@ -473,7 +479,7 @@ def test_gdssm_perturbed_construction_equals_recurrent(cfg):
         if isinstance(param, nnx.Param):
             param[...] = param[...] + 0.3 * rng.normal(size=param[...].shape)
     tokens = random_tokens(model, seed=3)
-    assert_close(call(model, jnp.asarray(tokens)), recurrent_reference(model, tokens))
+    assert_close(call(model, tokens), recurrent_reference(model, tokens))
 
 
 @pytest.mark.parametrize("n", [1, 8])
@@ -481,13 +487,13 @@ def test_gdssm_perturbed_construction_equals_recurrent(cfg):
 def test_gdssm_output_shape_and_causality(cfg, n):
     model = random_model(cfg, seed=4)
     tokens = random_tokens(model, seed=4, n=n)
-    out = np.asarray(call(model, jnp.asarray(tokens)))
+    out = np.asarray(call(model, tokens))
     assert out.shape == (BATCH, n, cfg[2])
     assert_close(out, recurrent_reference(model, tokens))
     # Window t reads only tokens up to its query: changing the last token moves only the last output.
-    changed = tokens.copy()
+    changed = np.asarray(tokens).copy()
     changed[:, -1] += 1.0
-    moved = np.asarray(call(model, jnp.asarray(changed)))
+    moved = np.asarray(call(model, as_tokens(model, changed)))
     np.testing.assert_array_equal(moved[:, :-1], out[:, :-1])
     assert np.all(moved[:, -1] != out[:, -1])
 
@@ -526,18 +532,21 @@ def test_gdssm_rejects_bad_arguments(args, kwargs, match):
         ("interleaved", 2, 1, (1, 1, 2), r"L = 2N \+ 1 >= 3.*got L=1"),
         ("constructed", 2, 1, (1, 3, 2), r"width 2.*layout='constructed'.*needs H=4"),
         ("constructed", 2, 1, (1, 1, 4), r"L = N \+ 1 >= 2.*got L=1"),
-        ("interleaved", 2, 1, (5, 2), r"tokens must be \(B, L, H\)"),
+        ("interleaved", 2, 1, (5, 2), r"must be \(B, L, H\)"),
     ],
 )
 def test_gdssm_rejects_bad_tokens(layout, d_in, d_out, shape, match):
+    # Tokens check their shape against their layout and sizes: the check reads only the shape, so
+    # it fails on a shape-only stand-in before any array work, and the same way under jit.
+    with pytest.raises(ValueError, match=match):
+        Tokens(jax.ShapeDtypeStruct(shape, jnp.float32), layout=layout, d_in=d_in, d_out=d_out)
+    with pytest.raises(ValueError, match=match):
+        jax.jit(lambda a: Tokens(a, layout=layout, d_in=d_in, d_out=d_out))(jnp.zeros(shape))
+    # A bare array is refused by the model, eagerly and under jit.
     model = GDSSM(d_in, d_out, n_steps=2, layout=layout, rngs=nnx.Rngs(0))
-    # The check reads only the shape: it fails on a shape-only stand-in before any array work,
-    # and it fails the same way eagerly and under jit (at trace time, before compiling).
-    with pytest.raises(ValueError, match=match):
-        model.rows(jax.ShapeDtypeStruct(shape, jnp.float32))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(TypeError, match=r"^tokens must be ssm_gd\.tokens\.Tokens"):
         model(jnp.zeros(shape))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(TypeError, match=r"^tokens must be ssm_gd\.tokens\.Tokens"):
         call(model, jnp.zeros(shape))
 
 
@@ -553,12 +562,12 @@ def test_gdssm_predict_query_equals_last_window_values_and_gradients(
     monkeypatch.setattr(layers, "transpose_per_chunk", lambda *_: per_chunk)
     model = random_model(cfg, seed=6, query_map=query_map)
     tokens = random_tokens(model, seed=6)
-    got = nnx.jit(lambda m, t: m.predict_query(t))(model, jnp.asarray(tokens))
+    got = nnx.jit(lambda m, t: m.predict_query(t))(model, tokens)
     assert got.shape == (BATCH, cfg[2])
     assert_close(got, recurrent_reference(model, tokens)[:, -1])
 
     def loss(model, method):
-        return jnp.sum(jnp.sin(method(model, jnp.asarray(tokens))))
+        return jnp.sum(jnp.sin(method(model, tokens)))
 
     grads = [
         nnx.grad(loss)(model, method)
@@ -641,5 +650,5 @@ def test_gdssm_auto_resolves_by_size_and_equals_the_associative_scan():
     expected = "chunked" if jax.default_backend() == "cpu" else "associative"
     assert auto.resolve_impl(2, 600) == expected and auto.resolve_impl(2, 10) == "associative"
     assert auto.resolve_impl(10**6, 10) == "chunked"  # 10^6 · 10 · 3 · 3 states: the memory rule
-    tokens = jnp.asarray(random_tokens(auto, seed=8, n=600))
+    tokens = random_tokens(auto, seed=8, n=600)
     assert_close(call(auto, tokens), call(par, tokens))

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from ssm_gd import gd, neighbours, tasks, train
+from ssm_gd.tokens import Tokens
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -149,19 +150,20 @@ def test_predict_query_is_the_last_output(d_in, d_out):
 @pytest.mark.xdist_group("neighbour_models")
 def test_models_are_causal_and_never_read_the_predicted_label():
     toks = np.asarray(tasks.tokens(_task(d_in=3, d_out=2, seed=4), "pairs"))
+    wrap = lambda a: Tokens(jnp.asarray(a), layout="pairs", d_in=3, d_out=2)  # noqa: E731
     rng = np.random.default_rng(0)
     for name, model in _models(3, 2).items():
-        base = np.asarray(forward(model, jnp.asarray(toks)))
+        base = np.asarray(forward(model, wrap(toks)))
         for k in (2, 5, 7):  # 0-based token index; output t reads tokens ≤ t and token t+1's x
             moved = toks.copy()
             moved[:, k] += rng.standard_normal(moved[:, k].shape)
-            out = np.asarray(forward(model, jnp.asarray(moved)))
+            out = np.asarray(forward(model, wrap(moved)))
             # Outputs before k − 1 never see token k: the same operations on the same numbers.
             np.testing.assert_array_equal(out[:, : k - 1], base[:, : k - 1], err_msg=name)
             assert np.abs(out[:, k - 1] - base[:, k - 1]).max() > 1e-6, name  # x_k is read
             label = toks.copy()
             label[:, k, 3:] += 1.0  # token k's label: read from output k on, never at k − 1
-            out = np.asarray(forward(model, jnp.asarray(label)))
+            out = np.asarray(forward(model, wrap(label)))
             np.testing.assert_array_equal(out[:, :k], base[:, :k], err_msg=name)
             if k < toks.shape[1] - 1:
                 assert np.abs(out[:, k] - base[:, k]).max() > 1e-6, name
@@ -172,7 +174,8 @@ def test_plain_ssm_last_output_is_the_stack_read_at_the_query_token():
     # Output N is the stack run on the real tokens, read at the query token [x_q, 0]: checked
     # against a token-by-token loop of the layer equations.
     model = _models(3, 2)["plain_ssm"]  # 3 layers
-    toks = np.asarray(tasks.tokens(_task(d_in=3, d_out=2, seed=6), "pairs"))
+    tokens = tasks.tokens(_task(d_in=3, d_out=2, seed=6), "pairs")
+    toks = np.asarray(tokens)
     u = np.einsum("hd,btd->bth", np.asarray(model.w_in[...]), toks)
     for i, layer in enumerate(model.layers):
         if i:
@@ -186,7 +189,7 @@ def test_plain_ssm_last_output_is_the_stack_read_at_the_query_token():
             z[:, t] = s @ c.T + d * u[:, t]
         u = z
     want = u[:, -1] @ np.asarray(model.w_out[...]).T
-    np.testing.assert_allclose(query_only(model, jnp.asarray(toks)), want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(query_only(model, tokens), want, rtol=1e-12, atol=1e-14)
 
 
 # ------------------------------------------------------------------------------ bad arguments
@@ -216,10 +219,15 @@ def test_bad_arguments(call, match):
         call()
 
 
-def test_interleaved_tokens_are_rejected_by_shape():
+def test_tokens_of_another_layout_or_size_are_rejected():
     model = neighbours.LinearSelfAttention(3, 1, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="layout='pairs' with d_in=3, d_out=1 needs H"):
+    with pytest.raises(ValueError, match="tokens were made for layout='interleaved', d_in=3"):
         model(tasks.tokens(_task(d_in=3), "interleaved"))
+    # Pairs tokens of d_in = d_out = 2 have the width of (3, 1) ones: the sizes tell them apart.
+    with pytest.raises(ValueError, match="made for layout='pairs', d_in=2, d_out=2"):
+        model(tasks.tokens(_task(d_in=2, d_out=2), "pairs"))
+    with pytest.raises(TypeError, match="^tokens must be ssm_gd.tokens.Tokens"):
+        model(np.asarray(tasks.tokens(_task(d_in=3), "pairs")))
 
 
 # ------------------------------------------------------------------------------- the trainer

@@ -623,7 +623,7 @@ def test_last_state_readout_gradient_equals_the_materialised_states(chunk, signe
             (3, 4),
             5,
             0,
-            "chunk must be a positive integer or None",
+            "chunk must be a positive integer",
         ),
         ((3, 3), (5, 2, 3, 4), (5, 2, 3, 4), (3, 4), 5, 2.0, "chunk must be a positive integer"),
     ],

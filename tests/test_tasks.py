@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ssm_gd import tasks
+from ssm_gd import tokens as tokens_module
 
 EPS64 = np.finfo(np.float64).eps
 EPS32 = np.finfo(np.float32).eps
@@ -245,12 +246,12 @@ def test_constructed_tokens_position_by_position(n):
 
 def test_tokens_of_a_float32_sine_task_under_jit():
     s = _sine32(4)
-    inter = jax.jit(lambda t: tasks.tokens(t, "interleaved"))(s)
+    inter = jax.jit(lambda t: tasks.tokens(t, "interleaved"))(s).array
     assert inter.shape == (2, 9, 1) and inter.dtype == jnp.float32
     np.testing.assert_array_equal(inter[:, 0:8:2, 0], s.x[..., 0])
     np.testing.assert_array_equal(inter[:, 1:8:2, 0], s.y[..., 0])
     np.testing.assert_array_equal(inter[:, 8], s.x_query)
-    cons = jax.jit(lambda t: tasks.tokens(t, "constructed"))(s)
+    cons = jax.jit(lambda t: tasks.tokens(t, "constructed"))(s).array
     assert cons.shape == (2, 5, 2) and cons.dtype == jnp.float32
     np.testing.assert_array_equal(cons[:, 1:, 0], (s.x * s.y)[..., 0])
     np.testing.assert_array_equal(
@@ -288,17 +289,17 @@ BAD = [
     (lambda: _lin(n_context=3.5), "^n_context must be a positive integer"),
     (lambda: _lin(d_in="3"), "^d_in must be a positive integer"),
     (lambda: _lin(d_out=True), "^d_out must be a positive integer; got True"),
-    (lambda: _lin(x_range=-1.0), "^x_range must be a non-negative number"),
-    (lambda: _lin(w_scale=-0.5), "^w_scale must be a non-negative number"),
-    (lambda: _lin(noise_std=-0.1), "^noise_std must be a non-negative number"),
-    (lambda: _lin(noise_std=float("nan")), "^noise_std must be a non-negative number"),
-    (lambda: _lin(n_distract=-1), r"^n_distract must be in \[0, n_context=4\]; got -1"),
+    (lambda: _lin(x_range=-1.0), "^x_range must be a non-negative finite number"),
+    (lambda: _lin(w_scale=-0.5), "^w_scale must be a non-negative finite number"),
+    (lambda: _lin(noise_std=-0.1), "^noise_std must be a non-negative finite number"),
+    (lambda: _lin(noise_std=float("nan")), "^noise_std must be a non-negative finite number"),
+    (lambda: _lin(n_distract=-1), r"^n_distract must be a non-negative integer; got -1"),
     (lambda: _lin(n_distract=5), r"^n_distract must be in \[0, n_context=4\]; got 5"),
-    (lambda: _lin(n_distract=1.0), "^n_distract must be an integer"),
+    (lambda: _lin(n_distract=1.0), "^n_distract must be a non-negative integer"),
     (lambda: _sine(batch=0), "^batch must be a positive integer"),
     (lambda: _sine(n_context=-1), "^n_context must be a positive integer"),
     (lambda: _sine(n_context=2.0), "^n_context must be a positive integer"),
-    (lambda: _sine(x_range=-1.0), "^x_range must be a non-negative number"),
+    (lambda: _sine(x_range=-1.0), "^x_range must be a non-negative finite number"),
     (lambda: _sine(amplitude=(0.5, 0.1)), "^amplitude must be a .* pair with low <= high"),
     (lambda: _sine(phase=(1.0, 0.0)), "^phase must be a .* pair with low <= high"),
     (lambda: tasks.check_layout("foo", 3, 1), "^layout must be one of"),
@@ -324,8 +325,9 @@ def test_bad_input_raises_before_tracing(call, match, monkeypatch):
     def traced(*args):
         raise AssertionError("reached the jitted body")
 
-    for name in ("_linear_regression", "_sine_regression", "_tokens"):
+    for name in ("_linear_regression", "_sine_regression"):
         monkeypatch.setattr(tasks, name, traced)
+    monkeypatch.setattr(tokens_module, "_tokens", traced)
     with pytest.raises(ValueError, match=match):
         call()
 
@@ -514,13 +516,13 @@ BAD_NEW = [
         lambda: tasks.drifting_regression(
             jax.random.key(0), batch=2, n_context=3, d_in=2, switch_at=True
         ),
-        "^switch_at must be None or an integer",
+        "^switch_at must be a non-negative integer",
     ),
     (
         lambda: tasks.drifting_regression(
             jax.random.key(0), batch=2, n_context=3, d_in=2, w_scale=-1
         ),
-        "^w_scale must be a non-negative number",
+        "^w_scale must be a non-negative finite number",
     ),
     (lambda: tasks.input_spectrum(3, condition=2.0, mean=-1.0), "^mean must be a positive"),
     (lambda: tasks.rotation_matrix(0, 1), "^d_in must be a positive integer"),
@@ -533,7 +535,8 @@ def test_bad_input_to_the_new_samplers_raises_before_tracing(call, match, monkey
     def traced(*args):
         raise AssertionError("reached the jitted body")
 
-    for name in ("_gaussian_regression", "_drifting_regression", "_tokens"):
+    for name in ("_gaussian_regression", "_drifting_regression"):
         monkeypatch.setattr(tasks, name, traced)
+    monkeypatch.setattr(tokens_module, "_tokens", traced)
     with pytest.raises(ValueError, match=match):
         call()
