@@ -9,10 +9,10 @@ For each grid point (context N, width d, batch B; interleaved tokens, d_out = d,
 ``forward+backward`` (the gradient of the query's squared error). The implementations:
 
 * ``weighted``: :meth:`GDSSM.predict_query`, the last state as a weighted sum of the window
-  products (:func:`ssm_gd.scan.last_state_readout`, a chunk of time steps at a time): memory the
+  products (:func:`ssm_gd.readout.last_state_readout`, a chunk of time steps at a time): memory the
   size of the tokens;
 * ``associative`` / ``sequential``: every window's state by the scan, then the last window's
-  readout; ``chunked``: every window's readout without the states (:func:`ssm_gd.scan.chunked_readout`).
+  readout; ``chunked``: every window's readout without the states (:func:`ssm_gd.readout.chunked_readout`).
 
 It measures the compile time, the steady-state time (median of repeated calls, after
 ``block_until_ready``; a point's programs, the baseline among them, are called in turn, round
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import platform
 import re
 import statistics
@@ -55,21 +54,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 from flax import nnx
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ssm_gd import plots, scan  # noqa: E402
-from ssm_gd.layers import (  # noqa: E402
-    GDSSM,
-    GDSSMInit,
-    decay_init,
-    window_factors,
-    windows,
-)
+from experiments import cli
+from ssm_gd import plots, readout
+from ssm_gd.initializers import fill_init
+from ssm_gd.layers import GDSSM, GDSSMInit, windows
 from ssm_gd.tokens import Tokens
 
 IMPLS = ("weighted", "associative", "sequential", "chunked")
@@ -97,7 +88,7 @@ def loop_per_dimension(model: GDSSM, tokens):
 
 
 def _model(d: int, impl: str, chunk: int) -> GDSSM:
-    init = GDSSMInit(lam=decay_init(0.99))
+    init = GDSSMInit(lam=fill_init(0.99))
     return GDSSM(d, d, impl=impl, chunk=chunk, init=init, rngs=nnx.Rngs(0))
 
 
@@ -122,16 +113,16 @@ def _programs(model: GDSSM, impl: str):
         m = nnx.merge(graphdef, params)
         n_windows = (tokens.shape[1] - 1) // 2
         if impl == "weighted":  # the last state, applied to the last query
-            w, factors = window_factors(m.yx_attention, tokens)
+            w, factors = readout.window_factors(m.yx_attention, tokens)
             v = tokens[:, -1].T
-            pairs = scan.last_state_readout(m.yx_recurrence.lam, factors, n_windows, v)
+            pairs = readout.last_state_readout(m.yx_recurrence.lam, factors, n_windows, v)
             return jnp.einsum("ac,acrb->rb", w, pairs)
         x = windows(tokens, m.window, m.stride)
         u = m.yx_attention.products(x)
         if impl == "chunked":
             v = x[:, :, -1]
             lam = m.yx_recurrence.lam
-            return scan.chunked_readout(lam, m.yx_attention.products, x, v, chunk=m.chunk)
+            return readout.chunked_readout(lam, m.yx_attention.products, x, v, chunk=m.chunk)
         return m.yx_recurrence(u)
 
     programs = {
@@ -301,7 +292,8 @@ def _device_name() -> str:
 
 
 def _figure(points, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for d, ax in zip(sorted({p["d"] for p in points}), axes, strict=False):
         for impl in [*IMPLS, "loop-per-dimension"]:
             for batch, style in zip(
@@ -349,12 +341,12 @@ def main(argv=None):
     )
     parser.add_argument("--quick", action="store_true", help="N ∈ {10, 100}, d = 10, B = 64")
     args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
     for name in ("n", "d", "batch"):
         if any(v <= 0 for v in getattr(args, name)):
-            raise ValueError(f"--{name} must be positive integers; got {getattr(args, name)}")
+            parser.error(f"--{name} must be positive integers; got {getattr(args, name)}")
     if args.quick:
         args.n, args.d, args.batch = [10, 100], [10], [64]
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device_name()
     points, skipped = [], []

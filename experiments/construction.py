@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import time
 
 import jax
@@ -22,6 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from experiments import cli  # noqa: E402
 from ssm_gd import construction, gd, tasks  # noqa: E402
 
 
@@ -66,6 +66,7 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=5, help="check K = 1…max-steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
 
     start = time.perf_counter()
     rows = []
@@ -89,7 +90,6 @@ def main(argv=None):
             f"{r['layout']:<12} {r['steps']:>2} {r['lr']:>8.4f} {r['gd_loss']:>8.4f} "
             f"{r['max_abs_err_float64']:>9.1e} {r['max_rel_err_float32']:>9.1e}"
         )
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"config": vars(args), "rows": rows, "wall_seconds": time.perf_counter() - start}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -71,11 +71,11 @@ def icl_curves(result: train.Result, config: train.Config, batch: int = 4096):
 
 def _display_blocks(model, constructed):
     """Parameter blocks as 2-D arrays, each scaled to unit norm with its sign aligned (display)."""
-    t, c = metrics._blocks(model), metrics._blocks(constructed)
+    t, c = metrics.parameter_blocks(model), metrics.parameter_blocks(constructed)
     shown_t, shown_c = {}, {}
     for name in t:
         a, b = np.atleast_2d(t[name]), np.atleast_2d(c[name])
-        if not name.startswith("Λ"):
+        if not name.startswith("lambda"):
             a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
             a = a * (np.sign(np.sum(a * b)) or 1.0)
         shown_t[name], shown_c[name] = a, b

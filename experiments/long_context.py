@@ -7,10 +7,10 @@ One sequence of ``L = 2N + 1 ≥ --tokens`` interleaved tokens (width ``d``, vec
 two-step GD-SSM with a decay ``Λ = 0.999`` so that the whole context matters) is run through
 
 * ``chunked``: every window's prediction, ``model(tokens)`` ``(B, N, d)`` — the in-context learning
-  curve over the whole sequence — by :func:`ssm_gd.scan.chunked_readout` (memory ``O(N·d)``; the
+  curve over the whole sequence — by :func:`ssm_gd.readout.chunked_readout` (memory ``O(N·d)``; the
   scans would hold ``N·d²`` entries per branch and their gradients);
 * ``weighted``: the query's prediction alone, ``model.predict_query(tokens)`` ``(B, d)``, by
-  :func:`ssm_gd.scan.last_state_readout`;
+  :func:`ssm_gd.readout.last_state_readout`;
 
 each forward (the output) and forward+backward (the gradient of the mean squared output with
 respect to every parameter). Reported per pass: compile and run seconds, the memory XLA assigns to
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import resource
 import time
 
@@ -32,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm_gd.layers import GDSSM, GDSSMInit, decay_init
+from experiments import cli
+from ssm_gd.initializers import fill_init
+from ssm_gd.layers import GDSSM, GDSSMInit
 from ssm_gd.tokens import Tokens
 
 
@@ -66,15 +67,16 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--out", default="results/long_context")
     args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
     if args.tokens < 3 or args.d <= 0 or args.batch <= 0 or args.chunk <= 0:
-        raise ValueError(
+        parser.error(
             "--tokens must be at least 3 and --d, --batch, --chunk positive; got "
             f"{args.tokens}, {args.d}, {args.batch}, {args.chunk}"
         )
     n = int(np.ceil((args.tokens / args.batch - 1) / 2))
     length = 2 * n + 1
     model = GDSSM(args.d, args.d, n_steps=2, impl="chunked", chunk=args.chunk,
-                  init=GDSSMInit(lam=decay_init(0.999)), rngs=nnx.Rngs(0))  # fmt: skip
+                  init=GDSSMInit(lam=fill_init(0.999)), rngs=nnx.Rngs(0))  # fmt: skip
     graphdef, params = nnx.split(model)
     tokens = jax.random.uniform(
         jax.random.key(1), (args.batch, length, args.d), jnp.float32, -0.5, 0.5
@@ -109,7 +111,6 @@ def main(argv=None):
     summary["query_relative_difference"] = float(np.linalg.norm(last - q) / np.linalg.norm(q))
     print(f"chunked last window vs weighted query: relative difference "
           f"{summary['query_relative_difference']:.1e}")  # fmt: skip
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}/summary.json")

@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
 import time
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ssm_gd import plots, train  # noqa: E402
+from experiments import cli
+from ssm_gd import plots, train
 
 
 def main(argv=None):
@@ -33,8 +29,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="K ≤ 2, 200 training steps")
     args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
     if args.max_steps < 1:
-        raise ValueError(f"--max-steps must be a positive integer; got {args.max_steps}")
+        parser.error(f"--max-steps must be a positive integer; got {args.max_steps}")
     base = train.Config(d_out=1, seed=args.seed, eval_size=16_384, sens_size=2048)
     ks = range(1, (2 if args.quick else args.max_steps) + 1)
     steps = args.train_steps or (200 if args.quick else base.steps)
@@ -44,7 +41,6 @@ def main(argv=None):
         eval_every=max(1, min(base.eval_every, steps)),
         warmup_steps=min(base.resolved_warmup_steps, steps // 5),
     )
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "history.jsonl").unlink(missing_ok=True)
     start = time.perf_counter()
@@ -86,14 +82,16 @@ def main(argv=None):
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     ks = [r["n_steps"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     ax.plot(ks, [r["val_loss"] for r in rows], "o-", label="GD-SSM (trained)")
     ax.plot(ks, [r["gd_loss"] for r in rows], "s--", label="K-step GD, best η")
     ax.axhline(rows[0]["lsq_loss"], color="gray", ls=":", label="least squares")
     ax.set(xlabel="K (GD steps)", ylabel="query loss", xticks=ks)
     ax.legend(fontsize=8)
     plots.save(fig, out / "loss_vs_k.png")
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     ax.semilogy(ks, [1 - r["model_cos"] for r in rows], "o-", label="1 − model_cos")
     ax.semilogy(ks, [abs(r["loss_ratio"] - 1) for r in rows], "s-", label="|loss ratio − 1|")
     ax.semilogy(ks, [r["param_match_error"] for r in rows], "^-", label="param_match_error")

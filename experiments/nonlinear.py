@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
 from flax import nnx
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ssm_gd import gd, plots, tasks  # noqa: E402
-from ssm_gd.layers import GDSSM, GDSSMInit, identity_init  # noqa: E402
+from experiments import cli
+from ssm_gd import gd, plots, tasks, trainer
+from ssm_gd.initializers import identity_init
+from ssm_gd.layers import GDSSM, GDSSMInit
 
 
 class FeatureGDSSM(nnx.Module):
@@ -93,15 +90,16 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="300 steps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
     for name in ("n_context", "features", "steps", "batch_size", "eval_every"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if not args.lr > 0:
-        raise ValueError(f"--lr must be positive; got {args.lr}")
+        parser.error(f"--lr must be positive; got {args.lr}")
     steps = 300 if args.quick else args.steps
     every = min(args.eval_every, steps)
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
@@ -109,45 +107,34 @@ def main(argv=None):
         return tasks.sine_regression(key, batch=batch, n_context=args.n_context)
 
     model = FeatureGDSSM(args.features, rngs=nnx.Rngs(args.seed))
-    graphdef, params = nnx.split(model, nnx.Param)
     schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(100, steps // 5), steps)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
-    opt_state = optimizer.init(params)
     key_train, key_eval, key_tune = jax.random.split(jax.random.key(args.seed + 1), 3)
     eval_task = sample(key_eval, 4096)
 
-    def loss_fn(params, task):
-        return gd.loss(nnx.merge(graphdef, params)(task)[:, -1], task.y_query)
+    def loss(model, task):
+        return gd.loss(model(task)[:, -1], task.y_query)
 
-    @jax.jit
-    def chunk(params, opt_state, steps):
-        def one(carry, step):
-            params, opt_state = carry
-            task = sample(jax.random.fold_in(key_train, step), args.batch_size)
-            value, grads = jax.value_and_grad(loss_fn)(params, task)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
-
-        (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), steps)
-        return params, opt_state, losses
-
-    evaluate = jax.jit(loss_fn)
-    history = []
-    (out / "history.jsonl").unlink(missing_ok=True)
-    for first in range(0, steps, every):
-        length = min(every, steps - first)
-        params, opt_state, losses = chunk(params, opt_state, jnp.arange(first, first + length))
-        if not bool(jnp.all(jnp.isfinite(losses))):
-            bad = first + int(jnp.argmin(jnp.isfinite(losses)))
-            raise FloatingPointError(f"non-finite training loss at step {bad}")
-        row = {"step": first + length, "train_loss": float(losses[-50:].mean()),
-               "val_loss": float(evaluate(params, eval_task))}  # fmt: skip
-        history.append(row)
-        with open(out / "history.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"step {row['step']}: val loss {row['val_loss']:.5f}", flush=True)
-
-    model = nnx.merge(graphdef, params)
+    evaluate = nnx.jit(loss)
+    task = trainer.Task(
+        sample=sample,
+        loss=loss,
+        evaluate=lambda model: {"val_loss": float(evaluate(model, eval_task))},
+        postfix=lambda row: {"val": f"{row['val_loss']:.5f}"},
+    )
+    fitted = trainer.fit(
+        model,
+        optimizer,
+        task,
+        steps=steps,
+        batch_size=args.batch_size,
+        eval_every=every,
+        key=key_train,
+        out=out,
+        config=vars(args) | {"steps": steps},
+        progress=not args.no_progress,
+    )
+    history, model = fitted.history, fitted.model
     e = eval_task
     raw_lr, raw_loss = gd.best_lr(e.x, e.y, e.x_query, e.y_query)
     feat = jax.jit(model.featurise)(e)
@@ -196,7 +183,8 @@ def main(argv=None):
 
     # Predicted curves on a few tasks: the context fixed, the query swept over the range.
     grid = jnp.linspace(-5, 5, 200)[:, None]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    fig = Figure(figsize=(14, 3.2))
+    axes = fig.subplots(1, 4)
     for i, ax in enumerate(axes):
         one = jax.tree.map(lambda v, i=i: jnp.repeat(v[i : i + 1], grid.shape[0], 0), e)
         one = one._replace(x_query=grid)
@@ -208,7 +196,8 @@ def main(argv=None):
         ax.set_title(f"task {i}", fontsize=9)
     axes[0].legend(fontsize=7)
     plots.save(fig, out / "curves.png")
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     for name, values in per_t.items():
         ax.semilogy(np.arange(1, len(values) + 1), values, "o-", ms=3, label=name)
     ax.set(xlabel="context points", ylabel="loss of the next prediction")

@@ -19,15 +19,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+from flax import nnx
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from experiments import linear  # noqa: E402
-from ssm_gd import metrics, plots, tasks, train  # noqa: E402
+from experiments import linear
+from ssm_gd import metrics, plots, tasks, train
 
 X_STRETCH = (0.5, 0.75, 1.0, 1.5, 2.0)
 W_STRETCH = (0.5, 1.0, 2.0, 3.0, 5.0)
@@ -113,7 +109,8 @@ def main(argv=None):
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
     for name, key, xlabel in (("x_stretch", "x_scale", "input range / training range"),
                               ("w_stretch", "w_scale", "map scale / training scale")):  # fmt: skip
         ax = axes[0] if name == "x_stretch" else axes[1]
@@ -128,7 +125,8 @@ def main(argv=None):
     axes[2].set(xlabel="stretch", ylabel="model_cos")
     axes[2].legend(fontsize=8)
     plots.save(fig, out / "stretch.png")
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     names = [r["dist"] for r in rows["distribution"]]
     pos = range(len(names))
     ax.bar([p - 0.2 for p in pos], [r["loss"] for r in rows["distribution"]], 0.4, label="GD-SSM")

@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
 import time
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ssm_gd import plots, train  # noqa: E402
+from experiments import cli
+from ssm_gd import plots, train
 
 
 def reached_gd(summary) -> bool:
@@ -41,6 +37,7 @@ def main(argv=None):
         "--lr", type=float, default=None, help="peak learning rate (default: Config's)"
     )
     args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
     seeds = 1 if args.quick else args.seeds
     # Leaving the plateau happens in the first few hundred steps: 1500 are plenty to tell.
     base = train.Config(eval_size=4096, sens_size=1024, steps=1500)
@@ -48,7 +45,6 @@ def main(argv=None):
         base = dataclasses.replace(base, lr=args.lr)
     if args.quick:
         base = dataclasses.replace(base, steps=200, eval_every=100)
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     runs = {}
@@ -79,7 +75,8 @@ def main(argv=None):
         "wall_seconds": time.perf_counter() - start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     for init, color in zip(train.INITS, ("C0", "C3"), strict=False):
         for i, r in enumerate(runs[init]):
             steps, ratio = zip(*r["curve"], strict=True)

@@ -9,7 +9,7 @@ import argparse
 import json
 import pathlib
 
-# Published reference points (DESIGN.md §2). von Oswald et al. 2023: one-layer linear
+# Published reference points (docs/design.md §7). von Oswald et al. 2023: one-layer linear
 # self-attention at N = d = 10 with scalar labels.
 ANCHORS = {"gd_loss": 0.2047, "trained_loss": 0.2049, "model_cos": 0.9994}
 

@@ -57,9 +57,7 @@ def main(argv=None):
     names = args.only or list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
-        raise ValueError(
-            f"--only: unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}"
-        )
+        parser.error(f"--only: unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}")
     results = pathlib.Path(args.results)
     start = time.perf_counter()
     seconds = {}

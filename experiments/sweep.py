@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import time
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ssm_gd import plots, train  # noqa: E402
+from experiments import cli
+from ssm_gd import plots, train
 
 
 def main(argv=None):
@@ -34,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="d = 5, 200 steps")
     args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
     dims = [5] if args.quick else args.dims
     steps = 200 if args.quick else args.train_steps
     for name, values in (
@@ -42,8 +39,7 @@ def main(argv=None):
         ("--batch-size", [args.batch_size]),
     ):
         if any(v <= 0 for v in values):
-            raise ValueError(f"{name} must be positive integers; got {values}")
-    out = pathlib.Path(args.out)
+            parser.error(f"{name} must be positive integers; got {values}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = []
@@ -81,7 +77,8 @@ def main(argv=None):
         "figures": ["sweep.png"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     for i, ratio in enumerate(args.ratios):
         sel = [r for r in rows if r["n_context"] == ratio * r["d"]]
         ds = [r["d"] for r in sel]

@@ -12,7 +12,7 @@ parameter       value                   effect
 ``C_y, C_x``    ``c I``                 ``ŷ_t = W_K x_{t+1}`` on the prefix of ``t`` pairs
 ==============  ======================  =========================================
 
-Two neighbours of plain GD come from the same table (DESIGN.md §1), for any K:
+Two neighbours of plain GD come from the same table (docs/design.md §6), for any K:
 
 * ``preconditioner=Γ``: ``D_3 = Γ`` (the matrix query map) and ``C_x = c Γ`` give preconditioned GD,
   ``W_{k+1} = W_k − η ∇L(W_k) Γ``;
@@ -30,33 +30,11 @@ import numpy as np
 from flax import nnx
 
 from ssm_gd import validate
+from ssm_gd.initializers import constant_init, fill_init
 from ssm_gd.layers import GDSSM, GDSSMInit
 from ssm_gd.tokens import check_layout
 
-__all__ = ["constant_init", "gd_ssm", "gd_ssm_values"]
-
-
-def constant_init(value):
-    """An initializer that returns ``value`` (and checks that the requested shape matches)."""
-    value = np.asarray(value)
-
-    def init(key, shape, dtype=jnp.float32):
-        del key
-        if tuple(shape) != value.shape:
-            raise ValueError(f"constructed value has shape {value.shape}, module asked {shape}")
-        return jnp.asarray(value, dtype)
-
-    return init
-
-
-def _constant_fill(value: float):
-    """An initializer that fills any requested shape with ``value``."""
-
-    def init(key, shape, dtype=jnp.float32):
-        del key
-        return jnp.full(shape, value, dtype)
-
-    return init
+__all__ = ["gd_ssm", "gd_ssm_values"]
 
 
 def gd_ssm_values(
@@ -136,7 +114,7 @@ def gd_ssm(
     init = GDSSMInit(
         q_y=constant_init(v["q_y"]),
         q_x=constant_init(v["q_x"]),
-        lam=_constant_fill(v["lam"]),
+        lam=fill_init(v["lam"]),
         c_y=constant_init(v["c_y"]),
         c_x=constant_init(v["c_x"]),
         d=constant_init(v["d"]),

@@ -45,6 +45,7 @@ __all__ = [
     "best_weighted",
     "grid_search_lr",
     "least_squares",
+    "least_squares_prefixes",
     "loss",
     "lr_losses",
     "optimal_lr",

@@ -26,13 +26,14 @@ Modules hold parameters; the computations are the pure functions :func:`windows`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from ssm_gd import scan, validate
+from ssm_gd.initializers import Initializer, identity_init, ones_init
+from ssm_gd.readout import auto_impl, chunked_readout, last_state_readout, window_factors
 from ssm_gd.tokens import Tokens, check_layout, read_tokens, token_width
 
 __all__ = [
@@ -45,13 +46,10 @@ __all__ = [
     "compose_readout",
     "gd_readout",
     "local_self_attention",
-    "transpose_per_chunk",
-    "window_factors",
     "windows",
 ]
 
 Array = jax.Array
-Initializer = Callable[..., Array]
 
 
 _positive_int = validate.positive_int
@@ -103,7 +101,7 @@ def compose_readout(apply_y, apply_x, query: Array, c_y: Array, c_x: Array | Non
     """:func:`gd_readout` with the states given as maps ``v ↦ S_t v_t`` ``(B, T, H) → (B, T, R)``.
 
     This is how the readout runs without materialising the states
-    (:func:`ssm_gd.scan.chunked_readout`): each of the ``K`` products is one pass over the sequence.
+    (:func:`ssm_gd.readout.chunked_readout`): each of the ``K`` products is one pass over the sequence.
     """
     u = query
     for _ in range(steps - 1):
@@ -111,7 +109,25 @@ def compose_readout(apply_y, apply_x, query: Array, c_y: Array, c_x: Array | Non
     return jnp.einsum("or,btr->bto", c_y, apply_y(u))
 
 
-class LocalSelfAttention(nnx.Module):
+class _LocalWindow(nnx.Module):
+    """A layer on sliding windows of ``window`` tokens, ``stride`` apart: ``U_t`` from ``X_t``.
+
+    Subclasses give :meth:`products` (``U_t`` from the windows ``(B, T, window, H)``); calling
+    the layer on tokens ``(B, L, H)`` cuts the windows (:func:`windows`) and applies it.
+    """
+
+    def __init__(self, window: int, stride: int):
+        self.window = _positive_int("window", window)
+        self.stride = _positive_int("stride", stride)
+
+    def products(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def __call__(self, tokens: Array) -> Array:
+        return self.products(windows(tokens, self.window, self.stride))
+
+
+class LocalSelfAttention(_LocalWindow):
     """Cross products inside sliding windows: ``(B, L, H) → (B, T, H, H)``, ``U_t = X_tᵀ Q X_t``.
 
     Attributes: ``q`` (``nnx.Param``, ``(window, window)``).
@@ -126,8 +142,7 @@ class LocalSelfAttention(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self.window = _positive_int("window", window)
-        self.stride = _positive_int("stride", stride)
+        super().__init__(window, stride)
         self.q = nnx.Param(q_init(rngs.params(), (window, window), param_dtype))
 
     def products(self, x: Array) -> Array:
@@ -143,15 +158,12 @@ class LocalSelfAttention(nnx.Module):
 
         ``rows``: the window's rows ``X_t[a]`` as one array per position ``a`` (any leading axes,
         the features on any axis but the same in all): the form
-        :func:`ssm_gd.scan.last_state_readout` takes.
+        :func:`ssm_gd.readout.last_state_readout` takes.
         """
         return tuple(rows), tuple(rows)
 
-    def __call__(self, tokens: Array) -> Array:
-        return self.products(windows(tokens, self.window, self.stride))
 
-
-class LocalMixing(nnx.Module):
+class LocalMixing(_LocalWindow):
     """A linear mix of the tokens in each window: ``(B, L, H) → (B, T, 1, H)``, ``U_t = Pᵀ X_t``.
 
     The first-order counterpart of :class:`LocalSelfAttention`, for tokens that already carry a
@@ -167,8 +179,7 @@ class LocalMixing(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self.window = _positive_int("window", window)
-        self.stride = _positive_int("stride", stride)
+        super().__init__(window, stride)
         self.p = nnx.Param(p_init(rngs.params(), (window,), param_dtype))
 
     def products(self, x: Array) -> Array:
@@ -189,98 +200,6 @@ class LocalMixing(nnx.Module):
         shape[features] = 1
         return (jnp.ones(shape, rows[0].dtype),), tuple(rows)
 
-    def __call__(self, tokens: Array) -> Array:
-        return self.products(windows(tokens, self.window, self.stride))
-
-
-TRANSPOSE_PER_CHUNK_ENTRIES = 2**23
-TRANSPOSE_PER_CHUNK_MAX_BATCH = 256
-
-
-def transpose_per_chunk(backend: str, batch: int, entries: int) -> bool:
-    """Whether :meth:`GDSSM.predict_query` transposes its window rows a chunk at a time.
-
-    The weighted readout reads the rows time-major and batch-minor (:func:`window_factors`).
-    Transposing all the tokens at once writes a copy of them; transposing each chunk's rows when
-    the chunk is reached writes none, but gathers runs of ``h`` numbers from ``B`` places. On the
-    CPU the chunks win for tokens of at least :data:`TRANSPOSE_PER_CHUNK_ENTRIES` entries (2^23,
-    32 MiB in float32: past that size every call writes its copy to fresh pages, and the copy cost
-    about 1.4 times a plain negation of the tokens) and batches of at most
-    :data:`TRANSPOSE_PER_CHUNK_MAX_BATCH`. Measured on the 2-core CPU (forward of the query's
-    prediction, one GD step, each pair side by side in one process), whole / per chunk: d = 10,
-    B = 64: 703 / 540 ms at N = 10⁵, 80 / 59 ms at N = 10⁴, 12.7 / 13.0 ms at N = 1000,
-    1.06 / 1.44 ms at N = 100; d = 50, B = 64, N = 10⁴: 420 / 368 ms; d = 10, B = 256,
-    N = 10⁴: 258 / 241 ms; but B = 512, N = 5000: 267 / 355 ms and B = 2048, N = 2000:
-    454 / 617 ms. On GPU and TPU, where nothing has been measured yet, the rows are transposed
-    at once.
-    """
-    return (
-        backend == "cpu"
-        and batch <= TRANSPOSE_PER_CHUNK_MAX_BATCH
-        and entries >= TRANSPOSE_PER_CHUNK_ENTRIES
-    )
-
-
-def window_factors(
-    attention: LocalSelfAttention | LocalMixing, rows: Array, *, per_chunk: bool | None = None
-) -> tuple[Array, Callable]:
-    """``(w, factors)``: the weights and the ``factors(start, size)`` of windows ``start … start + size − 1``.
-
-    ``rows`` ``(B, 2N + 1, h)`` are window rows; window ``t`` holds rows ``2t, 2t + 1, 2t + 2``
-    (3 rows, stride 2). The factors are time-major and batch-minor, one array ``(size, h, B)`` per
-    window position: the rows are transposed once, here (``per_chunk=False``), and each position's
-    rows gathered when asked for (on XLA:CPU a gather of whole rows is fast where strided slices
-    of a slice inside a loop are not), or each position's rows are gathered from ``rows`` and
-    transposed when asked for (``per_chunk=True``: no transposed copy of the whole tokens;
-    by default :func:`transpose_per_chunk` decides, for the default backend and the size of
-    ``rows``). Both give the same arrays.
-    ``attention.factors`` turns them into ``(lefts, rights)``: ``factors`` is the argument of
-    :func:`ssm_gd.scan.last_state_readout`, and ``h_T v = Σ_{a,c} w_ac M_ac`` of its result ``M``,
-    ``w = attention.weights()``.
-    """
-    if per_chunk is None:
-        per_chunk = transpose_per_chunk(jax.default_backend(), rows.shape[0], rows.size)
-    if not per_chunk:
-        rows = jnp.transpose(rows, (1, 2, 0))  # (2N + 1, h, B)
-
-    def factors(start, size):
-        steps = 2 * (start + jnp.arange(size))
-        if per_chunk:
-            x = tuple(
-                jnp.transpose(rows.at[:, steps + a].get(mode="promise_in_bounds"), (1, 2, 0))
-                for a in range(3)
-            )
-        else:
-            x = tuple(rows.at[steps + a].get(mode="promise_in_bounds") for a in range(3))
-        return attention.factors(x)
-
-    return attention.weights(), factors
-
-
-def ones_init(key, shape, dtype=jnp.float32) -> Array:
-    """``Λ = 1``: a pure accumulator (the GD construction's choice)."""
-    del key
-    return jnp.ones(shape, dtype)
-
-
-def decay_init(value: float) -> Initializer:
-    """``Λ = value`` everywhere (``0 < value ≤ 1`` weights sample ``i`` by ``value^{t−i}``)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        del key
-        return jnp.full(shape, value, dtype)
-
-    return init
-
-
-def uniform_init(low: float, high: float) -> Initializer:
-    """``Λ ~ U(low, high)`` entrywise."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, low, high)
-
-    return init
-
 
 LAMBDA_INITS = {"ones": ones_init}
 PARAMETRIZATIONS = ("direct", "bounded")
@@ -292,7 +211,7 @@ class DiagonalRecurrence(nnx.Module):
     Args:
       state_shape: the shape of ``Λ`` and of one state (e.g. ``(H, H)``).
       lam_init: ``"ones"``, or an initializer ``(key, shape, dtype) → Λ`` such as
-        :func:`decay_init` / :func:`uniform_init`.
+        :func:`ssm_gd.initializers.fill_init` / :func:`ssm_gd.initializers.uniform_init`.
       parametrization: ``"direct"`` (the parameter is ``Λ``) or ``"bounded"``
         (``Λ = exp(−exp(ν))`` ∈ (0, 1), so ``|Λ| ≤ 1`` whatever the optimiser does; ``Λ = 1`` is
         reached to float precision as ``ν → −∞`` and initialised as ``ν = −40``).
@@ -347,12 +266,6 @@ class DiagonalRecurrence(nnx.Module):
         return h
 
 
-def identity_init(key, shape, dtype=jnp.float32) -> Array:
-    """The (rectangular) identity ``I``."""
-    del key
-    return jnp.eye(*shape, dtype=dtype)
-
-
 @dataclasses.dataclass(frozen=True)
 class GDSSMInit:
     """Initializers ``(key, shape, dtype) → array`` for each parameter of a :class:`GDSSM`.
@@ -373,32 +286,6 @@ class GDSSMInit:
 
 IMPLS = ("associative", "sequential", "chunked", "auto")
 QUERY_MAPS = ("vector", "matrix")
-AUTO_STATE_LIMIT = 2**24
-AUTO_CPU_CHUNKED_FROM = 512
-
-
-def auto_impl(backend: str, n_windows: int, state_entries: int) -> str:
-    """The implementation ``impl="auto"`` runs for every window's prediction (:meth:`GDSSM.__call__`).
-
-    * ``"chunked"`` when one branch's states would hold more than :data:`AUTO_STATE_LIMIT` entries
-      (2^24 float32 = 64 MiB; the scans keep them, and their cotangents, for the backward pass);
-    * on the CPU, ``"chunked"`` from :data:`AUTO_CPU_CHUNKED_FROM` windows on as well: measured by
-      ``python -m experiments.bench`` (``results/bench/cpu-x86_64-x1.json``, 2-core CPU,
-      forward+backward, d = 10, B = 64): associative / sequential / chunked 1.6 / 1.9 / 1.9 ms at
-      N = 10, 9.3 / 9.4 / 21.7 ms at N = 100, 282 / 191 / 175 ms at N = 1000 and
-      3.5 / 2.2 / 1.9 s at N = 10⁴; the associative scan is the fastest below a few hundred
-      windows, the chunked readout above;
-    * ``"associative"`` otherwise. On GPU and TPU, where the associative scan's parallel depth pays,
-      no measurement has been made yet (no accelerator was at hand): only the memory rule applies.
-
-    The query's prediction alone (:meth:`GDSSM.predict_query`, what training and the metrics use)
-    does not depend on this choice: it is always the weighted sum.
-    """
-    if state_entries > AUTO_STATE_LIMIT:
-        return "chunked"
-    if backend == "cpu" and n_windows >= AUTO_CPU_CHUNKED_FROM:
-        return "chunked"
-    return "associative"
 
 
 class GDSSM(nnx.Module):
@@ -434,10 +321,10 @@ class GDSSM(nnx.Module):
 
     ``impl`` chooses how the recurrences run: ``"associative"`` or ``"sequential"`` build every
     state ``S_t`` (:func:`ssm_gd.scan.linear_recurrence`, memory ``O(N·R·h)`` per sequence);
-    ``"chunked"`` never builds them (:func:`ssm_gd.scan.chunked_readout`, ``chunk`` windows per
+    ``"chunked"`` never builds them (:func:`ssm_gd.readout.chunked_readout`, ``chunk`` windows per
     chunk, memory ``O(N·h)``); ``"auto"`` picks per call (:meth:`resolve_impl`). All give the same
     values up to float rounding. :meth:`predict_query` computes the query's prediction alone, from
-    the last states as weighted sums (:func:`ssm_gd.scan.last_state_readout`, a chunk of windows at
+    the last states as weighted sums (:func:`ssm_gd.readout.last_state_readout`, a chunk of windows at
     a time, no sequential dependency inside a chunk), memory
     ``O(N·h)``; it is what training on the query's loss and the metrics call.
     """
@@ -526,9 +413,7 @@ class GDSSM(nnx.Module):
 
             def apply(attention, recurrence):
                 lam = recurrence.lam
-                return lambda v: scan.chunked_readout(
-                    lam, attention.products, x, v, chunk=self.chunk
-                )
+                return lambda v: chunked_readout(lam, attention.products, x, v, chunk=self.chunk)
 
         else:
 
@@ -543,7 +428,7 @@ class GDSSM(nnx.Module):
         """The query's prediction ``(B, d_out)``: ``self(tokens)[:, -1]``, without building states.
 
         Only the last states are read, and each is a weighted sum of the window products,
-        ``S_N = Σ_t Λ^{N−t} ⊙ U_t`` (:func:`ssm_gd.scan.last_state_readout`), applied to the
+        ``S_N = Σ_t Λ^{N−t} ⊙ U_t`` (:func:`ssm_gd.readout.last_state_readout`), applied to the
         readout's vectors directly. The work is that of one scan, with no sequential dependency;
         the windows are cut from the tokens a chunk of time at a time, so memory is the size of
         the tokens. Equal to ``self(tokens)[:, -1]`` up to float rounding, whatever ``impl``.
@@ -556,7 +441,7 @@ class GDSSM(nnx.Module):
             w, factors = window_factors(attention, rows)
 
             def readout(u):  # (B, 1, h) → (B, 1, R)
-                m = scan.last_state_readout(recurrence.lam, factors, n, u[:, 0].T)
+                m = last_state_readout(recurrence.lam, factors, n, u[:, 0].T)
                 return jnp.einsum("ac,acrb->br", w, m)[:, None]
 
             return readout
@@ -583,9 +468,10 @@ class GDSSM(nnx.Module):
     def resolve_impl(self, batch: int, n_windows: int) -> str:
         """The implementation a call with ``batch`` sequences of ``n_windows`` windows runs.
 
-        ``"auto"`` follows :func:`auto_impl` on the default backend: ``"chunked"`` once the
-        materialised states of one branch (``batch · n_windows · R · h`` entries) would pass
-        :data:`AUTO_STATE_LIMIT` or, on the CPU, from :data:`AUTO_CPU_CHUNKED_FROM` windows on;
+        ``"auto"`` follows :func:`ssm_gd.readout.auto_impl` on the default backend: ``"chunked"``
+        once the materialised states of one branch (``batch · n_windows · R · h`` entries) would
+        pass :data:`ssm_gd.readout.AUTO_STATE_LIMIT` or, on the CPU, from
+        :data:`ssm_gd.readout.AUTO_CPU_CHUNKED_FROM` windows on;
         the associative scan otherwise.
         """
         if self.impl != "auto":

@@ -1,4 +1,4 @@
-"""What "the trained model does gradient descent" means, in numbers (DESIGN.md §2).
+"""What "the trained model does gradient descent" means, in numbers (docs/design.md §7).
 
 * :func:`preds_diff`: mean distance between two predictors' query predictions.
 * :func:`sensitivity`: a predictor's implicit linear model ``∂ŷ/∂x_q`` ``(B, d_out, d_in)``, in
@@ -29,6 +29,7 @@ __all__ = [
     "gd_loss",
     "loss",
     "param_match_error",
+    "parameter_blocks",
     "preds_diff",
     "query_predictor",
     "sensitivity",
@@ -50,7 +51,7 @@ def sensitivity(predict_query, x_query: Array) -> Array:
     Reverse mode: one linearisation, then one pullback per output direction ``e_o``, broadcast
     over the batch (each task's prediction depends on its own query only), mapped over the
     ``d_out`` directions. (Reverse, not forward, mode: ``d_out`` is 1 in the paper's tasks, and the
-    GD-SSM's weighted readout defines its gradient by hand, :func:`ssm_gd.scan.last_state_readout`.)
+    GD-SSM's weighted readout defines its gradient by hand, :func:`ssm_gd.readout.last_state_readout`.)
     """
     prediction, pullback = jax.vjp(predict_query, x_query)
 
@@ -163,17 +164,22 @@ def evaluate(
 # --------------------------------------------------------------------------- parameter match
 
 
-def _blocks(model: GDSSM) -> dict[str, np.ndarray]:
+def parameter_blocks(model: GDSSM) -> dict[str, np.ndarray]:
+    """A GD-SSM's parameters by block, float64 numpy: ``Q_y`` (or the constructed layout's
+    ``P_y``), ``C_y``, ``D``, ``lambda_y`` (``Λ_y``), and with ``n_steps > 1`` ``Q_x``, ``C_x``,
+    ``lambda_x`` — the blocks :func:`param_match_error` compares."""
     b = {
         "Q_y": model.yx_attention.q[...] if hasattr(model.yx_attention, "q") else None,
         "C_y": model.c_y[...],
         "D": model.d[...],
-        "Λ_y": model.yx_recurrence.lam,
+        "lambda_y": model.yx_recurrence.lam,
     }
     if b["Q_y"] is None:
         b["Q_y"] = model.yx_attention.p[...]
     if model.n_steps > 1:
-        b.update(Q_x=model.xx_attention.q[...], C_x=model.c_x[...], Λ_x=model.xx_recurrence.lam)
+        b.update(
+            Q_x=model.xx_attention.q[...], C_x=model.c_x[...], lambda_x=model.xx_recurrence.lam
+        )
     return {k: np.asarray(v, np.float64) for k, v in b.items()}
 
 
@@ -219,7 +225,7 @@ def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
     Returns per-block errors — ``Q_y``, ``C_y``, ``D`` (and ``Q_x``, ``C_x``): the Frobenius
     distance between unit-normalised blocks (0 … 2); ``scale_y`` (and ``scale_x``): the relative
     error ``|Π‖B_t‖ / Π‖B_c‖ − 1|`` of the group's overall scale (the effective step size);
-    ``Λ_y`` (and ``Λ_x``): the root-mean-square ``Λ`` difference over reachable entries — and
+    ``lambda_y`` (and ``lambda_x``): the root-mean-square ``Λ`` difference over reachable entries — and
     ``total``, their maximum. Zero for any symmetry-transformed construction; linear in a small
     perturbation.
     """
@@ -231,7 +237,7 @@ def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
             "trained and constructed models must share d_in, d_out, n_steps and layout; got "
             f"{same} and {(constructed.d_in, constructed.d_out, constructed.n_steps, constructed.layout)}"
         )
-    t, c = _blocks(trained), _blocks(constructed)
+    t, c = parameter_blocks(trained), parameter_blocks(constructed)
     # C_y's columns past d_out read rows of S^y = Σ y x^T that are zero padding under the
     # construction; C_x's rows and columns past d_in meet only the zero padding of x (S^x, the
     # query, and the columns of S^y).
@@ -245,15 +251,15 @@ def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
     out["scale_y"] = scale
     # Reachable Λ_y entries: rows of S^y that C_y reads, columns that meet the query x_{t+1}.
     rows = np.any(c["C_y"] != 0, axis=0)
-    cols = np.arange(c["Λ_y"].shape[1]) < trained.d_in
+    cols = np.arange(c["lambda_y"].shape[1]) < trained.d_in
     mask = rows[:, None] & cols[None, :]
-    out["Λ_y"] = float(np.sqrt(np.mean((t["Λ_y"] - c["Λ_y"])[mask] ** 2)))
+    out["lambda_y"] = float(np.sqrt(np.mean((t["lambda_y"] - c["lambda_y"])[mask] ** 2)))
     if trained.n_steps > 1:
         group, scale = _scaled_group(t, c, ["Q_x", "C_x"])
         out.update(group, scale_x=scale)
-        live = np.arange(c["Λ_x"].shape[0]) < trained.d_in
+        live = np.arange(c["lambda_x"].shape[0]) < trained.d_in
         mask = live[:, None] & live[None, :]
-        out["Λ_x"] = float(np.sqrt(np.mean((t["Λ_x"] - c["Λ_x"])[mask] ** 2)))
+        out["lambda_x"] = float(np.sqrt(np.mean((t["lambda_x"] - c["lambda_x"])[mask] ** 2)))
     out = {k: float(v) for k, v in out.items()}
     out["total"] = max(out.values())
     return out

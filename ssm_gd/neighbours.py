@@ -31,7 +31,6 @@ is ``(B, N, d_out)`` like the GD-SSM's, and ``model.predict_query(tokens)`` ``(B
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +38,14 @@ import numpy as np
 from flax import nnx
 
 from ssm_gd import scan, validate
-from ssm_gd.construction import constant_init
-from ssm_gd.layers import DiagonalRecurrence, uniform_init
+from ssm_gd.initializers import (
+    Initializer,
+    constant_init,
+    fill_init,
+    first_tap_init,
+    uniform_init,
+)
+from ssm_gd.layers import DiagonalRecurrence
 from ssm_gd.tokens import Tokens, check_layout, read_tokens, token_width
 
 __all__ = [
@@ -57,7 +62,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-Initializer = Callable[..., Array]
 
 #: The models of this module, by the name :func:`make` (and ``ssm_gd.train.Config.model``) takes.
 MODELS = ("linear_attention", "h3", "plain_ssm")
@@ -166,12 +170,6 @@ class LinearSelfAttention(_PairsModel):
 
 
 # ---------------------------------------------------------------------------------------- H3
-
-
-def first_tap_init(key, shape, dtype=jnp.float32) -> Array:
-    """The shift filter ``(1, 0, …, 0)``: ``k_t = W_k e_t`` (H3's construction)."""
-    del key
-    return jnp.zeros(shape, dtype).at[0].set(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,7 +455,7 @@ def h3_gd(
         w_v=constant_init(pick_y),
         w_o=constant_init(np.eye(d_out)),
         shift=first_tap_init,
-        lam=lambda key, shape, dtype=jnp.float32: jnp.full(shape, decay, dtype),
+        lam=fill_init(decay),
     )
     return H3(d_in, d_out, init=init, impl=impl, param_dtype=dtype, rngs=nnx.Rngs(0))
 

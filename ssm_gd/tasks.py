@@ -95,6 +95,18 @@ class SineTask(NamedTuple):
     phase: Array
 
 
+def _linear_sizes(batch, n_context, d_in, d_out, w_scale, noise_std):
+    """The arguments every linear-task sampler shares, checked (sizes as ints, scales as floats)."""
+    return (
+        validate.positive_int("batch", batch),
+        validate.positive_int("n_context", n_context),
+        validate.positive_int("d_in", d_in),
+        validate.positive_int("d_out", d_out),
+        validate.non_negative_number("w_scale", w_scale),
+        validate.non_negative_number("noise_std", noise_std),
+    )
+
+
 def _float_dtype(dtype):
     """``dtype`` as a float dtype that JAX will really use (float64 needs ``jax_enable_x64``)."""
     if dtype is None:
@@ -145,13 +157,10 @@ def linear_regression(
       a :class:`LinearTask` with ``x (B, N, d_in)``, ``y (B, N, d_out)``, ``x_query (B, d_in)``,
       ``y_query (B, d_out)``, ``w (B, d_out, d_in)``.
     """
-    batch = validate.positive_int("batch", batch)
-    n_context = validate.positive_int("n_context", n_context)
-    d_in = validate.positive_int("d_in", d_in)
-    d_out = validate.positive_int("d_out", d_out)
+    batch, n_context, d_in, d_out, w_scale, noise_std = _linear_sizes(
+        batch, n_context, d_in, d_out, w_scale, noise_std
+    )
     x_range = validate.non_negative_number("x_range", x_range)
-    w_scale = validate.non_negative_number("w_scale", w_scale)
-    noise_std = validate.non_negative_number("noise_std", noise_std)
     n_distract = validate.non_negative_int("n_distract", n_distract)
     if not 0 <= n_distract <= n_context:
         raise ValueError(f"n_distract must be in [0, n_context={n_context}]; got {n_distract}")
@@ -299,15 +308,12 @@ def gaussian_regression(
     ``y_query (B, d_out)``, ``w (B, d_out, d_in)``). One-step GD's best preconditioner for these
     tasks is :func:`ssm_gd.gd.optimal_preconditioner` of this ``Σ``.
     """
-    batch = validate.positive_int("batch", batch)
-    n_context = validate.positive_int("n_context", n_context)
-    d_in = validate.positive_int("d_in", d_in)
-    d_out = validate.positive_int("d_out", d_out)
+    batch, n_context, d_in, d_out, w_scale, noise_std = _linear_sizes(
+        batch, n_context, d_in, d_out, w_scale, noise_std
+    )
     condition = _finite_at_least("condition", condition, 1.0)
     x_var = validate.positive_number("x_var", x_var)
     rotation = _seed("rotation", rotation)
-    w_scale = validate.non_negative_number("w_scale", w_scale)
-    noise_std = validate.non_negative_number("noise_std", noise_std)
     dtype = _float_dtype(dtype)
     return _gaussian_regression(
         key, batch, n_context, d_in, d_out, condition, x_var, rotation, w_scale,
@@ -383,13 +389,10 @@ def drifting_regression(
     Returns a :class:`LinearTask`; recent pairs are the more informative, which sample-weighted
     GD (:func:`ssm_gd.gd.weighted_predict`) exploits and plain GD cannot.
     """
-    batch = validate.positive_int("batch", batch)
-    n_context = validate.positive_int("n_context", n_context)
-    d_in = validate.positive_int("d_in", d_in)
-    d_out = validate.positive_int("d_out", d_out)
+    batch, n_context, d_in, d_out, w_scale, noise_std = _linear_sizes(
+        batch, n_context, d_in, d_out, w_scale, noise_std
+    )
     x_range = validate.non_negative_number("x_range", x_range)
-    w_scale = validate.non_negative_number("w_scale", w_scale)
-    noise_std = validate.non_negative_number("noise_std", noise_std)
     drift_coefficients(n_context, switch_at)  # checks switch_at
     dtype = _float_dtype(dtype)
     switch = None if switch_at is None else int(switch_at)

@@ -1,44 +1,37 @@
-"""The optax trainer: a GD-SSM from random initialisation, on freshly sampled tasks, toward GD.
+"""In-context regression training: the config, the model, the task and its GD references.
 
-One call, :func:`train`, runs the whole loop:
+:func:`train` trains a GD-SSM (or a neighbour) from random initialisation on freshly sampled
+regression tasks and compares it with GD. The loop itself is :func:`ssm_gd.trainer.fit`, which
+knows nothing of regression; this module describes the task to it (:func:`regression_task`):
 
-* **Fresh tasks every step**, sampled on the device inside the jitted step from
-  ``fold_in(key, step)``: no host data pipeline, and a run is a pure function of its config.
-* **Chunks of steps in one compiled call**: ``eval_every`` steps run inside one ``lax.scan``, so
-  the per-step Python overhead of a tiny model is paid once per evaluation, not per step.
-* **Parameter groups** (``optax.multi_transform``): the recurrence's ``Λ`` with its own learning
-  rate and no weight decay; everything else with AdamW. Warmup + cosine schedules, gradient clipping.
+* **Tasks** sampled on the device inside the jitted step (:func:`sample`): isotropic (default),
+  non-isotropic or drifting (:mod:`ssm_gd.tasks`).
+* **Models**: the GD-SSM (default) or one of its neighbours (:mod:`ssm_gd.neighbours`: linear
+  self-attention, H3, a plain SSM), :func:`make_model`.
+* **Optimizer** (:func:`make_optimizer`, ``optax.multi_transform``): the recurrence's ``Λ`` with its
+  own learning rate and no weight decay; everything else with AdamW. Warmup + cosine schedules,
+  gradient clipping.
 * **Evaluation** on a fixed set of ``eval_size`` tasks against K-step GD at its best step size on
   that set (:mod:`ssm_gd.metrics`), and the parameter match against the construction at that η.
   For one step with a neighbour model, another task or the matrix query map
   (:func:`wants_references`), also against the neighbours' GD variants on the same set:
   preconditioned GD with the optimal ``Γ`` for the task and sample-weighted GD with the best
   ``(η, λ)`` (:mod:`ssm_gd.gd`).
-* **Models and tasks**: the GD-SSM (default) or one of its neighbours (:mod:`ssm_gd.neighbours`:
-  linear self-attention, H3, a plain SSM), on isotropic (default), non-isotropic or drifting tasks.
-* **Logging**: ``history.jsonl`` (one line per evaluation), ``summary.json``, a progress bar with the
-  current loss beside GD's.
-* **Checkpoints** (orbax) at every evaluation and ``resume=True``: a resumed run is the same
-  computation as an uninterrupted one, so its metrics match exactly.
-* **Data parallel** over all local devices (``jax.sharding``, batch axis); parameters replicated.
-* **Non-finite loss** stops the run (:class:`TrainingDiverged`, naming the first bad step); the
-  state stops updating at that step inside the chunk, and the last good checkpoint is kept.
+* **Outputs**: ``history.jsonl``, ``summary.json``, ``config.json``, checkpoints and exact resume
+  (:mod:`ssm_gd.checkpoints`); a non-finite loss stops the run (:class:`TrainingDiverged`).
+* **Command line**: :func:`config_from_args`, one flag per :class:`Config` field.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import pathlib
 import re
-import shutil
-import sys
 import time
 import typing
-import warnings
 from typing import Any
 
 import jax
@@ -46,15 +39,32 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from ssm_gd import construction, gd, metrics, neighbours, scan, tasks, validate
-from ssm_gd.layers import GDSSM, IMPLS, PARAMETRIZATIONS, QUERY_MAPS, GDSSMInit, identity_init
+from ssm_gd import (
+    checkpoints,
+    construction,
+    gd,
+    metrics,
+    neighbours,
+    scan,
+    tasks,
+    trainer,
+    validate,
+)
+from ssm_gd.checkpoints import NoCheckpoint, ResumeError, clear_outputs
+from ssm_gd.initializers import identity_init
+from ssm_gd.layers import GDSSM, IMPLS, PARAMETRIZATIONS, QUERY_MAPS, GDSSMInit
+from ssm_gd.trainer import TrainingDiverged
 
 __all__ = [
+    "CHOICES",
+    "DTYPES",
+    "HELP",
     "INITS",
+    "LOSS_ON",
     "MODELS",
+    "RESUMABLE_CHANGES",
+    "TARGETS",
     "TASKS",
     "Config",
     "NoCheckpoint",
@@ -64,7 +74,11 @@ __all__ = [
     "clear_outputs",
     "config_from_args",
     "input_covariance",
+    "make_model",
+    "make_optimizer",
     "reference_preconditioner",
+    "regression_task",
+    "sample",
     "train",
     "wants_references",
 ]
@@ -77,6 +91,13 @@ TASKS = ("isotropic", "anisotropic", "drift")
 
 # The warmup when ``warmup_steps`` is left unset: ``min(WARMUP_STEPS, steps // 4)``.
 WARMUP_STEPS = 50
+
+# Config fields that may differ between a run and its resume. Empty: every field of Config changes
+# the trajectory (``steps`` the cosine schedule, ``eval_every`` where evaluations and checkpoints
+# fall, ``seed`` the data, ...), so a resume must use the very config the run started with. A
+# future field that does not (say a logging option) goes here. Arguments of :func:`train` outside
+# Config (``progress``) may always differ.
+RESUMABLE_CHANGES: frozenset[str] = frozenset()
 
 # The closed sets of values of the string fields (the command line's ``choices``).
 CHOICES = {
@@ -313,10 +334,6 @@ def _with_flags(message: str) -> str:
     return pattern.sub(replace, message)
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 @dataclasses.dataclass
 class Result:
     """What :func:`train` returns: the trained and constructed models and the numbers.
@@ -445,8 +462,8 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
     )
 
 
-def _loss(graphdef, params, task, config: Config):
-    model = nnx.merge(graphdef, params)
+def _loss(model, task, config: Config):
+    """The training loss of ``model`` on a batch of tasks (``config.loss_on``)."""
     toks = tasks.tokens(task, config.layout)
     if config.loss_on == "query":  # the last window alone, without the other windows' states
         return gd.loss(model.predict_query(toks), task.y_query)
@@ -454,31 +471,6 @@ def _loss(graphdef, params, task, config: Config):
     # Window t predicts y_{t+1}; the last window predicts y_q.
     target = jnp.concatenate([task.y[:, 1:], task.y_query[:, None]], axis=1)
     return gd.loss(pred, target)
-
-
-def _make_chunk(graphdef, optimizer, config: Config, data_sharding, train_key):
-    """A jitted ``(params, opt_state, start, length) → (params, opt_state, losses, bad_step)``."""
-
-    def one_step(carry, step):
-        params, opt_state, bad = carry
-        task = sample(config, jax.random.fold_in(train_key, step), config.batch_size)
-        task = jax.lax.with_sharding_constraint(task, data_sharding)
-        loss, grads = jax.value_and_grad(_loss, argnums=1)(graphdef, params, task, config)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        ok = jnp.isfinite(loss) & (bad < 0)
-        # After the first non-finite loss the state freezes: the caller gets the last good one.
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), step, bad)
-        return (keep(new_params, params), keep(new_opt_state, opt_state), bad), loss
-
-    @jax.jit
-    def chunk(params, opt_state, steps):
-        init = (params, opt_state, jnp.asarray(-1, steps.dtype))
-        (params, opt_state, bad), losses = jax.lax.scan(one_step, init, steps)
-        return params, opt_state, losses, bad
-
-    return chunk
 
 
 # ------------------------------------------------------------------- the GD variants as references
@@ -593,12 +585,6 @@ def _check_references(config: Config, gd_lr: float, gd_best: float) -> None:
     )
 
 
-def _device_mesh():
-    return jax.make_mesh(
-        (jax.device_count(),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,)
-    )
-
-
 def train(
     config: Config,
     out: str | pathlib.Path | None = None,
@@ -608,6 +594,9 @@ def train(
 ) -> Result:
     """Train a GD-SSM (or a neighbour) as ``config`` says; write ``history.jsonl``,
     ``summary.json`` and checkpoints under ``out`` (nothing is written when ``out`` is ``None``).
+
+    The loop is :func:`ssm_gd.trainer.fit`; this function describes the task to it
+    (:func:`regression_task`) and writes the summary.
 
     Raises:
       ValueError: a config that does not fit the devices (``batch_size`` and ``eval_size`` must be
@@ -625,56 +614,97 @@ def train(
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a ssm_gd.train.Config; got {type(config).__name__}")
-    n_dev = jax.device_count()
-    for name in ("batch_size", "eval_size"):
-        if getattr(config, name) % n_dev:
-            raise ValueError(
-                f"{name} must be divisible by the number of devices ({n_dev}); "
-                f"got {getattr(config, name)}"
-            )
+    trainer.check_divisible(batch_size=config.batch_size, eval_size=config.eval_size)
     if resume and out is None:
         raise ValueError("resume=True needs an output folder (out) to resume from")
+    stored = dataclasses.asdict(config)
     if resume:  # before any work: a checkpoint to resume from, and the run's own config
-        _check_resumable(pathlib.Path(out), config)
+        checkpoints.check_resumable(out, stored, RESUMABLE_CHANGES)
     start_time = time.perf_counter()
-    mesh = _device_mesh()
-    data_sharding = NamedSharding(mesh, P("batch"))
-    replicated = NamedSharding(mesh, P())
-
     key_train, key_eval = jax.random.split(jax.random.key(config.seed + 1))
     model = make_model(config)
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = jax.device_put(params, replicated)
-    optimizer = make_optimizer(config, params)
-    opt_state = jax.device_put(optimizer.init(params), replicated)
-
-    # The evaluation set, GD at its best η on it, and the construction at that η.
-    _say(progress, f"sampling the evaluation set ({config.eval_size} tasks), GD's best η on it")
-    eval_task = jax.device_put(sample(config, key_eval, config.eval_size), data_sharding)
-    gd_lr, gd_best = metrics.gd_loss(eval_task, steps=config.n_steps)
-    gd_lr = float(gd_lr)
-    _check_references(config, gd_lr, float(gd_best))
-    # The published code's grid (arange(0.001, 25, 0.1)), reported beside the exact optimum.
-    grid_lr, grid_loss = gd.grid_search_lr(
-        eval_task.x, eval_task.y, eval_task.x_query, eval_task.y_query, steps=config.n_steps
+    task, refs = regression_task(config, key_eval, progress=progress)
+    fitted = trainer.fit(
+        model,
+        make_optimizer(config, nnx.state(model, nnx.Param)),
+        task,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        eval_every=config.eval_every,
+        key=key_train,
+        out=out,
+        config=stored,
+        resume=resume,
+        may_differ=RESUMABLE_CHANGES,
+        progress=progress,
     )
+    summary = {
+        **_summary(fitted.history[-1], refs),
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        # Training steps alone (the progress bar's "train"): evaluation excluded, and compilation
+        # too where there is more than one chunk (the first compiles). wall_seconds has it all.
+        "wall_seconds": time.perf_counter() - start_time,
+        "train_steps_per_second": fitted.train_steps_per_second,
+        "time_to_target": _time_to_target(fitted.history),
+        "devices": [str(d) for d in jax.devices()],
+        "config": stored,
+    }
+    if fitted.steps_trained == 0 and resume:  # a finished run, resumed: its own timings
+        summary["wall_seconds"] = fitted.wall_seconds
+    if out is not None:
+        (pathlib.Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return Result(
+        model=fitted.model,
+        constructed=refs["constructed"],
+        summary=summary,
+        history=fitted.history,
+    )
+
+
+def regression_task(config: Config, key_eval, *, progress: bool = False):
+    """In-context regression as a :class:`ssm_gd.trainer.Task`, and its references.
+
+    Samples the evaluation set (``eval_size`` tasks from ``key_eval``, sharded over the devices),
+    finds GD's best step size on it (exact, and on the published grid), least squares, the
+    neighbours' GD variants where :func:`wants_references`, and the construction the parameter
+    match compares with. Each evaluation compares the model with them (:func:`metrics.evaluate`).
+    Returns ``(task, refs)``; ``refs`` holds the references' numbers and the construction.
+    """
+    trainer.say(progress, f"sampling the evaluation set ({config.eval_size} tasks), GD's best η")
+    eval_task = jax.device_put(sample(config, key_eval, config.eval_size), trainer.batch_sharding())
+    gd_lr, gd_best = metrics.gd_loss(eval_task, steps=config.n_steps)
+    gd_lr, gd_best = float(gd_lr), float(gd_best)
+    _check_references(config, gd_lr, gd_best)
+    args = (eval_task.x, eval_task.y, eval_task.x_query, eval_task.y_query)
+    # The published code's grid (arange(0.001, 25, 0.1)), reported beside the exact optimum.
+    grid_lr, grid_loss = gd.grid_search_lr(*args, steps=config.n_steps)
     # The neighbours' GD variants on the same set (preconditioned, sample-weighted), where they
     # differ from plain GD or the model is built for them (wants_references).
-    refs = _references(config, eval_task, gd_lr) if wants_references(config) else None
-    constructed = _construction(config, gd_lr, refs)
-    lsq_loss = float(
-        gd.loss(gd.least_squares(eval_task.x, eval_task.y, eval_task.x_query), eval_task.y_query)
-    )
+    others = _references(config, eval_task, gd_lr) if wants_references(config) else None
+    constructed = _construction(config, gd_lr, others)
+    lsq_loss = float(gd.loss(gd.least_squares(*args[:3]), eval_task.y_query))
     sens_size = min(config.sens_size, config.eval_size)
-    ref_sens = {} if refs is None else _reference_sensitivities(eval_task, refs, sens_size)
-    _say(progress, f"GD at its best step size: η = {gd_lr:.4g}, loss {float(gd_best):.4g} "
-                   f"(least squares: {lsq_loss:.4g})")  # fmt: skip
+    ref_sens = {} if others is None else _reference_sensitivities(eval_task, others, sens_size)
+    trainer.say(progress, f"GD at its best step size: η = {gd_lr:.4g}, loss {gd_best:.4g} "
+                          f"(least squares: {lsq_loss:.4g})")  # fmt: skip
+    refs = {
+        "gd_lr": gd_lr,
+        "gd_loss_at_best_lr": gd_best,
+        "gd_lr_grid": float(grid_lr),
+        "gd_loss_grid": float(grid_loss),
+        "lsq_loss": lsq_loss,
+        "others": others,
+        "constructed": constructed,
+    }
 
     @jax.jit
-    def evaluate_on(params, task, ref_sens):
-        m = nnx.merge(graphdef, params)
+    def evaluate_on(
+        params, graphdef_free, task, ref_sens
+    ):  # the set is an argument, not a constant
         return metrics.evaluate(
-            m,
+            nnx.merge(graphdef_free, params),
             task,
             layout=config.layout,
             gd_lr=gd_lr,
@@ -684,149 +714,74 @@ def train(
             other_refs=ref_sens,
         )
 
-    def evaluate(params):  # the set is an argument, not a constant baked into the program
-        return evaluate_on(params, eval_task, ref_sens)
-
-    chunk = _make_chunk(graphdef, optimizer, config, data_sharding, key_train)
-
-    out = None if out is None else pathlib.Path(out)
-    manager = None
-    history: list[dict[str, Any]] = []
-    step = 0
-    stored_summary = None
-    if out is not None and resume:
-        # Everything is checked before anything in out changes: the config, the newest intact
-        # checkpoint, a history that leads to it. Then the history is cut at that step.
-        folder = out / "checkpoints"
-        manager = _checkpoint_manager(folder)
-        try:
-            step, params, opt_state = _restore_latest(manager, folder, params, opt_state)
-            history = _read_history(out / "history.jsonl", up_to=step, eval_every=config.eval_every)
-        except BaseException:
-            manager.close()
-            raise
-        if step < config.steps:  # training continues: the old summary no longer describes it
-            (out / "summary.json").unlink(missing_ok=True)
-        elif (out / "summary.json").exists():  # finished: keep the timings of the run that trained
-            try:
-                stored_summary = json.loads((out / "summary.json").read_text())
-            except json.JSONDecodeError:
-                stored_summary = None
-    elif out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        clear_outputs(out)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-        manager = _checkpoint_manager(out / "checkpoints")
-
-    def record(step, params, train_loss):
-        values = {k: float(v) for k, v in evaluate(params).items()}
-        m = nnx.merge(graphdef, params)
-        match = None if constructed is None else metrics.param_match_error(m, constructed)
-        row = {
-            "step": step,
-            "train_loss": train_loss,
-            "val_loss": values["loss"],
-            "gd_loss": values["gd_loss"],
-            "loss_ratio": values["loss"] / values["gd_loss"],
-            "preds_diff": values["preds_diff"],
-            "model_diff": values["model_diff"],
-            "model_cos": values["model_cos"],
-            "param_match_error": None if match is None else match["total"],
-            "param_match": match,
-            "elapsed": time.perf_counter() - start_time,
+    def evaluate(model):
+        graphdef, params = nnx.split(model, nnx.Param)
+        values = {
+            k: float(v) for k, v in evaluate_on(params, graphdef, eval_task, ref_sens).items()
         }
-        if refs is not None:  # the neighbours' GD variants (constant on the set) and alignments
-            for name in ("pgd", "wgd"):
-                row[f"{name}_loss"] = refs[f"{name}_loss"]
-                row[f"loss_ratio_{name}"] = values["loss"] / refs[f"{name}_loss"]
-                row[f"model_cos_{name}"] = values[f"model_cos_{name}"]
-                row[f"model_diff_{name}"] = values[f"model_diff_{name}"]
-        history.append(row)
-        if out is not None:
-            with open(out / "history.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            _save(manager, step, params, opt_state)
-        return row
+        return _row(values, model, refs)
 
-    if not history:
-        _say(progress, "compiling the evaluation, evaluating the initial model")
-        record(0, params, None)
+    def postfix(row):
+        return {k: f"{row[v]:.4f}" for k, v in (("loss", "val_loss"), ("gd", "gd_loss"),
+                                                ("cos", "model_cos"))}  # fmt: skip
 
-    if step < config.steps:
-        _say(progress, f"compiling the training step ({min(config.eval_every, config.steps - step)}"
-                       " steps per call), then training")  # fmt: skip
-    bar = _progress(config.steps, step, progress)
-    steps_per_second = []  # training steps alone, per chunk: no evaluation (the first compiles)
-    try:
-        while step < config.steps:
-            length = min(config.eval_every, config.steps - step)
-            t0 = time.perf_counter()
-            new_params, new_opt_state, losses, bad = chunk(
-                params, opt_state, jnp.arange(step, step + length)
-            )
-            bad = int(bad)
-            if bad >= 0:
-                raise TrainingDiverged(
-                    f"non-finite training loss at step {bad} (loss={float(losses[bad - step])}); "
-                    f"stopped, last good checkpoint: step {step}"
-                    + (f" under {out / 'checkpoints'}" if out is not None else "")
-                )
-            params, opt_state = new_params, new_opt_state
-            train_loss = float(jnp.mean(losses[-min(length, 50) :]))
-            steps_per_second.append(length / (time.perf_counter() - t0))
-            step += length
-            row = record(step, params, train_loss)
-            bar.update(length)
-            bar.set_postfix({"loss": f"{row['val_loss']:.4f}", "gd": f"{row['gd_loss']:.4f}",
-                             "cos": f"{row['model_cos']:.4f}",
-                             "train": _rate_label(steps_per_second)})  # fmt: skip
-    finally:
-        bar.close()
-        if manager is not None:
-            manager.close()
+    def loss(model, task):
+        return _loss(model, task, config)
 
-    final = history[-1]
-    model = nnx.merge(graphdef, params)
-    summary = {
+    task = trainer.Task(
+        sample=lambda key, batch: sample(config, key, batch),
+        loss=loss,
+        evaluate=evaluate,
+        postfix=postfix,
+    )
+    return task, refs
+
+
+def _row(values: dict[str, float], model, refs) -> dict[str, Any]:
+    """One history row of the regression metrics (``values`` from :func:`metrics.evaluate`)."""
+    constructed, others = refs["constructed"], refs["others"]
+    match = None if constructed is None else metrics.param_match_error(model, constructed)
+    row = {
+        "val_loss": values["loss"],
+        "gd_loss": values["gd_loss"],
+        "loss_ratio": values["loss"] / values["gd_loss"],
+        "preds_diff": values["preds_diff"],
+        "model_diff": values["model_diff"],
+        "model_cos": values["model_cos"],
+        "param_match_error": None if match is None else match["total"],
+        "param_match": match,
+    }
+    if others is not None:  # the neighbours' GD variants (constant on the set) and alignments
+        for name in ("pgd", "wgd"):
+            row[f"{name}_loss"] = others[f"{name}_loss"]
+            row[f"loss_ratio_{name}"] = values["loss"] / others[f"{name}_loss"]
+            row[f"model_cos_{name}"] = values[f"model_cos_{name}"]
+            row[f"model_diff_{name}"] = values[f"model_diff_{name}"]
+    return row
+
+
+def _summary(final: dict[str, Any], refs) -> dict[str, Any]:
+    """The summary's numbers: the last evaluation against the references."""
+    keys = ("loss_ratio", "model_cos", "model_diff", "preds_diff", "param_match_error")
+    return {
         "val_loss": final["val_loss"],
         "gd_loss": final["gd_loss"],
-        "gd_lr": gd_lr,
-        "gd_loss_at_best_lr": float(gd_best),
-        "gd_lr_grid": float(grid_lr),
-        "gd_loss_grid": float(grid_loss),
-        "lsq_loss": lsq_loss,
-        "loss_ratio": final["loss_ratio"],
-        "model_cos": final["model_cos"],
-        "model_diff": final["model_diff"],
-        "preds_diff": final["preds_diff"],
-        "param_match_error": final["param_match_error"],
+        **{k: refs[k] for k in ("gd_lr", "gd_loss_at_best_lr", "gd_lr_grid", "gd_loss_grid")},
+        "lsq_loss": refs["lsq_loss"],
+        **{k: final[k] for k in keys},
         "param_match": final["param_match"],
-        **_reference_summary(final, refs),
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "wall_seconds": time.perf_counter() - start_time,
-        # Training steps alone (the progress bar's "train"): evaluation excluded, and compilation
-        # too where there is more than one chunk (the first compiles). wall_seconds has it all.
-        "train_steps_per_second": _training_rate(steps_per_second),
-        "time_to_target": _time_to_target(history),
-        "devices": [str(d) for d in jax.devices()],
-        "config": dataclasses.asdict(config),
+        **_reference_summary(final, refs["others"]),
     }
-    if stored_summary is not None and not steps_per_second:  # a finished run, resumed: no training
-        for key in ("wall_seconds", "train_steps_per_second"):  # here; the run's own timings
-            if key in summary and key in stored_summary:
-                summary[key] = stored_summary[key]
-    if out is not None:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return Result(model=model, constructed=constructed, summary=summary, history=history)
 
 
+#: What "trained ≈ GD" asks of a run (docs/design.md §7): loss within 1 % of GD's at its best η,
+#: mean cosine of the implicit models at least 0.999, parameters within 0.05 of the construction.
+#: The summary's ``time_to_target`` is the first evaluation that meets each.
 TARGETS = {"loss_ratio": 1.01, "model_cos": 0.999, "param_match_error": 0.05}
 
 
 def _time_to_target(history):
-    """The first evaluation (step, seconds) at which each target of the issue is met."""
+    """The first evaluation (step, seconds) at which each of :data:`TARGETS` is met."""
     found = {}
     for name, bound in TARGETS.items():
         for row in history:
@@ -837,256 +792,3 @@ def _time_to_target(history):
                 found[name] = {"step": row["step"], "seconds": row["elapsed"]}
                 break
     return found
-
-
-def _training_rate(steps_per_second: list[float]) -> float:
-    """Training steps per second: the median chunk, leaving out the first (it compiles)."""
-    return float(np.median(steps_per_second[1:] or steps_per_second or [0.0]))
-
-
-def _rate_label(steps_per_second: list[float]) -> str:
-    """The progress bar's ``train``: :func:`_training_rate`, marked while it includes compiling."""
-    rate = f"{_training_rate(steps_per_second):.1f} steps/s"
-    return rate + " (with compiling)" if len(steps_per_second) == 1 else rate
-
-
-def _say(enabled: bool, message: str) -> None:
-    """One line on stderr about what the run is doing (with ``progress=True`` only)."""
-    if not enabled:
-        return
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        print(message, file=sys.stderr, flush=True)
-    else:
-        tqdm.write(message, file=sys.stderr)
-
-
-def _progress(total, initial, enabled):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency; keep working without it
-        enabled = False
-    if not enabled:
-
-        class _Silent:
-            def update(self, n):
-                pass
-
-            def set_postfix(self, *args, **kw):
-                pass
-
-            def close(self):
-                pass
-
-        return _Silent()
-    # No rate of its own: it would count evaluation and compilation; the postfix's "train" is the
-    # rate of the training steps alone, the summary's train_steps_per_second.
-    fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, bar_format=fmt)
-
-
-# ---------------------------------------------------------------------------------- checkpoints
-
-# What a run writes at the top level of ``out``, in one place: a fresh run (not ``resume``)
-# removes these first, so nothing of an earlier run in the same folder survives beside the new
-# one (a summary or figures next to a history they do not describe). ``*.png``: the experiments'
-# figures (:mod:`experiments.linear` writes them beside the run's files). Nothing else in ``out``
-# (other files, other subfolders) is touched.
-RUN_FILES = ("history.jsonl", "summary.json", "config.json")
-RUN_FOLDERS = ("checkpoints",)
-RUN_FIGURES = "*.png"
-
-# Config fields that may differ between a run and its resume. Empty: every field of Config changes
-# the trajectory (``steps`` the cosine schedule, ``eval_every`` where evaluations and checkpoints
-# fall, ``seed`` the data, ...), so a resume must use the very config the run started with. A
-# future field that does not (say a logging option) goes here. Arguments of :func:`train` outside
-# Config (``progress``) may always differ.
-RESUMABLE_CHANGES: frozenset[str] = frozenset()
-
-
-class ResumeError(ValueError):
-    """``resume=True`` cannot continue the run in ``out`` exactly (another config, no intact
-    checkpoint, a history that does not reach the checkpoint); the message says why."""
-
-
-class NoCheckpoint(ResumeError, FileNotFoundError):
-    """``resume=True`` on a folder without a checkpoint (or without the folder)."""
-
-
-def clear_outputs(out: str | pathlib.Path) -> None:
-    """Remove what a run writes in ``out`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`, top-level
-    ``*.png``); leave everything else. :func:`train` calls it before a fresh run."""
-    out = pathlib.Path(out)
-    if not out.is_dir():
-        return
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for name in RUN_FOLDERS:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-    for figure in out.glob(RUN_FIGURES):
-        if figure.is_file():
-            figure.unlink()
-
-
-def _check_resumable(out: pathlib.Path, config: Config) -> None:
-    """Refuse to resume a folder without a checkpoint, or with another config."""
-    folder = out / "checkpoints"
-    if not folder.is_dir():
-        raise NoCheckpoint(f"cannot resume {out}: no checkpoint in {folder} (no such folder)")
-    manager = _checkpoint_manager(folder)
-    try:
-        if not manager.all_steps():
-            raise NoCheckpoint(f"cannot resume {out}: no checkpoint in {folder}")
-    finally:
-        manager.close()
-    _check_config(out, config)
-
-
-def _check_config(out: pathlib.Path, config: Config) -> None:
-    """Refuse to resume with a config that differs from the one the run started with."""
-    path = out / "config.json"
-    if not path.exists():
-        raise ResumeError(
-            f"cannot resume {out}: {path} is missing, so the config the run started with is "
-            "unknown; start a fresh run (without --resume) or use another --out"
-        )
-    try:
-        stored = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ResumeError(f"cannot resume {out}: {path} is unreadable ({e})") from e
-    new = dataclasses.asdict(config)
-    missing = object()
-    changes = [
-        f"{name} {'(not recorded)' if old is missing else repr(old)} -> "
-        f"{'(not set)' if value is missing else repr(value)}"
-        for name in [*new, *(n for n in stored if n not in new)]
-        if name not in RESUMABLE_CHANGES
-        for old, value in [(stored.get(name, missing), new.get(name, missing))]
-        if old is missing or value is missing or old != value
-    ]
-    if changes:
-        raise ResumeError(
-            f"cannot resume {out}: the run was started with a different config: "
-            f"{', '.join(changes)}; start a fresh run (without --resume) or use another --out"
-        )
-
-
-def _checkpoint_manager(path: pathlib.Path):
-    import orbax.checkpoint as ocp
-
-    # cleanup_tmp_directories: an interrupted save's ``<step>.orbax-checkpoint-tmp-*`` folder is
-    # never read as a step; this removes it too, rather than leaving it beside the steps.
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=2, enable_async_checkpointing=False, cleanup_tmp_directories=True
-    )
-    # The handler named up front: reading a step's metadata then needs no restore first.
-    return ocp.CheckpointManager(
-        path.absolute(), options=options, item_handlers=ocp.StandardCheckpointHandler()
-    )
-
-
-def _state_digest(state) -> str:
-    """A SHA-256 of every array's dtype, shape and bytes: saved with the checkpoint and checked
-    on restore, so damage that still decodes (zeroed bytes, say) is caught."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(state):
-        a = np.asarray(jax.device_get(leaf))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-def _save(manager, step, params, opt_state):
-    import orbax.checkpoint as ocp
-
-    state = {"params": params, "opt_state": opt_state}
-    manager.save(
-        step,
-        args=ocp.args.StandardSave(state),
-        custom_metadata={"digest": _state_digest(state)},
-    )
-    manager.wait_until_finished()
-
-
-def _restore(manager, step, params, opt_state):
-    """The state saved at ``step``, checked against its digest; raises if it is not intact."""
-    import orbax.checkpoint as ocp
-
-    like = {"params": params, "opt_state": opt_state}
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
-    )
-    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-    got, want = jax.tree.structure(restored), jax.tree.structure(target)
-    if got != want:
-        raise ValueError(f"its tree is {got}, expected {want}")
-    for path, a, t in zip(
-        jax.tree_util.tree_flatten_with_path(restored)[0], jax.tree.leaves(restored),
-        jax.tree.leaves(target), strict=True,
-    ):  # fmt: skip
-        name = jax.tree_util.keystr(path[0])
-        if a.shape != t.shape or a.dtype != t.dtype:
-            raise ValueError(f"{name} is {a.dtype}{a.shape}, expected {t.dtype}{t.shape}")
-        if jnp.issubdtype(a.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(a))):
-            raise ValueError(f"{name} has non-finite values")
-    saved = (manager.metadata(step).custom_metadata or {}).get("digest")
-    if saved is None:
-        raise ValueError("no digest in its _CHECKPOINT_METADATA (missing or unreadable)")
-    if _state_digest(restored) != saved:
-        raise ValueError("its arrays do not match the digest saved with them")
-    return restored["params"], restored["opt_state"]
-
-
-def _restore_latest(manager, folder: pathlib.Path, params, opt_state):
-    """The newest intact checkpoint: ``(step, params, opt_state)``. A broken newer step is
-    reported (``warnings.warn``) and deleted, as resuming from an earlier step writes it anew."""
-    steps = sorted(manager.all_steps(), reverse=True)
-    if not steps:
-        raise NoCheckpoint(f"cannot resume: no checkpoint in {folder}")
-    broken = []
-    for step in steps:
-        try:
-            params_, opt_state_ = _restore(manager, step, params, opt_state)
-        except Exception as e:  # orbax and tensorstore raise many kinds (ValueError, JSON, OS)
-            reason = " ".join(str(e).split())[:300] or type(e).__name__
-            broken.append(step)
-            warnings.warn(
-                f"checkpoint step {step} ({folder / str(step)}) is broken and is skipped: {reason}",
-                stacklevel=3,
-            )
-            continue
-        for bad in broken:  # newer than the step resumed from: the replay saves them again
-            manager.delete(bad)
-        return step, params_, opt_state_
-    raise ResumeError(
-        f"cannot resume: no intact checkpoint in {folder} (tried steps {steps}, all broken); "
-        "start a fresh run (without --resume)"
-    )
-
-
-def _read_history(path: pathlib.Path, up_to: int, eval_every: int):
-    """The history up to the restored step, checked to lead to it; the file is cut there."""
-    if not path.exists():
-        raise ResumeError(
-            f"cannot resume: {path} is missing, so the evaluations before the checkpoint (step "
-            f"{up_to}) are lost; start a fresh run (without --resume)"
-        )
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ResumeError(f"cannot resume: {path} line {number} is unreadable ({e})") from e
-    rows = [r for r in rows if r.get("step", math.inf) <= up_to]
-    expected = sorted({*range(0, up_to, eval_every), up_to})
-    got = [r.get("step") for r in rows]
-    if got != expected:
-        raise ResumeError(
-            f"cannot resume: {path} does not match the checkpoint at step {up_to}: it has the "
-            f"evaluations at steps {got}, expected {expected}; start a fresh run (without --resume)"
-        )
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows

@@ -1,4 +1,4 @@
-"""Shared test settings.
+"""Shared test settings (and the order in which the longest tests start).
 
 * float64 where the mathematics is exact; float32 checks ask for it explicitly.
 * The suite compiles hundreds of small programs: LLVM's backend optimisation is most of that
@@ -15,3 +15,12 @@ os.environ["XLA_FLAGS"] = (
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+# The longest tests first: pytest-xdist hands tests to the workers in collection order, so a
+# several-minute test collected last would run alone at the end while the other worker idles.
+LONGEST_FIRST = ("test_reproduce.py::test_quick_reproduce_writes_every_experiment_and_the_report",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.endswith(LONGEST_FIRST))

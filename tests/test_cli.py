@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import linear
-from ssm_gd import plots, train
+from ssm_gd import plots, train, trainer
 
 
 def _exit(capsys, parse, argv):
@@ -192,8 +192,8 @@ def test_command_line_float64_run_says_what_it_does(tmp_path):
 
 
 def test_say_is_quiet_without_progress(capsys):
-    train._say(False, "hidden")
-    train._say(True, "shown")
+    trainer.say(False, "hidden")
+    trainer.say(True, "shown")
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == "shown\n"
 

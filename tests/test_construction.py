@@ -1,4 +1,4 @@
-"""The constructed GD-SSM equals explicit K-step GD on every prefix (DESIGN.md §1)."""
+"""The constructed GD-SSM equals explicit K-step GD on every prefix (docs/design.md §4)."""
 
 import jax
 import jax.numpy as jnp

@@ -63,11 +63,13 @@ def test_ood_inputs_have_the_training_variance():
         assert abs(x.mean()) < 3e-3 and abs(x.std() - 12**-0.5) < 3e-3, dist
 
 
-def test_sweep_rejects_bad_sizes(tmp_path):
+def test_sweep_rejects_bad_sizes(tmp_path, capsys):
     from experiments import sweep
 
-    with pytest.raises(ValueError, match="--dims must be positive"):
+    with pytest.raises(SystemExit) as info:
         sweep.main(["--dims", "0", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "error: --dims must be positive" in capsys.readouterr().err
 
 
 def test_kernel_ridge_matches_a_direct_solve():

@@ -1,4 +1,4 @@
-"""The GD-SSM layers against plain loops that mirror DESIGN.md §1, in float64.
+"""The GD-SSM layers against plain loops that mirror docs/design.md §3, in float64.
 
 * ``windows``, ``local_self_attention`` / ``LocalSelfAttention`` / ``LocalMixing`` and
   ``gd_readout`` against explicit numpy loops;
@@ -19,17 +19,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssm_gd import construction, layers, scan
+from ssm_gd import construction, readout, scan
+from ssm_gd.initializers import fill_init, uniform_init
 from ssm_gd.layers import (
     GDSSM,
     DiagonalRecurrence,
     GDSSMInit,
     LocalMixing,
     LocalSelfAttention,
-    decay_init,
     gd_readout,
     local_self_attention,
-    uniform_init,
     windows,
 )
 from ssm_gd.tokens import Tokens
@@ -175,7 +174,7 @@ def test_local_modules_reject_bad_sizes(module, window, stride, name):
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4])
 def test_gd_readout_equals_unrolled_sum(steps):
-    # u_K = Σ_{j<K} (I − C_x S^x)^j q, so ŷ = C_y S^y Σ_{j<K} (I − C_x S^x)^j q (DESIGN.md §1).
+    # u_K = Σ_{j<K} (I − C_x S^x)^j q, so ŷ = C_y S^y Σ_{j<K} (I − C_x S^x)^j q (docs/design.md §5).
     rng = np.random.default_rng(steps)
     b, n, h, o = 2, 3, 3, 2
     s_y, s_x = rng.normal(size=(b, n, h, h)), 0.5 * rng.normal(size=(b, n, h, h))
@@ -218,8 +217,8 @@ STATE = (2, 3)
 # (name, initializer, parametrizations it is valid for, the Λ it must give for nnx.Rngs(3)).
 LAM_INITS = [
     ("ones", "ones", ("direct", "bounded"), lambda: np.ones(STATE)),
-    ("decay", decay_init(0.7), ("direct", "bounded"), lambda: np.full(STATE, 0.7)),
-    ("decay-negative", decay_init(-0.5), ("direct",), lambda: np.full(STATE, -0.5)),
+    ("decay", fill_init(0.7), ("direct", "bounded"), lambda: np.full(STATE, 0.7)),
+    ("decay-negative", fill_init(-0.5), ("direct",), lambda: np.full(STATE, -0.5)),
     (
         "uniform-signed",
         uniform_init(-0.9, 0.9),
@@ -299,8 +298,8 @@ def test_bounded_parametrization_keeps_lambda_in_unit_interval(impl):
         (dict(parametrization="softplus"), r"parametrization must be one of .*'softplus'"),
         (dict(impl="fft"), r"impl must be one of .*'associative'.*'sequential'.*'fft'"),
         (dict(lam_init="zeros"), r"lam_init must be one of \['ones'\] or an initializer.*'zeros'"),
-        (dict(parametrization="bounded", lam_init=decay_init(-0.5)), r"bounded.*\(0, 1\]"),
-        (dict(parametrization="bounded", lam_init=decay_init(1.5)), r"bounded.*\(0, 1\]"),
+        (dict(parametrization="bounded", lam_init=fill_init(-0.5)), r"bounded.*\(0, 1\]"),
+        (dict(parametrization="bounded", lam_init=fill_init(1.5)), r"bounded.*\(0, 1\]"),
     ],
 )
 def test_diagonal_recurrence_rejects_unknown_options(kwargs, match):
@@ -559,7 +558,7 @@ def test_gdssm_predict_query_equals_last_window_values_and_gradients(
 ):
     """The weighted-sum query prediction against every window's scan, and the loop reference,
     with the window rows transposed at once and, as for large tokens on the CPU, chunk by chunk."""
-    monkeypatch.setattr(layers, "transpose_per_chunk", lambda *_: per_chunk)
+    monkeypatch.setattr(readout, "transpose_per_chunk", lambda *_: per_chunk)
     model = random_model(cfg, seed=6, query_map=query_map)
     tokens = random_tokens(model, seed=6)
     got = nnx.jit(lambda m, t: m.predict_query(t))(model, tokens)
@@ -584,64 +583,6 @@ def test_gdssm_matrix_query_map_shape_and_init():
     assert 0.2 < float(jnp.std(model.d[...])) < 1.0
     with pytest.raises(ValueError, match="query_map must be one of"):
         GDSSM(3, 2, query_map="diagonal", rngs=nnx.Rngs(0))
-
-
-@pytest.mark.parametrize(
-    ("backend", "n_windows", "entries", "want"),
-    [
-        ("cpu", 10, 10**4, "associative"),
-        ("cpu", 511, 10**4, "associative"),
-        ("cpu", 512, 10**4, "chunked"),
-        ("gpu", 10**5, 10**6, "associative"),
-        ("gpu", 10, 2**24 + 1, "chunked"),
-        ("tpu", 10, 2**24, "associative"),
-    ],
-)
-def test_auto_impl_rule(backend, n_windows, entries, want):
-    from ssm_gd.layers import auto_impl
-
-    assert auto_impl(backend, n_windows, entries) == want
-
-
-@pytest.mark.parametrize(
-    ("backend", "batch", "entries", "want"),
-    [
-        ("cpu", 64, 2**23, True),
-        ("cpu", 256, 2**23, True),
-        ("cpu", 64, 2**23 - 1, False),
-        ("cpu", 257, 2**30, False),
-        ("gpu", 64, 2**30, False),
-        ("tpu", 64, 2**30, False),
-    ],
-)
-def test_transpose_per_chunk_rule(backend, batch, entries, want):
-    assert layers.transpose_per_chunk(backend, batch, entries) == want
-
-
-@pytest.mark.parametrize("attention", ["self-attention", "mixing"])
-def test_window_factors_per_chunk_equal_the_whole_transpose(attention):
-    # Pure data movement: the two ways of cutting windows give the same arrays, bit for bit,
-    # for a traced start (inside jit, as in the scan over chunks) and every window position.
-    att = (LocalSelfAttention if attention == "self-attention" else LocalMixing)(rngs=nnx.Rngs(0))
-    rows = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2 * 6 + 1, 4)))  # N = 6
-
-    def cut(per_chunk, start, size):
-        w, factors = layers.window_factors(att, rows, per_chunk=per_chunk)
-        return w, factors(start, size)
-
-    for start, size in [(0, 6), (0, 1), (2, 3), (5, 1)]:
-        got, want = (
-            jax.jit(cut, static_argnums=(0, 2))(per_chunk, start, size)
-            for per_chunk in (True, False)
-        )
-        assert jax.tree.structure(got) == jax.tree.structure(want)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            assert a.shape == b.shape and np.array_equal(a, b)
-        x = np.asarray(rows)
-        (lefts, rights) = want[1]
-        for a in range(3):  # position a of window t is row 2t + a, time-major and batch-minor
-            expected = np.transpose(x[:, 2 * (start + np.arange(size)) + a], (1, 2, 0))
-            np.testing.assert_array_equal(rights[a], expected)
 
 
 def test_gdssm_auto_resolves_by_size_and_equals_the_associative_scan():

@@ -1,4 +1,4 @@
-"""The metrics of ``ssm_gd.metrics`` (DESIGN.md §2), in float64.
+"""The metrics of ``ssm_gd.metrics`` (docs/design.md §7), in float64.
 
 * ``sensitivity``: GD is linear in the query, so its sensitivity is its weights ``W_K``; the
   constructed GD-SSM's is the same; a random GD-SSM's equals a reverse-mode Jacobian and a
@@ -413,8 +413,8 @@ def _transformed(d_in, d_out, layout, steps, alpha=-2.0, beta=-0.25, gamma=2.0, 
     return _from_values(d_in, d_out, layout, steps, v, lam_y, lam_x), padded
 
 
-BLOCKS_1 = {"Q_y", "C_y", "D", "scale_y", "Λ_y", "total"}
-BLOCKS_2 = BLOCKS_1 | {"Q_x", "C_x", "scale_x", "Λ_x"}
+BLOCKS_1 = {"Q_y", "C_y", "D", "scale_y", "lambda_y", "total"}
+BLOCKS_2 = BLOCKS_1 | {"Q_x", "C_x", "scale_x", "lambda_x"}
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -498,7 +498,7 @@ def test_param_match_different_step_size_is_a_scale_error():
     out = metrics.param_match_error(a, _constructed(4, 2, "interleaved", 2))
     np.testing.assert_allclose(out["scale_y"], 1.0, rtol=1e-14)
     np.testing.assert_allclose(out["scale_x"], 1.0, rtol=1e-14)
-    for k in ("Q_y", "C_y", "D", "Λ_y", "Q_x", "C_x", "Λ_x"):
+    for k in ("Q_y", "C_y", "D", "lambda_y", "Q_x", "C_x", "lambda_x"):
         assert out[k] <= TOL, k
 
 
@@ -528,8 +528,8 @@ def test_param_match_non_symmetries_score_large(d_in, d_out, layout, steps):
     decayed = _from_values(d_in, d_out, layout, steps, v, lam_y=lam_y)
     assert np.abs(call(decayed, toks) - ref).max() > 1e-3
     out = metrics.param_match_error(decayed, constructed)
-    np.testing.assert_allclose(out["Λ_y"], 0.5 / np.sqrt(min(rows, d_out) * d_in), rtol=1e-14)
-    assert out["total"] == out["Λ_y"]
+    np.testing.assert_allclose(out["lambda_y"], 0.5 / np.sqrt(min(rows, d_out) * d_in), rtol=1e-14)
+    assert out["total"] == out["lambda_y"]
 
 
 @REST

@@ -99,6 +99,8 @@ def check_neighbours_runs_the_quick_grid(quick):
         assert (quick / "neighbours" / "runs" / f"{name}.jsonl").exists()
 
 
-def test_unknown_experiment_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="--only: unknown experiment"):
+def test_unknown_experiment_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
         reproduce.main(["--only", "linear", "lienar", "--results", str(tmp_path)])
+    assert info.value.code == 2
+    assert "error: --only: unknown experiment" in capsys.readouterr().err

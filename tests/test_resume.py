@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from experiments import linear
-from ssm_gd import train
+from ssm_gd import checkpoints, train, trainer
 
 TINY = train.Config(
     n_context=4,
@@ -97,8 +97,10 @@ def test_every_config_field_must_match(finished):
     }
     for name, value in changed.items():
         with pytest.raises(train.ResumeError, match=rf"\b{name} "):
-            train._check_config(out, dataclasses.replace(TINY, **{name: value}))
-    train._check_config(out, TINY)  # the same config passes
+            checkpoints.check_config(
+                out, dataclasses.asdict(dataclasses.replace(TINY, **{name: value}))
+            )
+    checkpoints.check_config(out, dataclasses.asdict(TINY))  # the same config passes
 
 
 def test_resuming_a_finished_run_returns_its_result_without_training(finished, tmp_path):
@@ -265,7 +267,7 @@ def test_a_resumed_run_that_fails_leaves_no_stale_summary(finished, tmp_path, mo
 
         return chunk
 
-    monkeypatch.setattr(train, "_make_chunk", failing_chunk)
+    monkeypatch.setattr(trainer, "_chunk_program", failing_chunk)
     with pytest.raises(RuntimeError, match="interrupted"):
         train.train(TINY, out, resume=True, progress=False)
     assert not (out / "summary.json").exists()
