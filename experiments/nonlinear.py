@@ -79,7 +79,58 @@ def tune_kernel_ridge(task):
     return best
 
 
-def main(argv=None):
+def loss_vs_context(model, e, feat, feat_lr, *, bandwidth, reg):
+    """The loss after t context points, t = 1…N, of the trained model (one forward pass: window t
+    predicts y_{t+1}), kernel ridge on the first t points, and GD in the learned features."""
+    n_context = e.x.shape[1]
+    target = np.concatenate([np.asarray(e.y[:, 1:]), np.asarray(e.y_query)[:, None]], 1)
+    nxt = jnp.concatenate([e.x[:, 1:], e.x_query[:, None]], 1)
+    per_t = {"trained": 0.5 * np.mean((np.asarray(jax.jit(model)(e)) - target) ** 2, axis=(0, 2))}
+    prefix = jnp.arange(n_context)[None, :] <= jnp.arange(n_context)[:, None]
+    krr = jax.lax.map(
+        lambda a: kernel_ridge(e.x, e.y, a[1], bandwidth=bandwidth, reg=reg,
+                               mask=jnp.broadcast_to(a[0], e.x.shape[:2])),
+        (prefix, jnp.moveaxis(nxt, 1, 0)),
+    )  # fmt: skip
+    per_t["kernel ridge (RBF)"] = 0.5 * np.mean(
+        (np.asarray(krr).swapaxes(0, 1) - target) ** 2, (0, 2)
+    )
+    per_t["GD, learned features (η t/N)"] = 0.5 * np.mean(
+        (np.asarray(gd.predict_prefixes(feat.x, feat.y, feat.x_query, lr=feat_lr)) - target) ** 2,
+        axis=(0, 2),
+    )
+
+    return per_t
+
+
+def figures(model, e, per_t, out):
+    """``curves.png``: predicted curves on four tasks (the context fixed, the query swept over
+    the range); ``loss_vs_context.png``: :func:`loss_vs_context`."""
+    grid = jnp.linspace(-5, 5, 200)[:, None]
+    fig = Figure(figsize=(14, 3.2))
+    axes = fig.subplots(1, 4)
+    for i, ax in enumerate(axes):
+        one = jax.tree.map(lambda v, i=i: jnp.repeat(v[i : i + 1], grid.shape[0], 0), e)
+        one = one._replace(x_query=grid)
+        pred = np.asarray(jax.jit(model)(one))[:, -1, 0]
+        truth = np.asarray(e.amplitude[i] * jnp.sin(grid[:, 0] + e.phase[i]))
+        ax.plot(grid[:, 0], truth, "k-", lw=1, label="true")
+        ax.plot(grid[:, 0], pred, "C0-", label="GD-SSM")
+        ax.plot(e.x[i, :, 0], e.y[i, :, 0], "C3o", ms=4, label="context")
+        ax.set_title(f"task {i}", fontsize=9)
+    axes[0].legend(fontsize=7)
+    plots.save(fig, out / "curves.png")
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    for name, values in per_t.items():
+        ax.semilogy(np.arange(1, len(values) + 1), values, "o-", ms=3, label=name)
+    ax.set(xlabel="context points", ylabel="loss of the next prediction")
+    ax.legend(fontsize=8)
+    plots.save(fig, out / "loss_vs_context.png")
+
+
+def parse(argv=None):
+    """``(args, out, steps, eval_every)`` from the command line, every value checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/nonlinear")
     parser.add_argument("--n-context", type=int, default=20)
@@ -100,6 +151,11 @@ def main(argv=None):
         parser.error(f"--lr must be positive; got {args.lr}")
     steps = 300 if args.quick else args.steps
     every = min(args.eval_every, steps)
+    return args, out, steps, every
+
+
+def main(argv=None):
+    args, out, steps, every = parse(argv)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
@@ -150,23 +206,7 @@ def main(argv=None):
         "zero_predictor": float(gd.loss(jnp.zeros_like(e.y_query), e.y_query)),
     }
 
-    # The loss after t context points, from one forward pass (window t predicts y_{t+1}).
-    target = np.concatenate([np.asarray(e.y[:, 1:]), np.asarray(e.y_query)[:, None]], 1)
-    nxt = jnp.concatenate([e.x[:, 1:], e.x_query[:, None]], 1)
-    per_t = {"trained": 0.5 * np.mean((np.asarray(jax.jit(model)(e)) - target) ** 2, axis=(0, 2))}
-    prefix = jnp.arange(args.n_context)[None, :] <= jnp.arange(args.n_context)[:, None]
-    krr = jax.lax.map(
-        lambda a: kernel_ridge(e.x, e.y, a[1], bandwidth=bandwidth, reg=reg,
-                               mask=jnp.broadcast_to(a[0], e.x.shape[:2])),
-        (prefix, jnp.moveaxis(nxt, 1, 0)),
-    )  # fmt: skip
-    per_t["kernel ridge (RBF)"] = 0.5 * np.mean(
-        (np.asarray(krr).swapaxes(0, 1) - target) ** 2, (0, 2)
-    )
-    per_t["GD, learned features (η t/N)"] = 0.5 * np.mean(
-        (np.asarray(gd.predict_prefixes(feat.x, feat.y, feat.x_query, lr=feat_lr)) - target) ** 2,
-        axis=(0, 2),
-    )
+    per_t = loss_vs_context(model, e, feat, feat_lr, bandwidth=bandwidth, reg=reg)
 
     summary = {
         "losses": losses,
@@ -181,28 +221,7 @@ def main(argv=None):
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    # Predicted curves on a few tasks: the context fixed, the query swept over the range.
-    grid = jnp.linspace(-5, 5, 200)[:, None]
-    fig = Figure(figsize=(14, 3.2))
-    axes = fig.subplots(1, 4)
-    for i, ax in enumerate(axes):
-        one = jax.tree.map(lambda v, i=i: jnp.repeat(v[i : i + 1], grid.shape[0], 0), e)
-        one = one._replace(x_query=grid)
-        pred = np.asarray(jax.jit(model)(one))[:, -1, 0]
-        truth = np.asarray(e.amplitude[i] * jnp.sin(grid[:, 0] + e.phase[i]))
-        ax.plot(grid[:, 0], truth, "k-", lw=1, label="true")
-        ax.plot(grid[:, 0], pred, "C0-", label="GD-SSM")
-        ax.plot(e.x[i, :, 0], e.y[i, :, 0], "C3o", ms=4, label="context")
-        ax.set_title(f"task {i}", fontsize=9)
-    axes[0].legend(fontsize=7)
-    plots.save(fig, out / "curves.png")
-    fig = Figure(figsize=(5.5, 3.8))
-    ax = fig.subplots()
-    for name, values in per_t.items():
-        ax.semilogy(np.arange(1, len(values) + 1), values, "o-", ms=3, label=name)
-    ax.set(xlabel="context points", ylabel="loss of the next prediction")
-    ax.legend(fontsize=8)
-    plots.save(fig, out / "loss_vs_context.png")
+    figures(model, e, per_t, out)
     for name, value in losses.items():
         print(f"{name:<22} {value:.5f}")
     print(f"wrote {out}/summary.json and figures ({summary['wall_seconds']:.0f} s)")

@@ -18,43 +18,30 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import linear
-from ssm_gd import metrics, plots, tasks, train
+from ssm_gd import plots, tasks, train
 
 X_STRETCH = (0.5, 0.75, 1.0, 1.5, 2.0)
 W_STRETCH = (0.5, 1.0, 2.0, 3.0, 5.0)
-
-
-def _inputs(key, shape, dist: str, std: float, dtype):
-    """Inputs with mean 0 and standard deviation ``std`` from ``dist``."""
-    if dist == "uniform":
-        half = std * math.sqrt(3.0)
-        return jax.random.uniform(key, shape, dtype, -half, half)
-    if dist == "normal":
-        return std * jax.random.normal(key, shape, dtype)
-    if dist == "laplace":
-        return std / math.sqrt(2.0) * jax.random.laplace(key, shape, dtype)
-    if dist == "exponential":
-        return std * (jax.random.exponential(key, shape, dtype) - 1.0)
-    raise ValueError(f"dist must be uniform, normal, laplace or exponential; got {dist!r}")
 
 
 def shifted_tasks(
     config: train.Config, key, batch: int, *, x_scale=1.0, w_scale=1.0, dist="uniform"
 ):
     """Linear tasks like the training ones, with inputs and maps rescaled or redrawn."""
-    kx, kq, kw = jax.random.split(key, 3)
-    dtype = jnp.dtype(config.dtype)
-    std = config.x_range / math.sqrt(12.0) * x_scale  # the training inputs' std, stretched
-    x = _inputs(kx, (batch, config.n_context, config.d_in), dist, std, dtype)
-    xq = _inputs(kq, (batch, config.d_in), dist, std, dtype)
-    w = config.w_scale * w_scale * jax.random.normal(kw, (batch, config.d_out, config.d_in), dtype)
-    y = jnp.einsum("boi,bni->bno", w, x)
-    return tasks.LinearTask(x=x, y=y, x_query=xq, y_query=jnp.einsum("boi,bi->bo", w, xq), w=w)
+    return tasks.shifted_regression(
+        key,
+        batch=batch,
+        n_context=config.n_context,
+        d_in=config.d_in,
+        d_out=config.d_out,
+        x_std=config.x_range / math.sqrt(12.0) * x_scale,  # the training inputs' std, stretched
+        w_scale=config.w_scale * w_scale,
+        dist=dist,
+        dtype=config.dtype,
+    )
 
 
 def main(argv=None):
@@ -70,24 +57,12 @@ def main(argv=None):
     except train.ResumeError as error:  # one line, exit status 1: not a traceback
         sys.exit(f"error: {error}")
     gd_lr = result.summary["gd_lr"]
-    graphdef, params = nnx.split(result.model)
     batch = 4096 if args.quick else 16_384
-
-    @jax.jit
-    def evaluate(params, task):
-        return metrics.evaluate(
-            nnx.merge(graphdef, params),
-            task,
-            layout=config.layout,
-            gd_lr=gd_lr,
-            steps=config.n_steps,
-            sens_size=2048,
-            chunk_size=2048,
-        )
+    evaluate = train.evaluator(config, gd_lr, sens_size=2048)
 
     def measure(**shift):
         task = shifted_tasks(config, jax.random.key(config.seed + 11), batch, **shift)
-        values = {k: float(v) for k, v in evaluate(params, task).items()}
+        values = evaluate(result.model, task)
         values["loss_ratio"] = values["loss"] / values["gd_loss"]
         return {**shift, **values}
 

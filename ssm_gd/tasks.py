@@ -25,6 +25,7 @@ from ssm_gd import validate
 from ssm_gd.tokens import ALL_LAYOUTS, LAYOUTS, Tokens, check_layout, token_width, tokens
 
 __all__ = [
+    "INPUT_DISTRIBUTIONS",
     "ALL_LAYOUTS",
     "LAYOUTS",
     "LinearTask",
@@ -38,6 +39,7 @@ __all__ = [
     "input_spectrum",
     "linear_regression",
     "rotation_matrix",
+    "shifted_regression",
     "sine_regression",
     "token_width",
     "tokens",
@@ -419,3 +421,52 @@ def _drifting_regression(
         noise = noise_std * jax.random.normal(k_noise, (batch, n_context + 1, d_out), dtype)
         y, yq = y + noise[:, :-1], yq + noise[:, -1]
     return LinearTask(x=x, y=y, x_query=xq, y_query=yq, w=w_new)
+
+
+# ------------------------------------------------------------------ out of distribution
+
+#: Input distributions :func:`shifted_regression` draws from, each with mean 0.
+INPUT_DISTRIBUTIONS = ("uniform", "normal", "laplace", "exponential")
+
+
+def shifted_regression(
+    key: Array,
+    *,
+    batch: int,
+    n_context: int,
+    d_in: int,
+    d_out: int = 1,
+    x_std: float,
+    w_scale: float = 1.0,
+    dist: str = "uniform",
+    dtype=None,
+) -> LinearTask:
+    """Linear tasks with inputs of standard deviation ``x_std`` from ``dist`` (mean 0; the
+    exponential is centred) and maps ``W ~ N(0, w_scale²)``, no noise: the training tasks of
+    :func:`linear_regression` (``x_std = x_range/√12``, ``dist="uniform"``) moved out of their
+    distribution, for out-of-distribution tests. Drawn eagerly, with JAX's default PRNG stream.
+    """
+    batch, n_context, d_in, d_out, w_scale, _ = _linear_sizes(
+        batch, n_context, d_in, d_out, w_scale, 0.0
+    )
+    x_std = validate.positive_number("x_std", x_std)
+    dist = validate.one_of("dist", dist, INPUT_DISTRIBUTIONS)
+    dtype = _float_dtype(dtype)
+    kx, kq, kw = jax.random.split(key, 3)
+    x = _inputs(kx, (batch, n_context, d_in), dist, x_std, dtype)
+    xq = _inputs(kq, (batch, d_in), dist, x_std, dtype)
+    w = w_scale * jax.random.normal(kw, (batch, d_out, d_in), dtype)
+    y = jnp.einsum("boi,bni->bno", w, x)
+    return LinearTask(x=x, y=y, x_query=xq, y_query=jnp.einsum("boi,bi->bo", w, xq), w=w)
+
+
+def _inputs(key, shape, dist: str, std: float, dtype):
+    """Inputs with mean 0 and standard deviation ``std`` from ``dist``."""
+    if dist == "uniform":
+        half = std * np.sqrt(3.0)
+        return jax.random.uniform(key, shape, dtype, -half, half)
+    if dist == "normal":
+        return std * jax.random.normal(key, shape, dtype)
+    if dist == "laplace":
+        return std / np.sqrt(2.0) * jax.random.laplace(key, shape, dtype)
+    return std * (jax.random.exponential(key, shape, dtype) - 1.0)

@@ -73,6 +73,7 @@ __all__ = [
     "TrainingDiverged",
     "clear_outputs",
     "config_from_args",
+    "evaluator",
     "input_covariance",
     "make_model",
     "make_optimizer",
@@ -699,27 +700,7 @@ def regression_task(config: Config, key_eval, *, progress: bool = False):
         "constructed": constructed,
     }
 
-    @jax.jit
-    def evaluate_on(
-        params, graphdef_free, task, ref_sens
-    ):  # the set is an argument, not a constant
-        return metrics.evaluate(
-            nnx.merge(graphdef_free, params),
-            task,
-            layout=config.layout,
-            gd_lr=gd_lr,
-            steps=config.n_steps,
-            sens_size=sens_size,
-            chunk_size=2048,
-            other_refs=ref_sens,
-        )
-
-    def evaluate(model):
-        graphdef, params = nnx.split(model, nnx.Param)
-        values = {
-            k: float(v) for k, v in evaluate_on(params, graphdef, eval_task, ref_sens).items()
-        }
-        return _row(values, model, refs)
+    evaluate = evaluator(config, gd_lr, sens_size=sens_size, other_refs=ref_sens)
 
     def postfix(row):
         return {k: f"{row[v]:.4f}" for k, v in (("loss", "val_loss"), ("gd", "gd_loss"),
@@ -731,10 +712,37 @@ def regression_task(config: Config, key_eval, *, progress: bool = False):
     task = trainer.Task(
         sample=lambda key, batch: sample(config, key, batch),
         loss=loss,
-        evaluate=evaluate,
+        evaluate=lambda model: _row(evaluate(model, eval_task), model, refs),
         postfix=postfix,
     )
     return task, refs
+
+
+def evaluator(config: Config, gd_lr: float, *, sens_size: int, other_refs=None):
+    """``(model, task) → {metric: float}``: :func:`ssm_gd.metrics.evaluate` of a model on a batch
+    of tasks against ``config.n_steps``-step GD at ``gd_lr`` (and the implicit models
+    ``other_refs``, ``{name: W}``, on the first ``sens_size`` tasks). Compiled once per shape:
+    the model's parameters and the tasks are arguments, not constants of the program."""
+    other_refs = {} if other_refs is None else other_refs
+
+    @jax.jit
+    def evaluate_on(params, graphdef, task, other_refs):
+        return metrics.evaluate(
+            nnx.merge(graphdef, params),
+            task,
+            layout=config.layout,
+            gd_lr=gd_lr,
+            steps=config.n_steps,
+            sens_size=sens_size,
+            chunk_size=2048,
+            other_refs=other_refs,
+        )
+
+    def evaluate(model, task):
+        graphdef, params = nnx.split(model, nnx.Param)
+        return {k: float(v) for k, v in evaluate_on(params, graphdef, task, other_refs).items()}
+
+    return evaluate
 
 
 def _row(values: dict[str, float], model, refs) -> dict[str, Any]:

@@ -151,14 +151,9 @@ def fit(
         good checkpoint (the previous evaluation) is kept under ``out``.
     """
     steps = validate.positive_int("steps", steps)
-    batch_size = validate.positive_int("batch_size", batch_size)
     eval_every = validate.positive_int("eval_every", eval_every)
-    check_divisible(batch_size=batch_size)
-    if resume and out is None:
-        raise ValueError("resume=True needs an output folder (out) to resume from")
-    out = None if out is None else pathlib.Path(out)
-    if resume:
-        checkpoints.check_resumable(out, config or {}, may_differ)
+    check_divisible(batch_size=validate.positive_int("batch_size", batch_size))
+    out = _check_out(out, resume, config, may_differ)
     start = time.perf_counter()
     replicated = NamedSharding(_mesh(), P())
     graphdef, params = nnx.split(model, nnx.Param)
@@ -184,13 +179,8 @@ def fit(
             new_params, new_opt_state, losses, bad = chunk(
                 params, opt_state, jnp.arange(step, step + length)
             )
-            bad = int(bad)
-            if bad >= 0:
-                raise TrainingDiverged(
-                    f"non-finite training loss at step {bad} (loss={float(losses[bad - step])}); "
-                    f"stopped, last good checkpoint: step {step}"
-                    + (f" under {out / 'checkpoints'}" if out is not None else "")
-                )
+            if int(bad) >= 0:
+                raise _diverged(int(bad), float(losses[int(bad) - step]), step, out)
             params, opt_state = new_params, new_opt_state
             train_loss = float(jnp.mean(losses[-min(length, 50) :]))
             rates.append(length / (time.perf_counter() - t0))
@@ -206,6 +196,24 @@ def fit(
         timings.update({k: run.stored_summary[k] for k in timings if k in run.stored_summary})
     return Fit(model=nnx.merge(graphdef, params), history=run.history,
                steps_trained=step - first, **timings)  # fmt: skip
+
+
+def _diverged(bad: int, loss: float, step: int, out) -> TrainingDiverged:
+    where = f" under {out / 'checkpoints'}" if out is not None else ""
+    return TrainingDiverged(
+        f"non-finite training loss at step {bad} (loss={loss}); stopped, last good checkpoint: "
+        f"step {step}{where}"
+    )
+
+
+def _check_out(out, resume, config, may_differ):
+    """``out`` as a path (or ``None``); on resume, refuse what cannot be resumed, before work."""
+    if resume and out is None:
+        raise ValueError("resume=True needs an output folder (out) to resume from")
+    out = None if out is None else pathlib.Path(out)
+    if resume:
+        checkpoints.check_resumable(out, config or {}, may_differ)
+    return out
 
 
 class _Run:

@@ -214,6 +214,20 @@ BAD = [
         ValueError,
     ),  # fmt: skip
     (lambda: tasks.input_spectrum(3, condition=_INF), "condition", ValueError),
+    (
+        lambda: tasks.shifted_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, x_std=0.0
+        ),
+        "x_std",
+        ValueError,
+    ),  # fmt: skip
+    (
+        lambda: tasks.shifted_regression(
+            jax.random.key(0), batch=2, n_context=3, d_in=2, x_std=1.0, dist="cauchy"
+        ),
+        "dist",
+        ValueError,
+    ),  # fmt: skip
     (lambda: tasks.tokens((1, 2, 3)), "task", TypeError),
     (lambda: tasks.tokens(_T._replace(y_query=jnp.zeros(6))), "task.y_query", ValueError),
     (lambda: tasks.tokens(_T, "pair"), "layout", ValueError),
