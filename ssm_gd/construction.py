@@ -32,7 +32,7 @@ from flax import nnx
 from ssm_gd import validate
 from ssm_gd.initializers import constant_init, fill_init
 from ssm_gd.layers import GDSSM, GDSSMInit
-from ssm_gd.tokens import check_layout
+from ssm_gd.tokens import check_layout, row_width
 
 __all__ = ["gd_ssm", "gd_ssm_values"]
 
@@ -61,7 +61,7 @@ def gd_ssm_values(
         decay = validate.finite_number("decay", decay)
     c = lr / n_context
     e = np.eye(3)
-    h = max(d_in, d_out) if layout == "interleaved" else d_in
+    h = row_width(layout, d_in, d_out)
     rows = h if layout == "interleaved" else 1
     gamma = np.eye(h)
     if preconditioner is not None:

@@ -34,7 +34,7 @@ from flax import nnx
 from ssm_gd import scan, validate
 from ssm_gd.initializers import Initializer, identity_init, ones_init
 from ssm_gd.readout import auto_impl, chunked_readout, last_state_readout, window_factors
-from ssm_gd.tokens import Tokens, check_layout, read_tokens, token_width
+from ssm_gd.tokens import Tokens, check_layout, read_tokens, row_width, token_width
 
 __all__ = [
     "GDSSM",
@@ -364,7 +364,7 @@ class GDSSM(nnx.Module):
         self.n_steps = _positive_int("n_steps", n_steps)
         self.layout = layout
         self.token_width = token_width(layout, d_in, d_out)
-        h = max(d_in, d_out) if layout == "interleaved" else d_in  # the width of a window row
+        h = row_width(layout, d_in, d_out)
         rec = dict(parametrization=parametrization, impl=impl, param_dtype=param_dtype, rngs=rngs)
         att = dict(param_dtype=param_dtype, rngs=rngs)
         if layout == "interleaved":
@@ -477,6 +477,6 @@ class GDSSM(nnx.Module):
         if self.impl != "auto":
             return self.impl
         rows = self.c_y.shape[1]
-        h = self.d_in if self.layout == "constructed" else max(self.d_in, self.d_out)
+        h = row_width(self.layout, self.d_in, self.d_out)
         entries = batch * n_windows * max(rows, h if self.n_steps > 1 else 1) * h
         return auto_impl(jax.default_backend(), n_windows, entries)

@@ -35,6 +35,7 @@ __all__ = [
     "check_task",
     "context_size",
     "read_tokens",
+    "row_width",
     "token_width",
     "tokens",
 ]
@@ -70,6 +71,13 @@ def token_width(layout: str, d_in: int, d_out: int) -> int:
     if layout == "pairs":
         return d_in + d_out
     return max(d_in, d_out) if layout == "interleaved" else 2 * d_in
+
+
+def row_width(layout: str, d_in: int, d_out: int) -> int:
+    """Width ``h`` of a GD-SSM window row: ``max(d_in, d_out)`` interleaved (a token), ``d_in``
+    constructed (half a token: each token ``[x_i·y_i, x_{i+1}]`` is read as two rows)."""
+    check_layout(layout, d_in, d_out)
+    return max(int(d_in), int(d_out)) if layout == "interleaved" else int(d_in)
 
 
 def context_size(layout: str, length: int) -> int:

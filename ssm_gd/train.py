@@ -48,6 +48,7 @@ from ssm_gd import (
     neighbours,
     scan,
     tasks,
+    tokens,
     trainer,
     validate,
 )
@@ -372,7 +373,7 @@ def make_model(config: Config, key: int | None = None) -> nnx.Module:
             param_dtype=_dtype(config),
             rngs=rngs,
         )
-    h = max(config.d_in, config.d_out) if config.layout == "interleaved" else config.d_in
+    h = tokens.row_width(config.layout, config.d_in, config.d_out)
     init = GDSSMInit()
     if config.init == "published":
         init = dataclasses.replace(
