@@ -288,45 +288,40 @@ IMPLS = ("associative", "sequential", "chunked", "auto")
 QUERY_MAPS = ("vector", "matrix")
 
 
+def _branch(kind: str, h: int, q_init, lam_init, rec: dict, att: dict):
+    """One accumulator of the GD-SSM: ``(attention, recurrence)``. ``kind``: ``"interleaved"`` (the
+    y·x branch, ``Q_y``, an ``(h, h)`` state), ``"constructed"`` (the y·x branch on constructed
+    tokens, ``P_y``, a ``(1, h)`` state) or ``"xx"`` (the x·x branch, ``Q_x``, ``(h, h)``)."""
+    window, stride = GDSSM.window, GDSSM.stride
+    if kind == "constructed":
+        attention = LocalMixing(window, stride, p_init=q_init, **att)
+        return attention, DiagonalRecurrence((1, h), lam_init=lam_init, **rec)
+    attention = LocalSelfAttention(window, stride, q_init=q_init, **att)
+    return attention, DiagonalRecurrence((h, h), lam_init=lam_init, **rec)
+
+
 class GDSSM(nnx.Module):
-    """The GD-SSM model: tokens ``(B, L, H)`` → a prediction at every window ``(B, N, d_out)``.
+    """The GD-SSM model: :class:`~ssm_gd.tokens.Tokens` ``(B, L, H)`` → a prediction at every
+    window ``(B, N, d_out)`` (docs/design.md §3, §5).
 
-    Windows of 3 tokens, stride 2, over ``[x_1, y_1, …, x_N, y_N, x_q]`` give
-    ``X_t = [x_t; y_t; x_{t+1}]``, ``t = 1…N``. Two accumulators run side by side:
+    Windows of 3 tokens, stride 2, give ``X_t = [x_t; y_t; x_{t+1}]``, ``t = 1…N``. The y·x branch
+    (``U^y_t = X_tᵀ Q_y X_t``, ``S^y_t = Λ_y ⊙ S^y_{t−1} + U^y_t``) and, for ``n_steps > 1``, the
+    x·x branch (``Q_x``, ``Λ_x``) run side by side; the readout composes them step by step
+    (:func:`gd_readout`) with the query ``v_t = Σ_a D_a X_t[a]`` (``query_map="vector"``: scalars
+    ``D_a``; ``"matrix"``: ``(h, h)`` matrices, a learned preconditioner). Every position is causal.
+    On ``"constructed"`` tokens the y·x branch is first order (:class:`LocalMixing`).
 
-    * the y·x branch: ``U^y_t = X_tᵀ Q_y X_t`` and ``S^y_t = Λ_y ⊙ S^y_{t−1} + U^y_t``;
-    * the x·x branch (``n_steps > 1``): ``U^x_t = X_tᵀ Q_x X_t`` and ``S^x_t = Λ_x ⊙ S^x_{t−1} + U^x_t``;
+    Tokens made for other sizes, or a bare array, are refused; ``n_context`` (``None``: any) pins
+    the context size, as the construction does (its readout holds ``1/N``).
+    Parameters: ``yx_attention``, ``yx_recurrence``, (``xx_attention``, ``xx_recurrence``, ``c_x``
+    ``(h, h)``), ``c_y`` ``(d_out, R)`` (``R = h``, or 1 constructed) and ``d``.
 
-    and the readout composes them step by step (:func:`gd_readout`), reading only ``S_t`` and the
-    query of window ``t``, ``v_t = Σ_a D_a X_t[a]`` (``query_map="vector"``: ``D_a`` scalars;
-    ``"matrix"``: ``D_a`` ``(h, h)`` matrices, so ``D_3 = Γ`` makes the readout a preconditioner,
-    ``W = (η/N) S^y Γ``): every position is causal, a prediction for ``x_{t+1}`` from the first
-    ``t`` pairs; the last window is the query's prediction.
-
-    It reads :class:`~ssm_gd.tokens.Tokens` made for its ``layout``, ``d_in`` and ``d_out``
-    (:func:`ssm_gd.tasks.tokens`); a bare array, or tokens made for other sizes, are refused.
-    ``n_context`` (``None``: any) pins the context size, as the construction does (its readout
-    holds ``1/N``). Layouts:
-
-    * ``"interleaved"``: ``H = max(d_in, d_out)``, ``L = 2N + 1``.
-    * ``"constructed"`` (``d_out = 1``): tokens ``[x_i·y_i, x_{i+1}]`` of width ``2 d_in`` after a
-      leading ``[0, x_1]``, ``L = N + 1``. Each token is read as two rows of width ``d_in``; the
-      rows form the same windows ``[x_t; x_t y_t; x_{t+1}]``. The label is already multiplied in,
-      so the y·x branch is first order (:class:`LocalMixing`, ``U^y_t = P_yᵀ X_t``, a ``(1, d_in)``
-      state); the x·x branch is unchanged.
-
-    Parameters: ``yx_attention`` (``Q_y`` or ``P_y``), ``yx_recurrence`` (``Λ_y``),
-    ``xx_attention`` (``Q_x``) and ``xx_recurrence`` (``Λ_x``) when ``n_steps > 1``, and the readout
-    ``d`` (``(3,)``, or ``(3, h, h)`` for the matrix query map), ``c_y`` ``(d_out, R)`` (``R = H``, or 1 constructed) and ``c_x`` ``(H, H)``.
-
-    ``impl`` chooses how the recurrences run: ``"associative"`` or ``"sequential"`` build every
-    state ``S_t`` (:func:`ssm_gd.scan.linear_recurrence`, memory ``O(N·R·h)`` per sequence);
-    ``"chunked"`` never builds them (:func:`ssm_gd.readout.chunked_readout`, ``chunk`` windows per
-    chunk, memory ``O(N·h)``); ``"auto"`` picks per call (:meth:`resolve_impl`). All give the same
-    values up to float rounding. :meth:`predict_query` computes the query's prediction alone, from
-    the last states as weighted sums (:func:`ssm_gd.readout.last_state_readout`, a chunk of windows at
-    a time, no sequential dependency inside a chunk), memory
-    ``O(N·h)``; it is what training on the query's loss and the metrics call.
+    ``impl``: ``"associative"`` or ``"sequential"`` build every state
+    (:func:`ssm_gd.scan.linear_recurrence`); ``"chunked"`` never does
+    (:func:`ssm_gd.readout.chunked_readout`, ``chunk`` windows at a time); ``"auto"`` picks per call
+    (:meth:`resolve_impl`); all agree to rounding. :meth:`predict_query` computes the query's
+    prediction alone from weighted sums (:func:`ssm_gd.readout.last_state_readout`), memory the
+    size of the tokens: what training and the metrics call.
     """
 
     window, stride = 3, 2
@@ -351,12 +346,8 @@ class GDSSM(nnx.Module):
         d_in, d_out = int(d_in), int(d_out)
         # A model built for one context size (the construction's C holds η/N) refuses others.
         self.n_context = None if n_context is None else _positive_int("n_context", n_context)
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
-        if query_map not in QUERY_MAPS:
-            raise ValueError(f"query_map must be one of {QUERY_MAPS}; got {query_map!r}")
-        self.query_map = query_map
-        self.impl = impl
+        self.impl = validate.one_of("impl", impl, IMPLS)
+        self.query_map = validate.one_of("query_map", query_map, QUERY_MAPS)
         self.chunk = _positive_int("chunk", chunk)
         if impl not in scan.IMPLEMENTATIONS:  # the recurrences' own impl, when states are built
             impl = "associative"
@@ -367,17 +358,12 @@ class GDSSM(nnx.Module):
         h = row_width(layout, d_in, d_out)
         rec = dict(parametrization=parametrization, impl=impl, param_dtype=param_dtype, rngs=rngs)
         att = dict(param_dtype=param_dtype, rngs=rngs)
-        if layout == "interleaved":
-            self.yx_attention = LocalSelfAttention(self.window, self.stride, q_init=init.q_y, **att)
-            rows = h
-        else:
-            self.yx_attention = LocalMixing(self.window, self.stride, p_init=init.q_y, **att)
-            rows = 1
-        self.yx_recurrence = DiagonalRecurrence((rows, h), lam_init=init.lam, **rec)
+        # Built in this order (the initializers draw from rngs in turn): y·x, then x·x, c_y, d.
+        self.yx_attention, self.yx_recurrence = _branch(layout, h, init.q_y, init.lam, rec, att)
+        rows = 1 if layout == "constructed" else h
         if n_steps > 1:
-            self.xx_attention = LocalSelfAttention(self.window, self.stride, q_init=init.q_x, **att)
             lam_x = init.lam if init.lam_x is None else init.lam_x
-            self.xx_recurrence = DiagonalRecurrence((h, h), lam_init=lam_x, **rec)
+            self.xx_attention, self.xx_recurrence = _branch("xx", h, init.q_x, lam_x, rec, att)
             self.c_x = nnx.Param(init.c_x(rngs.params(), (h, h), param_dtype))
         else:
             self.xx_attention = self.xx_recurrence = self.c_x = None
@@ -391,14 +377,9 @@ class GDSSM(nnx.Module):
     def rows(self, tokens: Tokens) -> Array:
         """The token sequence as window rows ``(B, 2N + 1, h)``, after checking that the tokens
         were made for this model's layout and sizes (and context size, if it has one)."""
-        tokens = read_tokens(tokens, layout=self.layout, d_in=self.d_in, d_out=self.d_out)
-        n = tokens.n_context
-        if self.n_context is not None and n != self.n_context:
-            raise ValueError(
-                f"this model was built for n_context={self.n_context} pairs (its readout holds "
-                f"1/N), but the tokens hold N={n}; build it with n_context={n}"
-            )
-        array = tokens.array
+        array = read_tokens(
+            tokens, layout=self.layout, d_in=self.d_in, d_out=self.d_out, n_context=self.n_context
+        ).array
         if self.layout == "interleaved":
             return array
         return array.reshape(array.shape[0], 2 * array.shape[1], self.d_in)[:, 1:]
@@ -425,14 +406,9 @@ class GDSSM(nnx.Module):
         return compose_readout(applies[0], applies[1], query, self.c_y[...], c_x, self.n_steps)
 
     def predict_query(self, tokens: Tokens) -> Array:
-        """The query's prediction ``(B, d_out)``: ``self(tokens)[:, -1]``, without building states.
-
-        Only the last states are read, and each is a weighted sum of the window products,
-        ``S_N = Σ_t Λ^{N−t} ⊙ U_t`` (:func:`ssm_gd.readout.last_state_readout`), applied to the
-        readout's vectors directly. The work is that of one scan, with no sequential dependency;
-        the windows are cut from the tokens a chunk of time at a time, so memory is the size of
-        the tokens. Equal to ``self(tokens)[:, -1]`` up to float rounding, whatever ``impl``.
-        """
+        """The query's prediction ``(B, d_out)``, ``self(tokens)[:, -1]`` up to rounding, from the
+        last states as weighted sums ``S_N = Σ_t Λ^{N−t} ⊙ U_t`` (docs/design.md §3,
+        :func:`ssm_gd.readout.last_state_readout`): no states built, no sequential dependency."""
         rows = self.rows(tokens)  # (B, 2N + 1, h)
         n = (rows.shape[1] - 1) // 2
         query = self.query(rows[:, -self.window :])  # (B, h): the last window's query, x_q
@@ -448,10 +424,9 @@ class GDSSM(nnx.Module):
 
         applies = [apply(*b) for b in self._branches()] + [None]
         c_x = None if self.n_steps == 1 else self.c_x[...]
-        out = compose_readout(
+        return compose_readout(
             applies[0], applies[1], query[:, None], self.c_y[...], c_x, self.n_steps
-        )
-        return out[:, 0]
+        )[:, 0]
 
     def query(self, x: Array) -> Array:
         """``v = Σ_a D_a X[a]`` ``(…, h)`` for windows ``x`` ``(…, 3, h)``."""
@@ -466,14 +441,9 @@ class GDSSM(nnx.Module):
         return branches
 
     def resolve_impl(self, batch: int, n_windows: int) -> str:
-        """The implementation a call with ``batch`` sequences of ``n_windows`` windows runs.
-
-        ``"auto"`` follows :func:`ssm_gd.readout.auto_impl` on the default backend: ``"chunked"``
-        once the materialised states of one branch (``batch · n_windows · R · h`` entries) would
-        pass :data:`ssm_gd.readout.AUTO_STATE_LIMIT` or, on the CPU, from
-        :data:`ssm_gd.readout.AUTO_CPU_CHUNKED_FROM` windows on;
-        the associative scan otherwise.
-        """
+        """The implementation a call with ``batch`` sequences of ``n_windows`` windows runs:
+        ``impl``, or for ``"auto"`` :func:`ssm_gd.readout.auto_impl` of the default backend and the
+        entries one branch's states would have (``batch · n_windows · R · h``)."""
         if self.impl != "auto":
             return self.impl
         rows = self.c_y.shape[1]

@@ -156,6 +156,25 @@ _pair_readouts.defvjp(_pair_readouts_fwd, _pair_readouts_bwd)
 CHUNK_ELEMENTS = 2**18
 
 
+def _check_factors(lam, factors, v):
+    """The shapes of one step's ``(lefts, rights)``, checked against ``lam`` and ``v``."""
+    if lam.ndim != 2 or v.ndim != 2 or v.shape[0] != lam.shape[1]:
+        raise ValueError(
+            f"lam must be (R, H) and v (H, B) with the same H; got {lam.shape}, {v.shape}"
+        )
+    lefts, rights = terms = jax.eval_shape(lambda start: factors(start, 1), 0)
+    (r, h), b = lam.shape, v.shape[1]
+    if not all(isinstance(t, tuple | list) and t for t in terms) or (
+        any(x.shape != (1, r, b) for x in lefts) or any(x.shape != (1, h, b) for x in rights)
+    ):
+        raise ValueError(
+            f"factors(start, size) must give (lefts, rights), non-empty tuples of arrays "
+            f"(size, R, B) and (size, H, B), for lam {lam.shape} (R, H) and v {v.shape} (H, B); "
+            f"got {jax.tree.map(lambda x: tuple(x.shape), terms)}"
+        )
+    return lefts, rights
+
+
 def last_state_readout(
     lam: Array, factors: Callable, length: int, v: Array, *, chunk: int | None = None
 ) -> Array:
@@ -196,21 +215,8 @@ def last_state_readout(
       ``M`` ``(A, C, R, B)``.
     """
     length = validate.positive_int("length", length)
-    if lam.ndim != 2 or v.ndim != 2 or v.shape[0] != lam.shape[1]:
-        raise ValueError(
-            f"lam must be (R, H) and v (H, B) with the same H; got {lam.shape}, {v.shape}"
-        )
-    lefts, rights = jax.eval_shape(lambda start: factors(start, 1), 0)
+    lefts, rights = _check_factors(lam, factors, v)
     (r, h), b = lam.shape, v.shape[1]
-    terms = (lefts, rights)
-    if not all(isinstance(t, tuple | list) and t for t in terms) or (
-        any(x.shape != (1, r, b) for x in lefts) or any(x.shape != (1, h, b) for x in rights)
-    ):
-        raise ValueError(
-            f"factors(start, size) must give (lefts, rights), non-empty tuples of arrays "
-            f"(size, R, B) and (size, H, B), for lam {lam.shape} (R, H) and v {v.shape} (H, B); "
-            f"got {jax.tree.map(lambda x: tuple(x.shape), terms)}"
-        )
     if chunk is None:
         chunk = max(1, CHUNK_ELEMENTS // (h * len(rights) * b))
     chunk = validate.positive_int("chunk", chunk)

@@ -174,8 +174,11 @@ class Tokens:
         return self.array
 
 
-def read_tokens(value, *, layout: str, d_in: int, d_out: int, reader: str = "model") -> Tokens:
-    """``value`` as :class:`Tokens` made for these sizes; a bare array is refused.
+def read_tokens(
+    value, *, layout: str, d_in: int, d_out: int, n_context=None, reader: str = "model"
+) -> Tokens:
+    """``value`` as :class:`Tokens` made for these sizes (and ``n_context`` pairs, unless
+    ``None``); a bare array is refused.
 
     A bare ``(B, L, H)`` array cannot say which ``d_in`` and ``d_out`` it was laid out for;
     wrap it in :class:`Tokens` to say so.
@@ -187,6 +190,11 @@ def read_tokens(value, *, layout: str, d_in: int, d_out: int, reader: str = "mod
             f"{type(value).__name__}: a bare array of width H cannot tell d_in from d_out"
         )
     value.read(layout=layout, d_in=d_in, d_out=d_out, reader=reader)
+    if n_context is not None and value.n_context != n_context:
+        raise ValueError(
+            f"the {reader} was built for n_context={n_context} pairs, but the tokens hold "
+            f"N={value.n_context}; build it with n_context={value.n_context}"
+        )
     return value
 
 
