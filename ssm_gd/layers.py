@@ -52,17 +52,14 @@ __all__ = [
 Array = jax.Array
 
 
-_positive_int = validate.positive_int
-
-
 def windows(tokens: Array, window: int, stride: int) -> Array:
     """Sliding windows ``(B, T, window, H)`` of ``tokens`` ``(B, L, H)``, ``T = (L − window)//stride + 1``.
 
     Window ``t`` holds tokens ``t·stride, …, t·stride + window − 1``; a tail that does not fill a
     window is dropped.
     """
-    window = _positive_int("window", window)
-    stride = _positive_int("stride", stride)
+    window = validate.positive_int("window", window)
+    stride = validate.positive_int("stride", stride)
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (B, L, H); got shape {tokens.shape}")
     length = tokens.shape[1]
@@ -117,8 +114,8 @@ class _LocalWindow(nnx.Module):
     """
 
     def __init__(self, window: int, stride: int):
-        self.window = _positive_int("window", window)
-        self.stride = _positive_int("stride", stride)
+        self.window = validate.positive_int("window", window)
+        self.stride = validate.positive_int("stride", stride)
 
     def products(self, x: Array) -> Array:
         raise NotImplementedError
@@ -345,14 +342,16 @@ class GDSSM(nnx.Module):
         check_layout(layout, d_in, d_out)
         d_in, d_out = int(d_in), int(d_out)
         # A model built for one context size (the construction's C holds η/N) refuses others.
-        self.n_context = None if n_context is None else _positive_int("n_context", n_context)
+        self.n_context = (
+            None if n_context is None else validate.positive_int("n_context", n_context)
+        )
         self.impl = validate.one_of("impl", impl, IMPLS)
         self.query_map = validate.one_of("query_map", query_map, QUERY_MAPS)
-        self.chunk = _positive_int("chunk", chunk)
+        self.chunk = validate.positive_int("chunk", chunk)
         if impl not in scan.IMPLEMENTATIONS:  # the recurrences' own impl, when states are built
             impl = "associative"
         self.d_in, self.d_out = d_in, d_out
-        self.n_steps = _positive_int("n_steps", n_steps)
+        self.n_steps = validate.positive_int("n_steps", n_steps)
         self.layout = layout
         self.token_width = token_width(layout, d_in, d_out)
         h = row_width(layout, d_in, d_out)

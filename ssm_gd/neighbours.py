@@ -67,9 +67,6 @@ Array = jax.Array
 MODELS = ("linear_attention", "h3", "plain_ssm")
 
 
-_positive_int = validate.positive_int
-
-
 def split_pairs(tokens: Array, d_in: int, d_out: int) -> tuple[Array, Array]:
     """``(context, queries)``, both ``(B, N, D)``, from ``"pairs"`` tokens ``(B, N + 1, D)``.
 
@@ -236,9 +233,9 @@ class H3(_PairsModel):
         rngs: nnx.Rngs,
     ):
         self._sizes(d_in, d_out)
-        m = d_in if state is None else _positive_int("state", state)
-        p = d_out if value is None else _positive_int("value", value)
-        self.n_taps = _positive_int("shift", shift)
+        m = d_in if state is None else validate.positive_int("state", state)
+        p = d_out if value is None else validate.positive_int("value", value)
+        self.n_taps = validate.positive_int("shift", shift)
         width = self.token_width
         normal = nnx.initializers.normal
         self.w_q = nnx.Param(
@@ -359,9 +356,9 @@ class PlainSSM(_PairsModel):
         rngs: nnx.Rngs,
     ):
         self._sizes(d_in, d_out)
-        hidden = _positive_int("hidden", hidden)
-        state = _positive_int("state", state)
-        _positive_int("n_layers", n_layers)
+        hidden = validate.positive_int("hidden", hidden)
+        state = validate.positive_int("state", state)
+        validate.positive_int("n_layers", n_layers)
         normal = nnx.initializers.normal
         width = self.token_width
         self.w_in = nnx.Param(normal(width**-0.5)(rngs.params(), (hidden, width), param_dtype))
