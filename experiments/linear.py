@@ -1,6 +1,6 @@
 """From random initialisation to gradient descent: the one-layer GD-SSM on linear regression.
 
-    python -m experiments.linear [--out results/linear] [--quick] [--steps 1000] [--d-out 1] ...
+    python -m experiments.linear [--out results/linear] [--quick] [--train-steps 1000] [--d-out 1] ...
 
 Trains a randomly initialised GD-SSM on freshly sampled tasks (the paper's setting by default:
 N = d = 10, vector labels, interleaved tokens) and compares it with GD at its best step size and with
@@ -24,7 +24,7 @@ from experiments import cli
 from ssm_gd import gd, metrics, plots, tasks, train
 
 # A smoke run: the same pipeline at a size that finishes in well under a minute on 2 CPU cores.
-QUICK = dict(steps=300, eval_every=100, eval_size=4096, sens_size=1024, batch_size=256)
+QUICK = dict(train_steps=300, eval_every=100, eval_size=4096, sens_size=1024, batch_size=256)
 
 
 def parse(argv=None, *, out="results/linear", description=None):
@@ -124,7 +124,7 @@ def table(summary: dict) -> str:
         ("model_diff", summary["model_diff"]),
         ("preds_diff", summary["preds_diff"]),
         ("param_match_error", summary["param_match_error"]),
-        ("steps × batch", f"{summary['steps']} × {summary['batch_size']}"),
+        ("steps × batch", f"{summary['train_steps']} × {summary['batch_size']}"),
         ("train steps/s", summary["train_steps_per_second"]),  # no evaluation, no compilation
         ("wall seconds", summary["wall_seconds"]),
     ]

@@ -34,10 +34,10 @@ def main(argv=None):
         parser.error(f"--max-steps must be a positive integer; got {args.max_steps}")
     base = train.Config(d_out=1, seed=args.seed, eval_size=16_384, sens_size=2048)
     ks = range(1, (2 if args.quick else args.max_steps) + 1)
-    steps = args.train_steps or (200 if args.quick else base.steps)
+    steps = args.train_steps or (200 if args.quick else base.train_steps)
     base = dataclasses.replace(
         base,
-        steps=steps,
+        train_steps=steps,
         eval_every=max(1, min(base.eval_every, steps)),
         warmup_steps=min(base.resolved_warmup_steps, steps // 5),
     )

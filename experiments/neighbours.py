@@ -1,6 +1,6 @@
 """The neighbours on the same tasks: linear self-attention, H3, a plain SSM, against GD variants.
 
-    python -m experiments.neighbours [--out results/neighbours] [--quick] [--steps 2000]
+    python -m experiments.neighbours [--out results/neighbours] [--quick] [--train-steps 2000]
                                      [--models gdssm h3 ...] [--tasks drift ...] [--seed 0]
 
 Li, Rawat and Oymak (NeurIPS 2024) prove that one-layer linear attention and one-layer H3 both
@@ -73,7 +73,7 @@ BASE = dict(
     n_context=10,
     d_in=10,
     d_out=1,
-    steps=2000,
+    train_steps=2000,
     batch_size=256,
     lr=0.05,
     warmup_steps=50,
@@ -82,7 +82,7 @@ BASE = dict(
     sens_size=2048,
 )
 QUICK = dict(
-    steps=100,
+    train_steps=100,
     batch_size=128,
     warmup_steps=10,
     eval_every=100,
@@ -113,13 +113,13 @@ REFERENCES = (
 PGD_TOLERANCE = 1.02
 
 
-def config_for(model: str, task: str, *, quick=False, steps=None, seed=0) -> train.Config:
+def config_for(model: str, task: str, *, quick=False, train_steps=None, seed=0) -> train.Config:
     """The training config of one run."""
     fields = {**BASE, **(QUICK if quick else {}), **MODELS[model], **TASKS[task], "seed": seed}
-    if steps is not None:
-        fields["steps"] = steps
-        fields["eval_every"] = min(fields["eval_every"], steps)
-        fields["warmup_steps"] = min(fields["warmup_steps"], steps - 1)
+    if train_steps is not None:
+        fields["train_steps"] = train_steps
+        fields["eval_every"] = min(fields["eval_every"], train_steps)
+        fields["warmup_steps"] = min(fields["warmup_steps"], train_steps - 1)
     return train.Config(**fields)
 
 
@@ -140,8 +140,10 @@ KEYS = ("val_loss", "gd_loss", "pgd_loss", "pgd_fitted_loss", "wgd_loss", "wgd_l
         "train_steps_per_second")  # fmt: skip
 
 
-def run_one(model: str, task: str, out: pathlib.Path, *, quick, steps, seed, progress) -> dict:
-    config = config_for(model, task, quick=quick, steps=steps, seed=seed)
+def run_one(
+    model: str, task: str, out: pathlib.Path, *, quick, train_steps, seed, progress
+) -> dict:
+    config = config_for(model, task, quick=quick, train_steps=train_steps, seed=seed)
     result = train.train(config, None, progress=progress)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -254,7 +256,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/neighbours", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same grid")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
+    parser.add_argument(
+        "--train-steps", "--steps", type=int, default=None,
+        help="training steps per run (--steps: an alias kept for one release)",
+    )  # fmt: skip
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK")
     parser.add_argument("--seed", type=int, default=0)
@@ -265,12 +270,12 @@ def main(argv=None):
         unknown = [g for g in given if g not in known]
         if unknown:
             parser.error(f"{name}: unknown {unknown}; choose from {list(known)}")
-    if args.steps is not None and args.steps < 2:
-        parser.error(f"--steps must be at least 2; got {args.steps}")
+    if args.train_steps is not None and args.train_steps < 2:
+        parser.error(f"--train-steps must be at least 2; got {args.train_steps}")
     # Every config is built (and so checked) before the first run starts.
     for task in args.tasks:
         for model in args.models:
-            config_for(model, task, quick=args.quick, steps=args.steps, seed=args.seed)
+            config_for(model, task, quick=args.quick, train_steps=args.train_steps, seed=args.seed)
 
     grid = [(t, m) for t in args.tasks for m in args.models]
     if args.quick:
@@ -287,14 +292,16 @@ def main(argv=None):
                 task,
                 out,
                 quick=args.quick,
-                steps=args.steps,
+                train_steps=args.train_steps,
                 seed=args.seed,
                 progress=not args.no_progress,
             )
         )
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     # The fields every run shares (those that pick the model or the task are in models / tasks).
-    config = config_for(grid[0][1], grid[0][0], quick=args.quick, steps=args.steps, seed=args.seed)
+    config = config_for(
+        grid[0][1], grid[0][0], quick=args.quick, train_steps=args.train_steps, seed=args.seed
+    )
     own = {k for fields in (*MODELS.values(), *TASKS.values()) for k in fields}
     summary = {
         "rows": rows,

@@ -1,6 +1,6 @@
 """Non-linear regression: a learned feature map, then a GD-SSM, on sine tasks.
 
-    python -m experiments.nonlinear [--out results/nonlinear] [--quick] [--steps 3000]
+    python -m experiments.nonlinear [--out results/nonlinear] [--quick] [--train-steps 3000]
 
 Tasks: ``y = A sin(x + φ)``, ``A ~ U(0.1, 0.5)``, ``φ ~ U(0, π)``, ``x ~ U(−5, 5)``, N context
 points. Model: an MLP feature map ``f: R → R^p`` applied to every input and to the query, then a
@@ -135,7 +135,10 @@ def parse(argv=None):
     parser.add_argument("--out", default="results/nonlinear")
     parser.add_argument("--n-context", type=int, default=20)
     parser.add_argument("--features", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument(
+        "--train-steps", "--steps", type=int, default=3000,
+        help="training steps (--steps: an alias kept for one release)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=500)
@@ -144,12 +147,12 @@ def parse(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = cli.writable_folder(parser, args.out)  # before any work
-    for name in ("n_context", "features", "steps", "batch_size", "eval_every"):
+    for name in ("n_context", "features", "train_steps", "batch_size", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if not args.lr > 0:
         parser.error(f"--lr must be positive; got {args.lr}")
-    steps = 300 if args.quick else args.steps
+    steps = 300 if args.quick else args.train_steps
     every = min(args.eval_every, steps)
     return args, out, steps, every
 
@@ -182,12 +185,12 @@ def main(argv=None):
         model,
         optimizer,
         task,
-        steps=steps,
+        train_steps=steps,
         batch_size=args.batch_size,
         eval_every=every,
         key=key_train,
         out=out,
-        config=vars(args) | {"steps": steps},
+        config=vars(args) | {"train_steps": steps},
         progress=not args.no_progress,
     )
     history, model = fitted.history, fitted.model
@@ -215,7 +218,7 @@ def main(argv=None):
         "kernel_ridge": {"bandwidth": bandwidth, "reg": reg},
         "beats": {k: losses["trained"] < v for k, v in losses.items() if k != "trained"},
         "loss_vs_context": {k: [float(x) for x in v] for k, v in per_t.items()},
-        "config": vars(args) | {"steps": steps},
+        "config": vars(args) | {"train_steps": steps},
         "wall_seconds": time.perf_counter() - start,
         "figures": ["curves.png", "loss_vs_context.png"],
     }

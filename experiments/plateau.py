@@ -40,11 +40,11 @@ def main(argv=None):
     out = cli.writable_folder(parser, args.out)  # before any work
     seeds = 1 if args.quick else args.seeds
     # Leaving the plateau happens in the first few hundred steps: 1500 are plenty to tell.
-    base = train.Config(eval_size=4096, sens_size=1024, steps=1500)
+    base = train.Config(eval_size=4096, sens_size=1024, train_steps=1500)
     if args.lr is not None:
         base = dataclasses.replace(base, lr=args.lr)
     if args.quick:
-        base = dataclasses.replace(base, steps=200, eval_every=100)
+        base = dataclasses.replace(base, train_steps=200, eval_every=100)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     runs = {}

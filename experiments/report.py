@@ -36,7 +36,7 @@ def linear_section(results: pathlib.Path) -> list[str]:
         lines.append(
             f"* {RUNS[name]}: `python -m experiments.linear --d-out {c['d_out']} --layout "
             f"{c['layout']} --out results/{name}`: N = {c['n_context']}, d_in = {c['d_in']}, {c['layout']} tokens, "
-            f"{s['steps']} steps × {s['batch_size']} fresh tasks, seed {s['seed']}, evaluated on "
+            f"{s['train_steps']} steps × {s['batch_size']} fresh tasks, seed {s['seed']}, evaluated on "
             f"{c['eval_size']} fixed tasks; {s['wall_seconds']:.1f} s on {len(s['devices'])} × "
             f"{s['devices'][0]}."
         )
@@ -209,7 +209,7 @@ def neighbours_section(results: pathlib.Path) -> list[str]:
         "## The neighbours: linear attention, H3, a plain SSM (`python -m experiments.neighbours`)",
         "",
         f"N = {c['n_context']}, d = {c['d_in']}, scalar labels; each model trained from random "
-        f"initialisation with the same trainer, {c['steps']} steps × {c['batch_size']} fresh "
+        f"initialisation with the same trainer, {c['train_steps']} steps × {c['batch_size']} fresh "
         f"tasks at lr {c['lr']}, evaluated on {c['eval_size']} fixed tasks per task family "
         f"({s['wall_seconds']:.0f} s for {len(s['rows'])} runs). The GD-SSM has a learned "
         "readout matrix (a preconditioner) and a learned decay; the others read `[x_i, y_i]` "

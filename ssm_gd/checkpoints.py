@@ -227,20 +227,20 @@ def read_history(path: pathlib.Path, up_to: int, eval_every: int):
             f"cannot resume: {path} is missing, so the evaluations before the checkpoint (step "
             f"{up_to}) are lost; start a fresh run (without --resume)"
         )
-    rows = []
+    records = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                records.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise ResumeError(f"cannot resume: {path} line {number} is unreadable ({e})") from e
-    rows = [r for r in rows if r.get("step", math.inf) <= up_to]
+    records = [r for r in records if r.get("step", math.inf) <= up_to]
     expected = sorted({*range(0, up_to, eval_every), up_to})
-    got = [r.get("step") for r in rows]
+    got = [r.get("step") for r in records]
     if got != expected:
         raise ResumeError(
             f"cannot resume: {path} does not match the checkpoint at step {up_to}: it has the "
             f"evaluations at steps {got}, expected {expected}; start a fresh run (without --resume)"
         )
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records

@@ -62,7 +62,7 @@ def gd_ssm_values(
     c = lr / n_context
     e = np.eye(3)
     h = row_width(layout, d_in, d_out)
-    rows = h if layout == "interleaved" else 1
+    state_rows = h if layout == "interleaved" else 1
     gamma = np.eye(h)
     if preconditioner is not None:
         p = np.asarray(preconditioner, np.float64)
@@ -77,7 +77,7 @@ def gd_ssm_values(
         "q_y": np.outer(e[1], e[0]) if layout == "interleaved" else e[1],
         "q_x": np.outer(e[0], e[0]),
         "d": e[2] if preconditioner is None else e[2][:, None, None] * gamma,
-        "c_y": c * np.eye(d_out, rows),
+        "c_y": c * np.eye(d_out, state_rows),
         "c_x": c * gamma,
         "lam": 1.0 if decay is None else float(decay),
     }

@@ -248,7 +248,7 @@ def lr_losses(x, y, x_query, y_query, lrs, *, steps: int = 1) -> Array:
     lrs = jnp.asarray(lrs)
     if lrs.ndim != 1 or lrs.shape[0] == 0:
         raise ValueError(f"lrs must be a non-empty 1-D array of step sizes; got shape {lrs.shape}")
-    # lax.map in chunks of step sizes: about 2²² numbers of weights and residuals at a time,
+    # lax.map over batches of step sizes: about 2²² numbers of weights and residuals at a time,
     # whatever the length of the grid and the size of the batch.
     b, n, d_in = x.shape
     per_lr = b * y.shape[-1] * max(d_in, n)

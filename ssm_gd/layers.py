@@ -214,7 +214,8 @@ class DiagonalRecurrence(nnx.Module):
         reached to float precision as ``ν → −∞`` and initialised as ``ν = −40``).
       impl: the :func:`ssm_gd.scan.linear_recurrence` implementation.
 
-    Attributes: ``nu`` (``nnx.Param``), the raw parameter; :attr:`lam`, the decay ``Λ``.
+    Attributes: ``lam_param`` (``nnx.Param``), the parameter behind ``Λ``: ``Λ`` itself
+    (``"direct"``) or ``ν`` (``"bounded"``); :attr:`lam`, the decay ``Λ``.
     """
 
     def __init__(
@@ -251,12 +252,12 @@ class DiagonalRecurrence(nnx.Module):
                 )
             # ν = log(−log Λ); Λ = 1 maps to a finite ν whose Λ rounds to 1 (exp(−e^{−40}) ≈ 1 − 4e−18).
             lam = jnp.log(jnp.maximum(-jnp.log(jnp.clip(lam, 1e-30, 1.0)), jnp.exp(-40.0)))
-        self.nu = nnx.Param(lam)
+        self.lam_param = nnx.Param(lam)
 
     @property
     def lam(self) -> Array:
-        nu = self.nu[...]
-        return nu if self.parametrization == "direct" else jnp.exp(-jnp.exp(nu))
+        raw = self.lam_param[...]
+        return raw if self.parametrization == "direct" else jnp.exp(-jnp.exp(raw))
 
     def __call__(self, u: Array) -> Array:
         h, _ = scan.linear_recurrence(self.lam, u, impl=self.impl, axis=1)
@@ -359,14 +360,14 @@ class GDSSM(nnx.Module):
         att = dict(param_dtype=param_dtype, rngs=rngs)
         # Built in this order (the initializers draw from rngs in turn): y·x, then x·x, c_y, d.
         self.yx_attention, self.yx_recurrence = _branch(layout, h, init.q_y, init.lam, rec, att)
-        rows = 1 if layout == "constructed" else h
+        state_rows = 1 if layout == "constructed" else h  # R: a state is R × h
         if n_steps > 1:
             lam_x = init.lam if init.lam_x is None else init.lam_x
             self.xx_attention, self.xx_recurrence = _branch("xx", h, init.q_x, lam_x, rec, att)
             self.c_x = nnx.Param(init.c_x(rngs.params(), (h, h), param_dtype))
         else:
             self.xx_attention = self.xx_recurrence = self.c_x = None
-        self.c_y = nnx.Param(init.c_y(rngs.params(), (d_out, rows), param_dtype))
+        self.c_y = nnx.Param(init.c_y(rngs.params(), (d_out, state_rows), param_dtype))
         if query_map == "vector":
             d_init, d_shape = init.d or nnx.initializers.normal(1.0), (self.window,)
         else:
@@ -445,7 +446,7 @@ class GDSSM(nnx.Module):
         entries one branch's states would have (``batch · n_windows · R · h``)."""
         if self.impl != "auto":
             return self.impl
-        rows = self.c_y.shape[1]
+        state_rows = self.c_y.shape[1]
         h = row_width(self.layout, self.d_in, self.d_out)
-        entries = batch * n_windows * max(rows, h if self.n_steps > 1 else 1) * h
+        entries = batch * n_windows * max(state_rows, h if self.n_steps > 1 else 1) * h
         return auto_impl(jax.default_backend(), n_windows, entries)

@@ -60,8 +60,8 @@ def sensitivity(predict_query, x_query: Array) -> Array:
         return pullback(cotangent)[0]
 
     # One direction at a time (lax.map): the memory of one backward pass, not d_out of them.
-    rows = jax.lax.map(row, jnp.eye(prediction.shape[-1], dtype=prediction.dtype))
-    return jnp.moveaxis(rows, 0, 1)  # (d_out, B, d_in) → (B, d_out, d_in)
+    per_output = jax.lax.map(row, jnp.eye(prediction.shape[-1], dtype=prediction.dtype))
+    return jnp.moveaxis(per_output, 0, 1)  # (d_out, B, d_in) → (B, d_out, d_in)
 
 
 def query_predictor(model, task, layout: str):
@@ -101,20 +101,20 @@ def evaluate(
     gd_lr,
     steps: int = 1,
     sens_size: int | None = None,
-    chunk_size: int | None = None,
+    max_batch: int | None = None,
     other_refs=None,
 ) -> dict[str, Array]:
     """Every metric of ``model`` on ``task`` against K-step GD with step size ``gd_lr``.
 
     Returns ``loss`` (the model's query loss), ``gd_loss``, ``preds_diff`` (all on the whole
     batch), ``model_diff`` and ``model_cos`` (on the first ``sens_size`` tasks, all when ``None``:
-    a sensitivity costs ``d_in`` forward passes). ``chunk_size`` bounds memory on large sets: the
+    a sensitivity costs ``d_in`` forward passes). ``max_batch`` bounds memory on large sets: the
     model runs on at most that many tasks at a time (``lax.map``; the largest divisor of the batch,
-    and of ``sens_size``, up to ``chunk_size``: sizes with large power-of-two factors run fastest).
+    and of ``sens_size``, up to ``max_batch``: sizes with large power-of-two factors run fastest).
     ``other_refs`` (``{name: W}``, each ``(sens_size, d_out, d_in)``): the implicit models of other
     references on the same first tasks (e.g. preconditioned GD); the model's sensitivities, computed
     once, are compared with each too, as ``model_diff_<name>`` and ``model_cos_<name>``.
-    Jit-able (``layout``, ``steps``, ``sens_size``, ``chunk_size`` static).
+    Jit-able (``layout``, ``steps``, ``sens_size``, ``max_batch`` static).
     """
     check_task(task)
     gd._check_context(task.x, task.y, task.x_query, task.y_query)
@@ -123,16 +123,16 @@ def evaluate(
     gd_lr = validate.positive_number("gd_lr", gd_lr)
     if sens_size is not None:
         sens_size = validate.positive_int("sens_size", sens_size)
-    if chunk_size is not None:
-        chunk_size = validate.positive_int("chunk_size", chunk_size)
+    if max_batch is not None:
+        max_batch = validate.positive_int("max_batch", max_batch)
     batch = task.x.shape[0]
     sens_size = batch if sens_size is None else min(sens_size, batch)
 
-    def chunk_for(n):  # the largest divisor of n that is at most chunk_size
-        limit = n if chunk_size is None else min(chunk_size, n)
+    def batch_for(n):  # the largest divisor of n that is at most max_batch
+        limit = n if max_batch is None else min(max_batch, n)
         return max(d for d in range(1, limit + 1) if n % d == 0)
 
-    def chunked(fn, t, size):
+    def mapped(fn, t, size):
         def reshape(v):
             return v.reshape((v.shape[0] // size, size) + v.shape[1:])
 
@@ -145,10 +145,10 @@ def evaluate(
     def sens(t):
         return sensitivity(query_predictor(model, t, layout), t.x_query)
 
-    pred = chunked(predict, task, chunk_for(batch))
+    pred = mapped(predict, task, batch_for(batch))
     ref = gd.predict(task.x, task.y, task.x_query, lr=gd_lr, steps=steps)
     sub = jax.tree.map(lambda v: v[:sens_size], task)
-    model_sens = chunked(sens, sub, chunk_for(sens_size))
+    model_sens = mapped(sens, sub, batch_for(sens_size))
     ref_sens = gd.weights(sub.x, sub.y, lr=gd_lr, steps=steps)
     out = {
         "loss": loss(pred, task.y_query),

@@ -109,6 +109,23 @@ def _linear_sizes(batch, n_context, d_in, d_out, w_scale, noise_std):
     )
 
 
+def _maps(key, batch, d_out, d_in, w_scale, dtype):
+    """``batch`` linear maps ``(d_out, d_in)`` with entries ``N(0, w_scale²)``."""
+    return w_scale * jax.random.normal(key, (batch, d_out, d_in), dtype)
+
+
+def _uniform(key, shape, x_range, dtype):
+    """Entries ``U(−x_range/2, x_range/2)``."""
+    return jax.random.uniform(key, shape, dtype, -x_range / 2, x_range / 2)
+
+
+def _linear_inputs(batch, n_context, d_in, d_out, x_range, w_scale, noise_std, dtype):
+    """The checked arguments of a sampler with uniform inputs: the sizes and scales of
+    :func:`_linear_sizes`, ``x_range``, and the dtype JAX will use."""
+    sizes = _linear_sizes(batch, n_context, d_in, d_out, w_scale, noise_std)
+    return *sizes, validate.non_negative_number("x_range", x_range), _float_dtype(dtype)
+
+
 def _float_dtype(dtype):
     """``dtype`` as a float dtype that JAX will really use (float64 needs ``jax_enable_x64``)."""
     if dtype is None:
@@ -159,15 +176,12 @@ def linear_regression(
       a :class:`LinearTask` with ``x (B, N, d_in)``, ``y (B, N, d_out)``, ``x_query (B, d_in)``,
       ``y_query (B, d_out)``, ``w (B, d_out, d_in)``.
     """
-    batch, n_context, d_in, d_out, w_scale, noise_std = _linear_sizes(
-        batch, n_context, d_in, d_out, w_scale, noise_std
+    batch, n_context, d_in, d_out, w_scale, noise_std, x_range, dtype = _linear_inputs(
+        batch, n_context, d_in, d_out, x_range, w_scale, noise_std, dtype
     )
-    x_range = validate.non_negative_number("x_range", x_range)
     n_distract = validate.non_negative_int("n_distract", n_distract)
     if not 0 <= n_distract <= n_context:
         raise ValueError(f"n_distract must be in [0, n_context={n_context}]; got {n_distract}")
-
-    dtype = _float_dtype(dtype)
     return _linear_regression(
         key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, n_distract, dtype
     )
@@ -178,9 +192,8 @@ def _linear_regression(
     key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, n_distract, dtype
 ):
     k_w, k_x, k_noise, k_distract = jax.random.split(key, 4)
-    w = w_scale * jax.random.normal(k_w, (batch, d_out, d_in), dtype)
-    half = x_range / 2
-    xs = jax.random.uniform(k_x, (batch, n_context + 1, d_in), dtype, -half, half)
+    w = _maps(k_w, batch, d_out, d_in, w_scale, dtype)
+    xs = _uniform(k_x, (batch, n_context + 1, d_in), x_range, dtype)
     ys = jnp.einsum("boi,bni->bno", w, xs)
     if noise_std > 0:
         ys = ys + noise_std * jax.random.normal(k_noise, ys.shape, dtype)
@@ -223,7 +236,7 @@ def _sine_regression(key, batch, n_context, x_range, amplitude, phase, dtype):
     k_a, k_p, k_x = jax.random.split(key, 3)
     amp = jax.random.uniform(k_a, (batch,), dtype, *amplitude)
     ph = jax.random.uniform(k_p, (batch,), dtype, *phase)
-    xs = jax.random.uniform(k_x, (batch, n_context + 1, 1), dtype, -x_range / 2, x_range / 2)
+    xs = _uniform(k_x, (batch, n_context + 1, 1), x_range, dtype)
     ys = amp[:, None, None] * jnp.sin(xs + ph[:, None, None])
     return SineTask(
         x=xs[:, :-1], y=ys[:, :-1], x_query=xs[:, -1], y_query=ys[:, -1], amplitude=amp, phase=ph
@@ -330,7 +343,7 @@ def _gaussian_regression(
     k_w, k_x, k_noise = jax.random.split(key, 3)
     s = input_spectrum(d_in, condition=condition, mean=x_var)
     a = jnp.asarray(rotation_matrix(d_in, rotation) * np.sqrt(s)[None, :], dtype)  # Σ = A Aᵀ
-    w = w_scale * jax.random.normal(k_w, (batch, d_out, d_in), dtype)
+    w = _maps(k_w, batch, d_out, d_in, w_scale, dtype)
     xs = jax.random.normal(k_x, (batch, n_context + 1, d_in), dtype) @ a.T
     ys = jnp.einsum("boi,bni->bno", w, xs)
     if noise_std > 0:
@@ -391,12 +404,10 @@ def drifting_regression(
     Returns a :class:`LinearTask`; recent pairs are the more informative, which sample-weighted
     GD (:func:`ssm_gd.gd.weighted_predict`) exploits and plain GD cannot.
     """
-    batch, n_context, d_in, d_out, w_scale, noise_std = _linear_sizes(
-        batch, n_context, d_in, d_out, w_scale, noise_std
+    batch, n_context, d_in, d_out, w_scale, noise_std, x_range, dtype = _linear_inputs(
+        batch, n_context, d_in, d_out, x_range, w_scale, noise_std, dtype
     )
-    x_range = validate.non_negative_number("x_range", x_range)
     drift_coefficients(n_context, switch_at)  # checks switch_at
-    dtype = _float_dtype(dtype)
     switch = None if switch_at is None else int(switch_at)
     return _drifting_regression(
         key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, switch, dtype
@@ -408,11 +419,10 @@ def _drifting_regression(
     key, batch, n_context, d_in, d_out, x_range, w_scale, noise_std, switch_at, dtype
 ):
     k_old, k_new, k_x, k_noise = jax.random.split(key, 4)
-    w_old = w_scale * jax.random.normal(k_old, (batch, d_out, d_in), dtype)
-    w_new = w_scale * jax.random.normal(k_new, (batch, d_out, d_in), dtype)
+    w_old = _maps(k_old, batch, d_out, d_in, w_scale, dtype)
+    w_new = _maps(k_new, batch, d_out, d_in, w_scale, dtype)
     a_old, a_new = (jnp.asarray(a, dtype) for a in drift_coefficients(n_context, switch_at))
-    half = x_range / 2
-    xs = jax.random.uniform(k_x, (batch, n_context + 1, d_in), dtype, -half, half)
+    xs = _uniform(k_x, (batch, n_context + 1, d_in), x_range, dtype)
     x, xq = xs[:, :-1], xs[:, -1]
     y = a_old[None, :, None] * jnp.einsum("boi,bni->bno", w_old, x)
     y = y + a_new[None, :, None] * jnp.einsum("boi,bni->bno", w_new, x)
@@ -455,7 +465,7 @@ def shifted_regression(
     kx, kq, kw = jax.random.split(key, 3)
     x = _inputs(kx, (batch, n_context, d_in), dist, x_std, dtype)
     xq = _inputs(kq, (batch, d_in), dist, x_std, dtype)
-    w = w_scale * jax.random.normal(kw, (batch, d_out, d_in), dtype)
+    w = _maps(kw, batch, d_out, d_in, w_scale, dtype)
     y = jnp.einsum("boi,bni->bno", w, x)
     return LinearTask(x=x, y=y, x_query=xq, y_query=jnp.einsum("boi,bi->bo", w, xq), w=w)
 

@@ -95,7 +95,7 @@ TASKS = ("isotropic", "anisotropic", "drift")
 WARMUP_STEPS = 50
 
 # Config fields that may differ between a run and its resume. Empty: every field of Config changes
-# the trajectory (``steps`` the cosine schedule, ``eval_every`` where evaluations and checkpoints
+# the trajectory (``train_steps`` the cosine schedule, ``eval_every`` where evaluations and checkpoints
 # fall, ``seed`` the data, ...), so a resume must use the very config the run started with. A
 # future field that does not (say a logging option) goes here. Arguments of :func:`train` outside
 # Config (``progress``) may always differ.
@@ -134,12 +134,12 @@ HELP = {
     "parametrization": "parametrization of the recurrence Λ",
     "impl": "scan implementation",
     "dtype": "parameter and data dtype (float64 turns on jax_enable_x64)",
-    "steps": "training steps",
+    "train_steps": "training steps (--steps: the same, an alias kept for one release)",
     "batch_size": "fresh tasks per training step",
     "lr": "peak learning rate (AdamW)",
     "recurrence_lr": "peak learning rate of the recurrence Λ (Adam)",
     "weight_decay": "AdamW weight decay (not on Λ)",
-    "warmup_steps": f"linear warmup steps (default: min({WARMUP_STEPS}, steps // 4))",
+    "warmup_steps": f"linear warmup steps (default: min({WARMUP_STEPS}, train_steps // 4))",
     "final_lr_fraction": "the cosine decay ends at lr × this",
     "clip_norm": "clip the global gradient norm to this",
     "loss_on": "training loss on the query alone, or on every position",
@@ -169,9 +169,9 @@ class Config:
     ``C ~ N(0, 1/H)``, the published code's style), ``query_map`` (GD-SSM: ``"vector"``, or
     ``"matrix"`` for a learned preconditioner), ``parametrization`` of ``Λ`` (GD-SSM and H3), scan
     ``impl`` (the neighbours run ``"chunked"`` and ``"auto"`` as ``"associative"``), ``dtype``.
-    Optimisation: ``steps`` of ``batch_size`` fresh tasks; AdamW with peak ``lr``, linear warmup
+    Optimisation: ``train_steps`` of ``batch_size`` fresh tasks; AdamW with peak ``lr``, linear warmup
     over ``warmup_steps`` then cosine decay to ``lr · final_lr_fraction``; ``warmup_steps=None``
-    (the default) means ``min(50, steps // 4)`` (:attr:`resolved_warmup_steps`): 50, as it always
+    (the default) means ``min(50, train_steps // 4)`` (:attr:`resolved_warmup_steps`): 50, as it always
     was, for every run of at least 200 steps, and a quarter of a shorter run; ``recurrence_lr`` (same
     schedule shape, no weight decay) for ``Λ``; ``weight_decay`` for the rest; ``clip_norm`` on the
     global gradient norm; ``loss_on`` ``"query"`` (the last window: GD's objective) or ``"all"``
@@ -198,12 +198,12 @@ class Config:
     parametrization: str = "direct"
     impl: str = "associative"
     dtype: str = "float32"
-    steps: int = 3000
+    train_steps: int = 3000
     batch_size: int = 512
     lr: float = 0.02
     recurrence_lr: float = 0.001
     weight_decay: float = 0.0
-    warmup_steps: int | None = None  # None: min(50, steps // 4)
+    warmup_steps: int | None = None  # None: min(50, train_steps // 4)
     final_lr_fraction: float = 0.01
     clip_norm: float = 1.0
     loss_on: str = "query"
@@ -215,7 +215,7 @@ class Config:
     def __post_init__(self):
         # Every number is checked (and stored as a plain int or float, so the config is JSON).
         checks = {
-            validate.positive_int: ("n_context", "d_in", "d_out", "n_steps", "steps",
+            validate.positive_int: ("n_context", "d_in", "d_out", "n_steps", "train_steps",
                                     "batch_size", "eval_every", "eval_size", "sens_size"),
             validate.non_negative_int: ("seed", "rotation", "switch_at"),
             validate.positive_number: ("lr", "recurrence_lr", "x_range", "w_scale", "clip_norm"),
@@ -224,7 +224,7 @@ class Config:
         for check, names in checks.items():
             for name in names:
                 object.__setattr__(self, name, check(name, getattr(self, name)))
-        if self.warmup_steps is not None:  # None: min(50, steps // 4)
+        if self.warmup_steps is not None:  # None: min(50, train_steps // 4)
             value = validate.non_negative_int("warmup_steps", self.warmup_steps)
             object.__setattr__(self, "warmup_steps", value)
         value = validate.number_in("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
@@ -263,16 +263,17 @@ class Config:
                 raise ValueError(
                     f"query_map is a GD-SSM option; model={self.model!r} needs query_map='vector'"
                 )
-        if self.resolved_warmup_steps >= self.steps:
+        if self.resolved_warmup_steps >= self.train_steps:
             raise ValueError(
-                f"warmup_steps must be smaller than steps; got {self.warmup_steps} >= {self.steps}"
+                f"warmup_steps must be smaller than train_steps; "
+                f"got {self.warmup_steps} >= {self.train_steps}"
             )
 
     @property
     def resolved_warmup_steps(self) -> int:
-        """The warmup the run uses: ``warmup_steps``, or ``min(50, steps // 4)`` when unset."""
+        """The warmup the run uses: ``warmup_steps``, or ``min(50, train_steps // 4)`` when unset."""
         if self.warmup_steps is None:
-            return min(WARMUP_STEPS, self.steps // 4)
+            return min(WARMUP_STEPS, self.train_steps // 4)
         return self.warmup_steps
 
 
@@ -281,7 +282,7 @@ def config_from_args(argv=None, *, defaults: Config = Config(), parser=None):
 
     Returns ``(config, namespace)``; extra arguments added to ``parser`` land in the namespace.
     A bad value exits as argparse does (status 2, one ``error:`` line naming the flag, e.g.
-    ``--steps must be a positive integer; got -1``), not with a traceback. ``--dtype float64``
+    ``--train-steps must be a positive integer; got -1``), not with a traceback. ``--dtype float64``
     turns on ``jax_enable_x64`` before anything is built.
     """
     parser = parser or argparse.ArgumentParser(
@@ -296,6 +297,7 @@ def config_from_args(argv=None, *, defaults: Config = Config(), parser=None):
         shown = "" if default is None else " (default: %(default)s)"
         group.add_argument(
             _flag(field.name),
+            *ALIASES.get(field.name, ()),
             type=kind,
             default=default,
             choices=CHOICES.get(field.name),
@@ -311,14 +313,18 @@ def config_from_args(argv=None, *, defaults: Config = Config(), parser=None):
     return config, args
 
 
+# Flags that an earlier release spelled otherwise: kept, as aliases, for one release.
+ALIASES = {"train_steps": ("--steps",)}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def _with_flags(message: str) -> str:
     """A Config error as the command line says it: the fields it names become their flags
-    (``n_context must be ...`` → ``--n-context must be ...``). A plain-word field (``steps``,
-    ``task``) is translated where it is a name: at the start, before ``=``, after ``than``."""
+    (``n_context must be ...`` → ``--n-context must be ...``). A plain-word field (``task``,
+    ``model``) is translated where it is a name: at the start, before ``=``, after ``than``."""
     names = sorted((f.name for f in dataclasses.fields(Config)), key=len, reverse=True)
     pattern = re.compile(r"(?<![\w.-])(" + "|".join(names) + r")(?!\w)")
 
@@ -433,11 +439,11 @@ def sample(config: Config, key, batch: int):
 
 
 def _labels(params) -> Any:
-    """Optimizer group per parameter: ``"recurrence"`` for ``Λ`` (``nu``), else ``"other"``."""
+    """Optimizer group per parameter: ``"recurrence"`` for ``Λ`` (``lam_param``), else ``"other"``."""
 
     def label(path, _):
         keys = [str(getattr(k, "key", k)) for k in path]
-        return "recurrence" if "nu" in keys else "other"
+        return "recurrence" if "lam_param" in keys else "other"
 
     return jax.tree_util.tree_map_with_path(label, params)
 
@@ -450,7 +456,7 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
             init_value=0.0,
             peak_value=peak,
             warmup_steps=config.resolved_warmup_steps,
-            decay_steps=config.steps,
+            decay_steps=config.train_steps,
             end_value=peak * config.final_lr_fraction,
         )
 
@@ -630,7 +636,7 @@ def train(
         model,
         make_optimizer(config, nnx.state(model, nnx.Param)),
         task,
-        steps=config.steps,
+        train_steps=config.train_steps,
         batch_size=config.batch_size,
         eval_every=config.eval_every,
         key=key_train,
@@ -642,7 +648,7 @@ def train(
     )
     summary = {
         **_summary(fitted.history[-1], refs),
-        "steps": config.steps,
+        "train_steps": config.train_steps,
         "batch_size": config.batch_size,
         "seed": config.seed,
         # Training steps alone (the progress bar's "train"): evaluation excluded, and compilation
@@ -735,7 +741,7 @@ def evaluator(config: Config, gd_lr: float, *, sens_size: int, other_refs=None):
             gd_lr=gd_lr,
             steps=config.n_steps,
             sens_size=sens_size,
-            chunk_size=2048,
+            max_batch=2048,
             other_refs=other_refs,
         )
 

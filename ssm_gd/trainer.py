@@ -5,14 +5,14 @@
 * **Fresh batches every step**, sampled on the device inside the jitted step from
   ``fold_in(key, step)`` (``task.sample``): no host data pipeline, a run is a pure function of its
   settings, and a resumed run draws the very batches an uninterrupted one would.
-* **Chunks of steps in one compiled call**: ``eval_every`` steps run inside one ``lax.scan``.
+* **Segments of steps in one compiled call**: ``eval_every`` steps run inside one ``lax.scan``.
 * **Data parallel** over every device (``jax.sharding``, batch axis); parameters replicated.
 * **Evaluation** every ``eval_every`` steps (``task.evaluate``): one history row, with the step,
-  the mean training loss of the chunk's last 50 steps and the seconds since the start.
+  the mean training loss of the segment's last 50 steps and the seconds since the start.
 * **Output folder** (:mod:`ssm_gd.checkpoints`): ``config.json``, ``history.jsonl``, checkpoints
   at every evaluation, exact resume (or a refusal that says why).
 * **Non-finite loss** stops the run (:class:`TrainingDiverged`, naming the step); the state stops
-  updating at that step inside the chunk and the last good checkpoint is kept.
+  updating at that step inside the segment and the last good checkpoint is kept.
 * **Progress**: a bar with the task's postfix and the training rate (steps per second of the
   training alone, compilation and evaluation left out), and one line per phase.
 
@@ -63,7 +63,7 @@ class Task:
         leading axis of every leaf; traced inside the jitted step (``batch`` is a Python int).
       loss: ``(model, batch) → scalar`` training loss; traced inside the jitted step.
       evaluate: ``model → {name: number}``, the metrics of one history row (run on the host,
-        between chunks; jit inside as needed).
+        between segments; jit inside as needed).
       postfix: ``row → {name: text}`` for the progress bar (default: none).
     """
 
@@ -77,7 +77,7 @@ class Task:
 class Fit:
     """What :func:`fit` returns: the trained model, its history, and the training's timings.
 
-    ``train_steps_per_second``: the median chunk's steps per second, the first chunk left out
+    ``train_steps_per_second``: the median segment's steps per second, the first segment left out
     (it compiles) where there are others; ``wall_seconds``: the whole call; ``steps_trained``: the
     steps this call trained (0 for a finished run resumed, whose timings are then its own, from
     its ``summary.json``).
@@ -128,7 +128,7 @@ def fit(
     optimizer: optax.GradientTransformation,
     task: Task,
     *,
-    steps: int,
+    train_steps: int,
     batch_size: int,
     eval_every: int,
     key: jax.Array,
@@ -138,7 +138,7 @@ def fit(
     may_differ: frozenset[str] = frozenset(),
     progress: bool = True,
 ) -> Fit:
-    """Train ``model``'s ``nnx.Param``s with ``optimizer`` on ``task`` for ``steps`` steps.
+    """Train ``model``'s ``nnx.Param``s with ``optimizer`` on ``task`` for ``train_steps`` steps.
 
     ``out`` (optional) is the run folder: a fresh run clears the outputs of an earlier one there
     and stores ``config`` (a JSON-able dict); ``resume=True`` restores the newest intact
@@ -150,7 +150,7 @@ def fit(
       TrainingDiverged: a non-finite training loss; the message names the step, and the last
         good checkpoint (the previous evaluation) is kept under ``out``.
     """
-    steps = validate.positive_int("steps", steps)
+    train_steps = validate.positive_int("train_steps", train_steps)
     eval_every = validate.positive_int("eval_every", eval_every)
     check_divisible(batch_size=validate.positive_int("batch_size", batch_size))
     out = _check_out(out, resume, config, may_differ)
@@ -159,24 +159,24 @@ def fit(
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.device_put(params, replicated)
     opt_state = jax.device_put(optimizer.init(params), replicated)
-    chunk = _chunk_program(graphdef, optimizer, task, batch_size, key)
+    segment = _segment_program(graphdef, optimizer, task, batch_size, key)
 
     run = _Run(out, graphdef, task, start)
-    step, params, opt_state = run.open(resume, config, steps, eval_every, params, opt_state)
+    step, params, opt_state = run.open(resume, config, train_steps, eval_every, params, opt_state)
     if not run.history:
         say(progress, "compiling the evaluation, evaluating the initial model")
         run.record(0, params, opt_state, None)
-    if step < steps:
-        say(progress, f"compiling the training step ({min(eval_every, steps - step)} steps per "
+    if step < train_steps:
+        say(progress, f"compiling the training step ({min(eval_every, train_steps - step)} steps per "
                       "call), then training")  # fmt: skip
     first = step
-    bar = _progress(steps, step, progress)
-    rates = []  # training steps per second, per chunk: no evaluation (the first compiles)
+    bar = _progress(train_steps, step, progress)
+    rates = []  # training steps per second, per segment: no evaluation (the first compiles)
     try:
-        while step < steps:
-            length = min(eval_every, steps - step)
+        while step < train_steps:
+            length = min(eval_every, train_steps - step)
             t0 = time.perf_counter()
-            new_params, new_opt_state, losses, bad = chunk(
+            new_params, new_opt_state, losses, bad = segment(
                 params, opt_state, jnp.arange(step, step + length)
             )
             if int(bad) >= 0:
@@ -225,7 +225,7 @@ class _Run:
         self.manager = None
         self.stored_summary = None
 
-    def open(self, resume, config, steps, eval_every, params, opt_state):
+    def open(self, resume, config, train_steps, eval_every, params, opt_state):
         """``(step, params, opt_state)`` to start from: restored on resume, else as given."""
         if self.out is None:
             return 0, params, opt_state
@@ -250,7 +250,7 @@ class _Run:
             self.close()
             raise
         summary = self.out / "summary.json"
-        if step < steps:  # training continues: the old summary no longer describes it
+        if step < train_steps:  # training continues: the old summary no longer describes it
             summary.unlink(missing_ok=True)
         elif summary.exists():  # finished: keep the timings of the run that trained
             try:
@@ -277,7 +277,7 @@ class _Run:
             self.manager = None
 
 
-def _chunk_program(graphdef, optimizer, task: Task, batch_size: int, key):
+def _segment_program(graphdef, optimizer, task: Task, batch_size: int, key):
     """A jitted ``(params, opt_state, steps) → (params, opt_state, losses, bad_step)``."""
     sharding = batch_sharding()
 
@@ -298,16 +298,16 @@ def _chunk_program(graphdef, optimizer, task: Task, batch_size: int, key):
         return (keep(new_params, params), keep(new_opt_state, opt_state), bad), loss
 
     @jax.jit
-    def chunk(params, opt_state, steps):
+    def segment(params, opt_state, steps):
         init = (params, opt_state, jnp.asarray(-1, steps.dtype))
         (params, opt_state, bad), losses = jax.lax.scan(one_step, init, steps)
         return params, opt_state, losses, bad
 
-    return chunk
+    return segment
 
 
 def _rate(rates: list[float]) -> float:
-    """Training steps per second: the median chunk, leaving out the first (it compiles)."""
+    """Training steps per second: the median segment, leaving out the first (it compiles)."""
     return float(np.median(rates[1:] or rates or [0.0]))
 
 

@@ -63,10 +63,10 @@ def test_choices_are_the_library_sets():
 # --------------------------------------------------------------------------------- bad values
 
 BAD = [
-    (["--steps", "-1"], "error: --steps must be a positive integer; got -1"),
-    (["--steps", "0"], "error: --steps must be a positive integer; got 0"),
-    (["--steps", "2.5"], "--steps: invalid int value"),
-    (["--steps", "many"], "--steps: invalid int value"),
+    (["--train-steps", "-1"], "error: --train-steps must be a positive integer; got -1"),
+    (["--train-steps", "0"], "error: --train-steps must be a positive integer; got 0"),
+    (["--train-steps", "2.5"], "--train-steps/--steps: invalid int value"),
+    (["--train-steps", "many"], "--train-steps/--steps: invalid int value"),
     (["--n-context", "0"], "error: --n-context must be a positive integer"),
     (["--d-in", "-3"], "error: --d-in must be a positive integer"),
     (["--batch-size", "0"], "error: --batch-size must be a positive integer"),
@@ -86,8 +86,8 @@ BAD = [
     (["--task", "nonlinear"], "--task: invalid choice"),
     (["--impl", "fft"], "--impl: invalid choice"),
     (["--loss-on", "middle"], "--loss-on: invalid choice"),
-    (["--warmup-steps", "20", "--steps", "10"],
-     "error: --warmup-steps must be smaller than --steps; got 20 >= 10"),
+    (["--warmup-steps", "20", "--train-steps", "10"],
+     "error: --warmup-steps must be smaller than --train-steps; got 20 >= 10"),
     (["--switch-at", "50"], "error: --switch-at must be in [0, --n-context=10]"),
     (["--layout", "constructed"], "error: --layout="),
     (["--model", "h3"], "error: --model="),
@@ -105,16 +105,23 @@ def test_bad_value_exits_2_naming_the_flag(capsys, argv, message):
 
 
 def test_bad_value_through_an_experiment(capsys, tmp_path):
-    code, err = _exit(capsys, linear.main, ["--steps", "-1", "--out", str(tmp_path / "x")])
-    assert code == 2 and "error: --steps must be a positive integer; got -1" in err
+    code, err = _exit(capsys, linear.main, ["--train-steps", "-1", "--out", str(tmp_path / "x")])
+    assert code == 2 and "error: --train-steps must be a positive integer; got -1" in err
+
+
+def test_old_steps_flag_is_an_alias_of_train_steps():
+    config, _ = train.config_from_args(["--steps", "7"])
+    assert config.train_steps == 7 and config == train.Config(train_steps=7)
+    assert "--steps" in train.ALIASES["train_steps"]
 
 
 def test_field_names_become_flags_only_where_they_are_names():
     say = train._with_flags
-    assert say("steps must be positive") == "--steps must be positive"
+    assert say("train_steps must be positive") == "--train-steps must be positive"
+    assert say("task must be one of") == "--task must be one of"
     assert say("n_context must be 3") == "--n-context must be 3"
     assert say("got model='h3' in one task") == "got --model='h3' in one task"
-    assert say("the task has steps") == "the task has steps"  # plain words stay
+    assert say("the model has a task") == "the model has a task"  # plain words stay
     assert say("needs jax_enable_x64") == "needs jax_enable_x64"
 
 
@@ -122,12 +129,12 @@ def test_field_names_become_flags_only_where_they_are_names():
 
 
 def test_warmup_default_scales_with_short_runs(capsys, tmp_path):
-    config, _ = linear.parse(["--quick", "--steps", "10", "--out", str(tmp_path)])
-    assert config.steps == 10 and config.warmup_steps is None
+    config, _ = linear.parse(["--quick", "--train-steps", "10", "--out", str(tmp_path)])
+    assert config.train_steps == 10 and config.warmup_steps is None
     assert config.resolved_warmup_steps == 2  # min(50, 10 // 4)
-    config, _ = train.config_from_args(["--steps", "3"])
+    config, _ = train.config_from_args(["--train-steps", "3"])
     assert config.resolved_warmup_steps == 0
-    config, _ = train.config_from_args(["--steps", "10", "--warmup-steps", "3"])
+    config, _ = train.config_from_args(["--train-steps", "10", "--warmup-steps", "3"])
     assert config.resolved_warmup_steps == 3
     train.make_optimizer(config, {"w": np.zeros(2)})
 
@@ -137,9 +144,9 @@ def test_warmup_default_keeps_every_existing_default_run():
     quick = dataclasses.replace(train.Config(), **linear.QUICK)  # 300 steps
     assert quick.resolved_warmup_steps == 50
     for steps in (200, 1500, 2000):  # plateau (quick and full), neighbours
-        assert train.Config(steps=steps).resolved_warmup_steps == 50
+        assert train.Config(train_steps=steps).resolved_warmup_steps == 50
     # Defaults computed from a resolved Config follow its steps, not a stale 50.
-    assert dataclasses.replace(train.Config(), steps=20).resolved_warmup_steps == 5
+    assert dataclasses.replace(train.Config(), train_steps=20).resolved_warmup_steps == 5
 
 
 # ------------------------------------------------------------------------------- float64, --out
@@ -169,7 +176,7 @@ def test_out_is_checked_before_any_work(capsys, tmp_path):
 def test_command_line_float64_run_says_what_it_does(tmp_path):
     """The real command, in its own process: x64 from --dtype alone, and a line per phase."""
     out = tmp_path / "run"
-    flags = ["--n-context", "4", "--d-in", "2", "--d-out", "1", "--steps", "8", "--eval-every",
+    flags = ["--n-context", "4", "--d-in", "2", "--d-out", "1", "--train-steps", "8", "--eval-every",
              "4", "--batch-size", "16", "--eval-size", "64", "--sens-size", "16",
              "--dtype", "float64", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

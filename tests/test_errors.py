@@ -126,7 +126,7 @@ def test_tokens_survive_jit_with_their_layout_and_sizes():
 
 
 def test_data_that_overflows_the_dtype_is_named_as_the_cause():
-    config = train.Config(n_context=4, d_in=2, d_out=1, steps=4, batch_size=8, eval_every=2,
+    config = train.Config(n_context=4, d_in=2, d_out=1, train_steps=4, batch_size=8, eval_every=2,
                           eval_size=16, sens_size=8, x_range=1e30)  # fmt: skip
     with pytest.raises(ValueError, match=r"evaluation tasks are out of range.*x_range=1e\+30"):
         train.train(config, progress=False)
@@ -287,7 +287,7 @@ BAD = [
     (lambda: scan.decay_powers(jnp.ones(3), 0), "length", ValueError),
     # metrics
     (lambda: _evaluate(sens_size=0), "sens_size", ValueError),
-    (lambda: _evaluate(chunk_size=-1), "chunk_size", ValueError),
+    (lambda: _evaluate(max_batch=-1), "max_batch", ValueError),
     (lambda: _evaluate(gd_lr=_NAN), "gd_lr", ValueError),
     (lambda: _evaluate(steps=0), "steps", ValueError),
     (lambda: _evaluate(layout="pair"), "layout", ValueError),
@@ -298,7 +298,7 @@ BAD = [
     (lambda: _cfg(x_range=_INF), "x_range", ValueError),
     (lambda: _cfg(noise_std=_INF), "noise_std", ValueError),
     (lambda: _cfg(lr="0.02"), "lr", TypeError),
-    (lambda: _cfg(steps=True), "steps", TypeError),
+    (lambda: _cfg(train_steps=True), "train_steps", TypeError),
     (lambda: _cfg(seed=-1), "seed", ValueError),
     (lambda: _cfg(condition=0.5), "condition", ValueError),
     (lambda: _cfg(warmup_steps=-1), "warmup_steps", ValueError),

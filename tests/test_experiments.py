@@ -7,7 +7,7 @@ import pytest
 
 from experiments import construction, linear, report
 
-TINY = ["--n-context", "6", "--d-in", "3", "--d-out", "1", "--steps", "60", "--eval-every", "30",
+TINY = ["--n-context", "6", "--d-in", "3", "--d-out", "1", "--train-steps", "60", "--eval-every", "30",
         "--batch-size", "64", "--warmup-steps", "5", "--eval-size", "256", "--sens-size", "64",
         "--no-progress"]  # fmt: skip
 
@@ -18,10 +18,10 @@ def test_linear_writes_summary_history_and_figures(tmp_path):
     written = json.loads((out / "summary.json").read_text())
     assert written == json.loads(json.dumps(summary))
     for key in ("val_loss", "gd_loss", "gd_lr", "model_cos", "model_diff", "preds_diff",
-                "param_match_error", "steps", "batch_size", "seed", "wall_seconds", "devices",
+                "param_match_error", "train_steps", "batch_size", "seed", "wall_seconds", "devices",
                 "config", "icl_curve", "train_steps_per_second"):  # fmt: skip
         assert key in written
-    assert written["steps"] == 60 and written["config"]["d_in"] == 3
+    assert written["train_steps"] == 60 and written["config"]["d_in"] == 3
     assert len((out / "history.jsonl").read_text().splitlines()) == 3  # steps 0, 30, 60
     for name in written["figures"]:
         assert (out / name).stat().st_size > 1000
@@ -38,8 +38,8 @@ def test_linear_writes_summary_history_and_figures(tmp_path):
 
 
 def test_quick_sets_defaults_and_flags_override(tmp_path):
-    config, args = linear.parse(["--quick", "--steps", "80", "--out", str(tmp_path)])
-    assert args.quick and config.steps == 80 and config.eval_size == linear.QUICK["eval_size"]
+    config, args = linear.parse(["--quick", "--train-steps", "80", "--out", str(tmp_path)])
+    assert args.quick and config.train_steps == 80 and config.eval_size == linear.QUICK["eval_size"]
 
 
 def test_bad_flag_value_is_rejected_before_training(capsys):

@@ -255,7 +255,7 @@ def test_diagonal_recurrence_equals_loop(lam_init, parametrization, impl, want_l
     # direct stores Λ itself; bounded stores ν = log(−log Λ) and recovers Λ to a few ulps.
     np.testing.assert_allclose(lam, want_lam(), rtol=1e-14, atol=0)
     if parametrization == "direct":
-        np.testing.assert_array_equal(rec.nu[...], lam)
+        np.testing.assert_array_equal(rec.lam_param[...], lam)
     u = np.random.default_rng(4).normal(size=(2, 6, *STATE))
     out = call(rec, jnp.asarray(u))
     assert out.shape == u.shape and out.dtype == jnp.float64
@@ -276,13 +276,13 @@ def test_bounded_parametrization_keeps_lambda_in_unit_interval(impl):
     )
     # Arbitrary raw values, as an optimiser might leave them: huge, tiny, ±∞, around 0.
     raw = np.array([[-np.inf, -1e300, -40.0], [0.0, 1e3, np.inf]])
-    rec.nu[...] = jnp.asarray(raw)
+    rec.lam_param[...] = jnp.asarray(raw)
     lam = np.asarray(rec.lam)
     assert np.all(np.isfinite(lam)) and np.all(np.abs(lam) <= 1) and np.all(lam >= 0)
     # XLA's exp may differ from numpy's by an ulp.
     np.testing.assert_allclose(lam, [[1.0, 1.0, 1.0], [np.exp(-1.0), 0.0, 0.0]], rtol=1e-15, atol=0)
     for seed in range(3):  # random raw values on a wide scale
-        rec.nu[...] = jnp.asarray(np.random.default_rng(seed).normal(scale=30.0, size=STATE))
+        rec.lam_param[...] = jnp.asarray(np.random.default_rng(seed).normal(scale=30.0, size=STATE))
         lam = np.asarray(rec.lam)
         assert np.all((0 <= lam) & (lam <= 1))
         u = np.random.default_rng(10 + seed).normal(size=(2, 5, *STATE))

@@ -18,7 +18,7 @@ TINY = train.Config(
     n_context=4,
     d_in=2,
     d_out=1,
-    steps=4,
+    train_steps=4,
     batch_size=8,
     eval_every=2,
     eval_size=16,
@@ -72,7 +72,7 @@ def test_a_fresh_run_stores_its_config(finished):
 def test_resume_with_another_config_is_refused_listing_every_difference(finished, tmp_path):
     out = copy_of(finished, tmp_path)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    other = dataclasses.replace(TINY, lr=0.5, steps=8)
+    other = dataclasses.replace(TINY, lr=0.5, train_steps=8)
     with pytest.raises(ValueError, match="different config") as caught:
         train.train(other, out, resume=True, progress=False)
     message = str(caught.value)
@@ -88,7 +88,7 @@ def test_every_config_field_must_match(finished):
     changed = {
         "eval_every": 1,
         "seed": 3,
-        "steps": 6,
+        "train_steps": 6,
         "batch_size": 16,
         "warmup_steps": 2,
         "clip_norm": 2.0,
@@ -267,7 +267,7 @@ def test_a_resumed_run_that_fails_leaves_no_stale_summary(finished, tmp_path, mo
 
         return chunk
 
-    monkeypatch.setattr(trainer, "_chunk_program", failing_chunk)
+    monkeypatch.setattr(trainer, "_segment_program", failing_chunk)
     with pytest.raises(RuntimeError, match="interrupted"):
         train.train(TINY, out, resume=True, progress=False)
     assert not (out / "summary.json").exists()

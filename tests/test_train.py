@@ -18,7 +18,7 @@ SMALL = train.Config(
     n_context=8,
     d_in=4,
     d_out=1,
-    steps=300,
+    train_steps=300,
     batch_size=128,
     warmup_steps=20,
     eval_every=100,
@@ -42,14 +42,14 @@ def test_training_moves_toward_gd(tmp_path):
     assert rows == json.loads(json.dumps(result.history))
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("val_loss", "gd_loss", "gd_lr", "model_cos", "model_diff", "preds_diff",
-                "param_match_error", "steps", "batch_size", "seed", "wall_seconds", "devices",
+                "param_match_error", "train_steps", "batch_size", "seed", "wall_seconds", "devices",
                 "config"):  # fmt: skip
         assert key in summary
     assert summary["config"] == dataclasses.asdict(SMALL)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    config = dataclasses.replace(SMALL, steps=200)
+    config = dataclasses.replace(SMALL, train_steps=200)
     full = train.train(config, tmp_path / "full", progress=False)
     # An interruption after the step-100 checkpoint: the step-200 checkpoint never got written.
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
@@ -77,7 +77,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     [
         ("n_context", 0, "n_context must be a positive integer"),
         ("d_in", -1, "d_in must be a positive integer"),
-        ("steps", 2.5, "steps must be a positive integer"),
+        ("train_steps", 2.5, "train_steps must be a positive integer"),
         ("batch_size", 0, "batch_size must be a positive integer"),
         ("lr", 0.0, "lr must be a positive finite number"),
         ("lr", float("nan"), "lr must be a positive finite number"),
@@ -87,7 +87,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         ("loss_on", "middle", "loss_on must be one of"),
         ("impl", "fft", "impl must be one of"),
         ("dtype", "int32", "dtype must be one of"),
-        ("warmup_steps", 5000, "warmup_steps must be smaller than steps"),
+        ("warmup_steps", 5000, "warmup_steps must be smaller than train_steps"),
     ],
 )
 def test_invalid_config_is_rejected(field, value, match):
@@ -110,7 +110,7 @@ def test_config_from_args():
 
 
 def test_loss_on_every_position_trains(tmp_path):
-    config = dataclasses.replace(SMALL, loss_on="all", steps=100)
+    config = dataclasses.replace(SMALL, loss_on="all", train_steps=100)
     result = train.train(config, None, progress=False)
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
 
@@ -121,7 +121,7 @@ SCRIPT = textwrap.dedent(
     import jax
     jax.config.update("jax_enable_x64", True)
     from ssm_gd import train
-    config = train.Config(n_context=6, d_in=3, d_out=2, steps=40, batch_size=64, warmup_steps=5,
+    config = train.Config(n_context=6, d_in=3, d_out=2, train_steps=40, batch_size=64, warmup_steps=5,
                           eval_every=20, eval_size=256, sens_size=64, dtype="float64")
     result = train.train(config, None, progress=False)
     print(json.dumps({"devices": jax.device_count(), "history": result.history}))

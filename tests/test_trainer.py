@@ -30,18 +30,18 @@ def make_task(loss=mse):
     )
 
 
-def run(out=None, steps=60, resume=False, loss=mse, config=None):
+def run(out=None, train_steps=60, resume=False, loss=mse, config=None):
     model = nnx.Linear(3, 1, use_bias=False, rngs=nnx.Rngs(0))
     return trainer.fit(
         model,
         optax.sgd(0.1),
         make_task(loss),
-        steps=steps,
+        train_steps=train_steps,
         batch_size=32,
         eval_every=20,
         key=jax.random.key(1),
         out=out,
-        config=config or {"steps": steps},
+        config=config or {"train_steps": train_steps},
         resume=resume,
         progress=False,
     )
@@ -60,7 +60,7 @@ def test_fit_trains_any_task_and_compiles_the_step_once():
 def test_a_resumed_fit_compiles_once_and_equals_the_uninterrupted_one(tmp_path):
     whole = run(tmp_path / "whole")
     part = tmp_path / "part"
-    run(part, steps=60)
+    run(part, train_steps=60)
     # Interrupted after step 40: the newest checkpoint is removed, the history cut to match.
     import shutil
 
@@ -87,14 +87,14 @@ def test_a_non_finite_loss_stops_with_the_step_named(tmp_path):
 
 
 def test_fit_names_its_bad_arguments():
-    for name, kwargs in (("steps", {"steps": 0}), ("batch_size", {"batch_size": -1})):
+    for name, kwargs in (("train_steps", {"train_steps": 0}), ("batch_size", {"batch_size": -1})):
         model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
-        args = {"steps": 10, "batch_size": 8, "eval_every": 5} | kwargs
+        args = {"train_steps": 10, "batch_size": 8, "eval_every": 5} | kwargs
         with pytest.raises(ValueError, match=f"^{name} must be a positive integer"):
             trainer.fit(model, optax.sgd(0.1), make_task(), key=jax.random.key(0), **args)
     with pytest.raises(ValueError, match="resume=True needs an output folder"):
         trainer.fit(
-            nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1), make_task(), steps=4,
+            nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1), make_task(), train_steps=4,
             batch_size=8, eval_every=2, key=jax.random.key(0), resume=True,
         )  # fmt: skip
     np.testing.assert_equal(trainer.batch_sharding().spec, jax.sharding.PartitionSpec("batch"))
