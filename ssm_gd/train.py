@@ -652,7 +652,7 @@ def train(
         "batch_size": config.batch_size,
         "seed": config.seed,
         # Training steps alone (the progress bar's "train"): evaluation excluded, and compilation
-        # too where there is more than one chunk (the first compiles). wall_seconds has it all.
+        # too where there is more than one segment (the first compiles). wall_seconds has it all.
         "wall_seconds": time.perf_counter() - start_time,
         "train_steps_per_second": fitted.train_steps_per_second,
         "time_to_target": _time_to_target(fitted.history),
