@@ -19,6 +19,12 @@ Two neighbours of plain GD come from the same table (docs/design.md §6), for an
 * ``decay=λ``: ``Λ_y = Λ_x = λ`` gives sample-weighted GD, on the prefix of ``t`` pairs the loss
   ``1/(2N) Σ_{i≤t} λ^{t−i} ||W x_i − y_i||²`` (the recent pairs count most).
 
+With ``minibatch=m`` the window holds ``m`` pairs and the next input,
+``[x_{(t−1)m+1}; y_{(t−1)m+1}; …; x_{tm}; y_{tm}; x_{tm+1}]`` (``2m + 1`` rows, stride ``2m``):
+``Q_y = Σ_j e_{2j} e_{2j−1}ᵀ`` and ``Q_x = Σ_j e_{2j−1} e_{2j−1}ᵀ`` (``j = 1…m``) add a whole
+minibatch's gradient per window, ``D = e_{2m+1}``; window ``t`` predicts ``x_{tm+1}`` by K steps on the
+first ``tm`` pairs, and a decay ``λ`` weighs pair ``i`` by ``λ`` per window after its own.
+
 The model is *built* from these values through the modules' initializers; no parameter is
 edited after construction.
 """
@@ -46,12 +52,13 @@ def gd_ssm_values(
     layout: str = "interleaved",
     preconditioner=None,
     decay: float | None = None,
+    minibatch: int = 1,
 ):
     """The constructed parameter values as numpy arrays (float64), keyed by role.
 
-    Keys: ``q_y`` (``(3, 3)``, or ``(3,)`` constructed), ``q_x`` ``(3, 3)``, ``d`` (``(3,)``, or
-    ``(3, h, h)`` with a ``preconditioner``), ``c_y`` ``(d_out, R)``, ``c_x`` ``(h, h)``, ``lam``
-    (the value of every ``Λ``: ``decay``, or 1).
+    Keys: ``q_y`` (``(w, w)``, or ``(w,)`` constructed), ``q_x`` ``(w, w)``, ``d`` (``(w,)``, or
+    ``(w, h, h)`` with a ``preconditioner``), ``c_y`` ``(d_out, R)``, ``c_x`` ``(h, h)``, ``lam``
+    (the value of every ``Λ``: ``decay``, or 1); ``w = 2·minibatch + 1``.
     """
     check_layout(layout, d_in, d_out)
     d_in, d_out = int(d_in), int(d_out)
@@ -59,8 +66,14 @@ def gd_ssm_values(
     lr = validate.positive_number("lr", lr)
     if decay is not None:
         decay = validate.finite_number("decay", decay)
+    m = validate.positive_int("minibatch", minibatch)
+    if m > 1 and layout != "interleaved":
+        raise ValueError(f"minibatch > 1 reads interleaved tokens; got layout={layout!r}")
+    if n_context % m:
+        raise ValueError(f"n_context={n_context} is not a multiple of minibatch={m}")
     c = lr / n_context
-    e = np.eye(3)
+    e = np.eye(2 * m + 1)
+    xs, ys = e[0 : 2 * m : 2], e[1 : 2 * m : 2]  # the window's x rows and y rows, pair by pair
     h = row_width(layout, d_in, d_out)
     state_rows = h if layout == "interleaved" else 1
     gamma = np.eye(h)
@@ -74,9 +87,9 @@ def gd_ssm_values(
         gamma = np.zeros((h, h))
         gamma[:d_in, :d_in] = p
     return {
-        "q_y": np.outer(e[1], e[0]) if layout == "interleaved" else e[1],
-        "q_x": np.outer(e[0], e[0]),
-        "d": e[2] if preconditioner is None else e[2][:, None, None] * gamma,
+        "q_y": ys.T @ xs if layout == "interleaved" else e[1],
+        "q_x": xs.T @ xs,
+        "d": e[2 * m] if preconditioner is None else e[2 * m][:, None, None] * gamma,
         "c_y": c * np.eye(d_out, state_rows),
         "c_x": c * gamma,
         "lam": 1.0 if decay is None else float(decay),
@@ -94,6 +107,7 @@ def gd_ssm(
     impl: str = "associative",
     preconditioner=None,
     decay: float | None = None,
+    minibatch: int = 1,
     dtype=jnp.float32,
 ) -> GDSSM:
     """A :class:`~ssm_gd.layers.GDSSM` whose predictions are exactly K-step GD with step size ``lr``.
@@ -106,10 +120,14 @@ def gd_ssm(
     With ``preconditioner`` ``Γ`` ``(d_in, d_in)`` (a model with ``query_map="matrix"``) each step
     is ``W ← W − η ∇L(W) Γ``; with ``decay`` ``λ`` the loss on the prefix of ``t`` pairs weighs
     pair ``i`` by ``λ^{t−i}``. One step of both: ``W_1 = (η/N) Σ_i λ^{N−i} y_i x_iᵀ Γ``.
+
+    With ``minibatch=m`` (interleaved tokens, ``N`` a multiple of ``m``) the model has ``N/m``
+    windows; window ``t`` equals entry ``tm`` of :func:`ssm_gd.gd.predict_prefixes`, and a decay
+    weighs pair ``i`` by ``λ^{N/m − ⌈i/m⌉}`` at the query.
     """
     v = gd_ssm_values(
         d_in=d_in, d_out=d_out, n_context=n_context, lr=lr, layout=layout,
-        preconditioner=preconditioner, decay=decay,
+        preconditioner=preconditioner, decay=decay, minibatch=minibatch,
     )  # fmt: skip
     init = GDSSMInit(
         q_y=constant_init(v["q_y"]),
@@ -128,6 +146,7 @@ def gd_ssm(
         impl=impl,
         query_map="vector" if preconditioner is None else "matrix",
         n_context=n_context,
+        minibatch=minibatch,
         param_dtype=dtype,
         rngs=nnx.Rngs(0),
     )

@@ -289,12 +289,12 @@ QUERY_MAPS = ("vector", "matrix")
 def _branch(kind: str, h: int, q_init, lam_init, rec: dict, att: dict):
     """One accumulator of the GD-SSM: ``(attention, recurrence)``. ``kind``: ``"interleaved"`` (the
     y·x branch, ``Q_y``, an ``(h, h)`` state), ``"constructed"`` (the y·x branch on constructed
-    tokens, ``P_y``, a ``(1, h)`` state) or ``"xx"`` (the x·x branch, ``Q_x``, ``(h, h)``)."""
-    window, stride = GDSSM.window, GDSSM.stride
+    tokens, ``P_y``, a ``(1, h)`` state) or ``"xx"`` (the x·x branch, ``Q_x``, ``(h, h)``).
+    ``att`` holds the ``window`` and ``stride``."""
     if kind == "constructed":
-        attention = LocalMixing(window, stride, p_init=q_init, **att)
+        attention = LocalMixing(p_init=q_init, **att)
         return attention, DiagonalRecurrence((1, h), lam_init=lam_init, **rec)
-    attention = LocalSelfAttention(window, stride, q_init=q_init, **att)
+    attention = LocalSelfAttention(q_init=q_init, **att)
     return attention, DiagonalRecurrence((h, h), lam_init=lam_init, **rec)
 
 
@@ -302,15 +302,17 @@ class GDSSM(nnx.Module):
     """The GD-SSM model: :class:`~ssm_gd.tokens.Tokens` ``(B, L, H)`` → a prediction at every
     window ``(B, N, d_out)`` (docs/design.md §3, §5).
 
-    Windows of 3 tokens, stride 2, give ``X_t = [x_t; y_t; x_{t+1}]``, ``t = 1…N``. The y·x branch
-    (``U^y_t = X_tᵀ Q_y X_t``, ``S^y_t = Λ_y ⊙ S^y_{t−1} + U^y_t``) and, for ``n_steps > 1``, the
-    x·x branch (``Q_x``, ``Λ_x``) run side by side; the readout composes them step by step
-    (:func:`gd_readout`) with the query ``v_t = Σ_a D_a X_t[a]`` (``query_map="vector"``: scalars
+    Windows of 3 tokens, stride 2, give ``X_t = [x_t; y_t; x_{t+1}]``, ``t = 1…N``; with
+    ``minibatch=m`` (interleaved tokens, ``N`` a multiple of ``m``) windows of ``2m + 1`` tokens,
+    stride ``2m``, hold ``m`` pairs and the next input, ``t = 1…N/m`` (docs/design.md §12).
+    The y·x branch (``U^y_t = X_tᵀ Q_y X_t``, ``S^y_t = Λ_y ⊙ S^y_{t−1} + U^y_t``) and, for
+    ``n_steps > 1``, the x·x branch (``Q_x``, ``Λ_x``) run side by side; the readout composes them
+    step by step (:func:`gd_readout`) with the query ``v_t = Σ_a D_a X_t[a]`` (``query_map="vector"``: scalars
     ``D_a``; ``"matrix"``: ``(h, h)`` matrices, a learned preconditioner). Every position is causal.
     On ``"constructed"`` tokens the y·x branch is first order (:class:`LocalMixing`).
 
     Tokens made for other sizes, or a bare array, are refused; ``n_context`` (``None``: any) pins
-    the context size, as the construction does (its readout holds ``1/N``).
+    the context size (the construction's readout holds ``1/N``), a multiple of ``minibatch``.
     Parameters: ``yx_attention``, ``yx_recurrence``, (``xx_attention``, ``xx_recurrence``, ``c_x``
     ``(h, h)``), ``c_y`` ``(d_out, R)`` (``R = h``, or 1 constructed) and ``d``.
 
@@ -321,8 +323,6 @@ class GDSSM(nnx.Module):
     prediction alone from weighted sums (:func:`ssm_gd.readout.last_state_readout`), memory the
     size of the tokens: what training and the metrics call.
     """
-
-    window, stride = 3, 2
 
     def __init__(
         self,
@@ -337,27 +337,24 @@ class GDSSM(nnx.Module):
         chunk: int = 32,
         query_map: str = "vector",
         n_context: int | None = None,
+        minibatch: int = 1,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        check_layout(layout, d_in, d_out)
-        d_in, d_out = int(d_in), int(d_out)
-        # A model built for one context size (the construction's C holds η/N) refuses others.
-        self.n_context = (
-            None if n_context is None else validate.positive_int("n_context", n_context)
-        )
+        d_in, d_out, self.n_context, m = _sizes(layout, d_in, d_out, n_context, minibatch)
+        self.d_in, self.d_out, self.minibatch = d_in, d_out, m
+        self.window, self.stride = 2 * m + 1, 2 * m  # m pairs and the next input, m pairs apart
         self.impl = validate.one_of("impl", impl, IMPLS)
         self.query_map = validate.one_of("query_map", query_map, QUERY_MAPS)
         self.chunk = validate.positive_int("chunk", chunk)
         if impl not in scan.IMPLEMENTATIONS:  # the recurrences' own impl, when states are built
             impl = "associative"
-        self.d_in, self.d_out = d_in, d_out
         self.n_steps = validate.positive_int("n_steps", n_steps)
         self.layout = layout
         self.token_width = token_width(layout, d_in, d_out)
         h = row_width(layout, d_in, d_out)
         rec = dict(parametrization=parametrization, impl=impl, param_dtype=param_dtype, rngs=rngs)
-        att = dict(param_dtype=param_dtype, rngs=rngs)
+        att = dict(window=self.window, stride=self.stride, param_dtype=param_dtype, rngs=rngs)
         # Built in this order (the initializers draw from rngs in turn): y·x, then x·x, c_y, d.
         self.yx_attention, self.yx_recurrence = _branch(layout, h, init.q_y, init.lam, rec, att)
         state_rows = 1 if layout == "constructed" else h  # R: a state is R × h
@@ -381,12 +378,13 @@ class GDSSM(nnx.Module):
             tokens, layout=self.layout, d_in=self.d_in, d_out=self.d_out, n_context=self.n_context
         ).array
         if self.layout == "interleaved":
+            _check_multiple(tokens.n_context, self.minibatch)
             return array
         return array.reshape(array.shape[0], 2 * array.shape[1], self.d_in)[:, 1:]
 
     def __call__(self, tokens: Tokens) -> Array:
         """Predictions ``(B, N, d_out)``: entry ``t`` predicts ``y_{t+1}`` (``y_q`` for the last)."""
-        x = windows(self.rows(tokens), self.window, self.stride)  # (B, N, 3, h)
+        x = windows(self.rows(tokens), self.window, self.stride)  # (B, N/m, 2m + 1, h)
         query = self.query(x)
         c_x = None if self.n_steps == 1 else self.c_x[...]
         branches = self._branches()
@@ -410,7 +408,7 @@ class GDSSM(nnx.Module):
         last states as weighted sums ``S_N = Σ_t Λ^{N−t} ⊙ U_t`` (docs/design.md §3,
         :func:`ssm_gd.readout.last_state_readout`): no states built, no sequential dependency."""
         rows = self.rows(tokens)  # (B, 2N + 1, h)
-        n = (rows.shape[1] - 1) // 2
+        n = (rows.shape[1] - 1) // self.stride  # windows
         query = self.query(rows[:, -self.window :])  # (B, h): the last window's query, x_q
 
         def apply(attention, recurrence):
@@ -429,7 +427,7 @@ class GDSSM(nnx.Module):
         )[:, 0]
 
     def query(self, x: Array) -> Array:
-        """``v = Σ_a D_a X[a]`` ``(…, h)`` for windows ``x`` ``(…, 3, h)``."""
+        """``v = Σ_a D_a X[a]`` ``(…, h)`` for windows ``x`` ``(…, window, h)``."""
         if self.query_map == "vector":
             return jnp.einsum("...ah,a->...h", x, self.d[...])
         return jnp.einsum("...ah,aih->...i", x, self.d[...])
@@ -450,3 +448,24 @@ class GDSSM(nnx.Module):
         h = row_width(self.layout, self.d_in, self.d_out)
         entries = batch * n_windows * max(state_rows, h if self.n_steps > 1 else 1) * h
         return auto_impl(jax.default_backend(), n_windows, entries)
+
+
+def _sizes(layout, d_in, d_out, n_context, minibatch) -> tuple:
+    """A GD-SSM's checked ``(d_in, d_out, n_context, minibatch)``. ``n_context``: ``None`` (any), or
+    the one context size the model reads (the construction's ``C`` holds ``η/N``)."""
+    check_layout(layout, d_in, d_out)
+    minibatch = validate.positive_int("minibatch", minibatch)
+    if minibatch > 1 and layout != "interleaved":
+        raise ValueError(f"minibatch > 1 reads interleaved tokens; got layout={layout!r}")
+    if n_context is not None:
+        n_context = validate.positive_int("n_context", n_context)
+        _check_multiple(n_context, minibatch)
+    return int(d_in), int(d_out), n_context, minibatch
+
+
+def _check_multiple(n_context: int, minibatch: int) -> None:
+    if n_context % minibatch:
+        raise ValueError(
+            f"n_context={n_context} is not a multiple of minibatch={minibatch}: windows of "
+            f"minibatch pairs must cover the context (use a context of {minibatch}·k pairs)"
+        )

@@ -257,6 +257,9 @@ def last_state_readout(
 class WindowProducts(Protocol):
     """What :func:`window_factors` reads of a window layer (``LocalSelfAttention``, ``LocalMixing``)."""
 
+    window: int
+    stride: int
+
     def weights(self) -> Array: ...
 
     def factors(self, rows: tuple) -> tuple[tuple, tuple]: ...
@@ -291,8 +294,8 @@ def window_factors(
 ) -> tuple[Array, Callable]:
     """``(w, factors)``: the weights and the ``factors(start, size)`` of windows ``start … start + size − 1``.
 
-    ``rows`` ``(B, 2N + 1, h)`` are window rows; window ``t`` holds rows ``2t, 2t + 1, 2t + 2``
-    (3 rows, stride 2). The factors are time-major and batch-minor, one array ``(size, h, B)`` per
+    ``rows`` ``(B, L, h)`` are window rows; window ``t`` holds rows ``s·t, …, s·t + w − 1``
+    (``w = attention.window`` rows, stride ``s = attention.stride``). The factors are time-major and batch-minor, one array ``(size, h, B)`` per
     window position: the rows are transposed once, here (``per_chunk=False``), and each position's
     rows gathered when asked for (on XLA:CPU a gather of whole rows is fast where strided slices
     of a slice inside a loop are not), or each position's rows are gathered from ``rows`` and
@@ -308,15 +311,17 @@ def window_factors(
     if not per_chunk:
         rows = jnp.transpose(rows, (1, 2, 0))  # (2N + 1, h, B)
 
+    window, stride = attention.window, attention.stride
+
     def factors(start, size):
-        steps = 2 * (start + jnp.arange(size))
+        first = stride * (start + jnp.arange(size))  # each window's first row
         if per_chunk:
             x = tuple(
-                jnp.transpose(rows.at[:, steps + a].get(mode="promise_in_bounds"), (1, 2, 0))
-                for a in range(3)
+                jnp.transpose(rows.at[:, first + a].get(mode="promise_in_bounds"), (1, 2, 0))
+                for a in range(window)
             )
         else:
-            x = tuple(rows.at[steps + a].get(mode="promise_in_bounds") for a in range(3))
+            x = tuple(rows.at[first + a].get(mode="promise_in_bounds") for a in range(window))
         return attention.factors(x)
 
     return attention.weights(), factors
