@@ -39,6 +39,8 @@ def parse(argv=None, *, out="results/linear", description=None):
     parser.add_argument("--resume", action="store_true", help="resume from --out's checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     config, args = train.config_from_args(argv, defaults=defaults, parser=parser)
+    if config.task == "classification":  # its figures and references are another experiment's
+        parser.error("--task classification is run by python -m experiments.classification")
     cli.writable_folder(parser, args.out)
     return config, args
 

@@ -9,6 +9,9 @@
 * :func:`param_match_error`: trained against constructed parameters, per block and as one scalar,
   after removing the model's exact symmetries.
 * :func:`evaluate`: all of the above for a model on a task batch, against GD at a given η.
+* :func:`evaluate_classification`: the same for in-context classification (docs/design.md §11):
+  the cross-entropy and accuracy against cross-entropy GD, and the alignment of the *centred*
+  logits' sensitivities (each logit minus the classes' mean: the shift a softmax ignores).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from ssm_gd.tokens import check_task
 
 __all__ = [
     "alignment",
+    "centred",
     "evaluate",
+    "evaluate_classification",
     "gd_loss",
     "loss",
     "param_match_error",
@@ -116,39 +121,10 @@ def evaluate(
     once, are compared with each too, as ``model_diff_<name>`` and ``model_cos_<name>``.
     Jit-able (``layout``, ``steps``, ``sens_size``, ``max_batch`` static).
     """
-    check_task(task)
-    gd._check_context(task.x, task.y, task.x_query, task.y_query)
     layout = validate.one_of("layout", layout, tasks.ALL_LAYOUTS)
-    steps = validate.positive_int("steps", steps)
-    gd_lr = validate.positive_number("gd_lr", gd_lr)
-    if sens_size is not None:
-        sens_size = validate.positive_int("sens_size", sens_size)
-    if max_batch is not None:
-        max_batch = validate.positive_int("max_batch", max_batch)
-    batch = task.x.shape[0]
-    sens_size = batch if sens_size is None else min(sens_size, batch)
-
-    def batch_for(n):  # the largest divisor of n that is at most max_batch
-        limit = n if max_batch is None else min(max_batch, n)
-        return max(d for d in range(1, limit + 1) if n % d == 0)
-
-    def mapped(fn, t, size):
-        def reshape(v):
-            return v.reshape((v.shape[0] // size, size) + v.shape[1:])
-
-        out = jax.lax.map(fn, jax.tree.map(reshape, t))
-        return out.reshape((-1,) + out.shape[2:])
-
-    def predict(t):
-        return query_predictor(model, t, layout)(t.x_query)
-
-    def sens(t):
-        return sensitivity(query_predictor(model, t, layout), t.x_query)
-
-    pred = mapped(predict, task, batch_for(batch))
+    steps, gd_lr, sens_size, max_batch = _check(task, steps, gd_lr, sens_size, max_batch)
+    pred, model_sens, sub = _query_and_sensitivity(model, task, layout, sens_size, max_batch)
     ref = gd.predict(task.x, task.y, task.x_query, lr=gd_lr, steps=steps)
-    sub = jax.tree.map(lambda v: v[:sens_size], task)
-    model_sens = mapped(sens, sub, batch_for(sens_size))
     ref_sens = gd.weights(sub.x, sub.y, lr=gd_lr, steps=steps)
     out = {
         "loss": loss(pred, task.y_query),
@@ -159,6 +135,84 @@ def evaluate(
     for name, other in (other_refs or {}).items():
         out.update({f"{k}_{name}": v for k, v in alignment(model_sens, other).items()})
     return out
+
+
+def _check(task, steps, gd_lr, sens_size, max_batch) -> tuple:
+    """The checked arguments of :func:`evaluate` and :func:`evaluate_classification`."""
+    check_task(task)
+    gd._check_context(task.x, task.y, task.x_query, task.y_query)
+    optional = (None if v is None else validate.positive_int(k, v)
+                for k, v in (("sens_size", sens_size), ("max_batch", max_batch)))  # fmt: skip
+    return (validate.positive_int("steps", steps), validate.positive_number("gd_lr", gd_lr),
+            *optional)  # fmt: skip
+
+
+def _query_and_sensitivity(model, task, layout, sens_size, max_batch, transform=None):
+    """The model's query predictions on ``task`` and the sensitivities of ``transform`` of them
+    (default: the predictions) on the first ``sens_size`` tasks, at most ``max_batch`` tasks at a
+    time (``lax.map`` over the largest divisor of the batch up to ``max_batch``)."""
+    batch = task.x.shape[0]
+    sens_size = batch if sens_size is None else min(sens_size, batch)
+    transform = transform or (lambda v: v)
+
+    def mapped(fn, t, n):
+        size = max(d for d in range(1, min(max_batch or n, n) + 1) if n % d == 0)
+
+        def reshape(v):
+            return v.reshape((v.shape[0] // size, size) + v.shape[1:])
+
+        out = jax.lax.map(fn, jax.tree.map(reshape, t))
+        return out.reshape((-1,) + out.shape[2:])
+
+    def predict(t):
+        return query_predictor(model, t, layout)(t.x_query)
+
+    def sens(t):
+        predictor = query_predictor(model, t, layout)
+        return sensitivity(lambda xq: transform(predictor(xq)), t.x_query)
+
+    sub = jax.tree.map(lambda v: v[:sens_size], task)
+    return mapped(predict, task, batch), mapped(sens, sub, sens_size), sub
+
+
+def centred(logits: Array) -> Array:
+    """``logits`` minus their mean over the last (class) axis: what a softmax depends on."""
+    return logits - jnp.mean(logits, axis=-1, keepdims=True)
+
+
+def evaluate_classification(
+    model,
+    task,
+    *,
+    gd_lr,
+    steps: int = 1,
+    sens_size: int | None = None,
+    max_batch: int | None = None,
+) -> dict[str, Array]:
+    """Every metric of ``model`` on a batch of classification tasks (one-hot ``y``, interleaved
+    tokens) against K-step cross-entropy GD with step size ``gd_lr`` (docs/design.md §11).
+
+    Returns ``loss`` and ``accuracy`` (the model's query logits), ``gd_loss`` and ``gd_accuracy``
+    (:func:`ssm_gd.gd.cross_entropy_predict`), ``preds_diff`` (of the centred logits), and
+    ``model_diff``/``model_cos`` between the sensitivities ``∂ centred(logits)/∂x_q``
+    ``(K, d_in)`` and GD's ``W_K`` (whose columns sum to zero over the classes, as every
+    cross-entropy gradient's do) on the first ``sens_size`` tasks. ``max_batch`` as in
+    :func:`evaluate`. Jit-able (``steps``, ``sens_size``, ``max_batch`` static).
+    """
+    steps, gd_lr, sens_size, max_batch = _check(task, steps, gd_lr, sens_size, max_batch)
+    logits, model_sens, sub = _query_and_sensitivity(
+        model, task, "interleaved", sens_size, max_batch, transform=centred
+    )
+    ref = gd.cross_entropy_predict(task.x, task.y, task.x_query, lr=gd_lr, steps=steps)
+    ref_sens = gd.cross_entropy_weights(sub.x, sub.y, lr=gd_lr, steps=steps)
+    return {
+        "loss": gd.cross_entropy(logits, task.y_query),
+        "accuracy": gd.accuracy(logits, task.y_query),
+        "gd_loss": gd.cross_entropy(ref, task.y_query),
+        "gd_accuracy": gd.accuracy(ref, task.y_query),
+        "preds_diff": preds_diff(centred(logits), centred(ref)),
+        **alignment(model_sens, ref_sens),
+    }
 
 
 # --------------------------------------------------------------------------- parameter match
@@ -208,7 +262,9 @@ def _scaled_group(trained, constructed, names):
     return dict(zip(names, best, strict=True)), abs(norm_t / norm_c - 1.0)
 
 
-def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
+def param_match_error(
+    trained: GDSSM, constructed: GDSSM, *, classes: bool = False
+) -> dict[str, float]:
     """How far ``trained``'s parameters are from ``constructed``'s, up to exact symmetries.
 
     Symmetries removed (each leaves every prediction unchanged):
@@ -220,7 +276,9 @@ def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
       ``S^y`` beyond ``d_out``, columns beyond ``d_in``: zero padding) are not compared;
     * likewise the entries of ``C`` that only ever meet that zero padding (interleaved layout):
       columns of ``C_y`` beyond ``d_out`` (the zero rows of ``S^y``), and rows and columns of
-      ``C_x`` beyond ``d_in``. They are set to zero in both models before comparing.
+      ``C_x`` beyond ``d_in``. They are set to zero in both models before comparing;
+    * ``classes=True`` (the outputs are logits of a softmax): ``C_y → C_y + 1 vᵀ`` moves every
+      logit by the same amount, so ``C_y``'s mean over the classes (its rows) is removed in both.
 
     Returns per-block errors — ``Q_y``, ``C_y``, ``D`` (and ``Q_x``, ``C_x``): the Frobenius
     distance between unit-normalised blocks (0 … 2); ``scale_y`` (and ``scale_x``): the relative
@@ -243,6 +301,8 @@ def param_match_error(trained: GDSSM, constructed: GDSSM) -> dict[str, float]:
     # query, and the columns of S^y).
     live_y = np.arange(c["C_y"].shape[1]) < trained.d_out
     t["C_y"], c["C_y"] = t["C_y"] * live_y, c["C_y"] * live_y
+    if classes:
+        t["C_y"], c["C_y"] = (centred(b.T).T * live_y for b in (t["C_y"], c["C_y"]))
     if trained.n_steps > 1:
         live_x = np.arange(c["C_x"].shape[0]) < trained.d_in
         keep = live_x[:, None] & live_x[None, :]

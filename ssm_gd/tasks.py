@@ -10,11 +10,18 @@ Besides the default task (:func:`linear_regression`, ``x ~ U(−r/2, r/2)^d``), 
 share the :class:`LinearTask` pytree, so every GD reference and metric applies unchanged:
 :func:`gaussian_regression` (non-isotropic inputs ``x ~ N(0, Σ)`` with a chosen spectrum) and
 :func:`drifting_regression` (the map moves from an older to a newer one along the context).
+
+In-context classification (:func:`classification`) shares it too: ``K`` classes, one-hot labels
+``y = e_c`` with ``c = argmax_k (W* x)_k`` (or ``c ~ softmax(W* x / T)``), ``d_out = K``, so
+:func:`tokens` lays it out unchanged; :func:`centred` shifts its labels to ``y − 1/K``, the
+tokens whose one GD-SSM step gives the logits of one cross-entropy GD step
+(:func:`ssm_gd.gd.cross_entropy_predict`).
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -22,16 +29,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_gd import validate
-from ssm_gd.tokens import ALL_LAYOUTS, LAYOUTS, Tokens, check_layout, token_width, tokens
+from ssm_gd.tokens import (
+    ALL_LAYOUTS,
+    LAYOUTS,
+    Tokens,
+    check_layout,
+    check_task,
+    token_width,
+    tokens,
+)
 
 __all__ = [
+    "CLASSIFICATION_INPUTS",
     "INPUT_DISTRIBUTIONS",
     "ALL_LAYOUTS",
     "LAYOUTS",
     "LinearTask",
     "SineTask",
     "Tokens",
+    "centred",
     "check_layout",
+    "classification",
     "drift_coefficients",
     "drifting_regression",
     "gaussian_regression",
@@ -48,20 +66,25 @@ __all__ = [
 Array = jax.Array
 
 
-def _sampler(fn):
+def _sampler(fn=None, *, dynamic: int = 1):
     """Jit a sampler (sizes static) that traces threefry in its non-partitionable form.
 
     On XLA:CPU (jaxlib 0.10) JAX's default, partitionable threefry takes 4-8 s to compile per
     sampler and shape; this form takes 0.3 s. Both are pure functions of the key (only the stream
     differs), and the setting is scoped to the sampler's own trace.
+
+    The first ``dynamic`` arguments (the key, then any numbers that may change without a new
+    compilation) are traced; the rest are static.
     """
+    if fn is None:
+        return functools.partial(_sampler, dynamic=dynamic)
 
     @functools.wraps(fn)
-    def traced(key, *sizes):
+    def traced(*args):
         with jax.threefry_partitionable(False):
-            return fn(key, *sizes)
+            return fn(*args)
 
-    return jax.jit(traced, static_argnums=tuple(range(1, fn.__code__.co_argcount)))
+    return jax.jit(traced, static_argnums=tuple(range(dynamic, fn.__code__.co_argcount)))
 
 
 class LinearTask(NamedTuple):
@@ -480,3 +503,116 @@ def _inputs(key, shape, dist: str, std: float, dtype):
     if dist == "laplace":
         return std / np.sqrt(2.0) * jax.random.laplace(key, shape, dtype)
     return std * (jax.random.exponential(key, shape, dtype) - 1.0)
+
+
+# ------------------------------------------------------------------------ classification
+
+#: Input distributions of :func:`classification`: ``N(0, I)``, or ``U(−1/2, 1/2)`` entrywise (the
+#: inputs of :func:`linear_regression` at its default ``x_range = 1``).
+CLASSIFICATION_INPUTS = ("normal", "uniform")
+
+
+def _n_classes(value) -> int:
+    """``n_classes`` as a Python ``int`` ``>= 2`` (one class leaves nothing to learn)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise validate.ArgumentTypeError(
+            f"n_classes must be an integer >= 2; got {value!r} ({type(value).__name__})"
+        )
+    if value < 2:
+        raise ValueError(f"n_classes must be an integer >= 2; got {value!r}")
+    return int(value)
+
+
+def classification(
+    key: Array,
+    *,
+    batch: int,
+    n_context: int,
+    d_in: int,
+    n_classes: int,
+    temperature: float | None = None,
+    x_dist: str = "normal",
+    w_scale: float = 1.0,
+    dtype=None,
+) -> LinearTask:
+    """Sample ``batch`` in-context classification tasks with ``K = n_classes`` linear classes.
+
+    ``W* ~ N(0, w_scale²)`` entrywise ``(K, d_in)``; inputs ``x ~ N(0, I)`` (``x_dist="normal"``)
+    or ``U(−1/2, 1/2)^d_in`` (``"uniform"``), ``N`` context inputs and one query. Each input's
+    class is ``c = argmax_k (W* x)_k`` (``temperature=None``: noiseless, linearly separable) or
+    ``c ~ softmax(W* x / temperature)`` (:func:`jax.random.categorical`), context and query alike;
+    its label is the one-hot ``y = e_c``. (``w_scale = 0`` makes every logit 0: class 0 without a
+    temperature, uniformly random classes with one.)
+
+    Returns a :class:`LinearTask` with ``x (B, N, d_in)``, one-hot ``y (B, N, K)``,
+    ``x_query (B, d_in)``, one-hot ``y_query (B, K)`` and ``w = W* (B, K, d_in)``, all of the float
+    ``dtype`` (``None``: JAX's default float). Sizes, ``x_dist`` and ``dtype`` are static;
+    ``temperature`` and ``w_scale`` are traced (a new value does not recompile, and a caller's
+    ``jax.jit`` may trace them). It is a regression task with ``d_out = K`` to every
+    function that reads one (:func:`tokens` included); :func:`ssm_gd.gd.cross_entropy_predict` is
+    its gradient-descent reference and :func:`centred` its centred-label variant.
+    """
+    batch = validate.positive_int("batch", batch)
+    n_context = validate.positive_int("n_context", n_context)
+    d_in = validate.positive_int("d_in", d_in)
+    n_classes = _n_classes(n_classes)
+    if temperature is not None:
+        temperature = validate.positive_number("temperature", temperature)
+    x_dist = validate.one_of("x_dist", x_dist, CLASSIFICATION_INPUTS)
+    w_scale = validate.non_negative_number("w_scale", w_scale)
+    dtype = _float_dtype(dtype)
+    return _classification(
+        key, temperature, w_scale, batch, n_context, d_in, n_classes, x_dist, dtype
+    )
+
+
+# The temperature (None or a number) and w_scale are traced: changing them does not recompile.
+@_sampler(dynamic=3)
+def _classification(key, temperature, w_scale, batch, n_context, d_in, n_classes, x_dist, dtype):
+    k_w, k_x, k_c = jax.random.split(key, 3)
+    w = _maps(k_w, batch, n_classes, d_in, jnp.asarray(w_scale, dtype), dtype)
+    shape = (batch, n_context + 1, d_in)
+    if x_dist == "normal":
+        xs = _inputs(k_x, shape, "normal", 1.0, dtype)
+    else:
+        xs = _uniform(k_x, shape, 1.0, dtype)
+    logits = jnp.einsum("bki,bni->bnk", w, xs)
+    if temperature is None:
+        classes = jnp.argmax(logits, axis=-1)
+    else:
+        classes = jax.random.categorical(k_c, logits / jnp.asarray(temperature, dtype), axis=-1)
+    ys = jax.nn.one_hot(classes, n_classes, dtype=dtype)
+    return LinearTask(x=xs[:, :-1], y=ys[:, :-1], x_query=xs[:, -1], y_query=ys[:, -1], w=w)
+
+
+def centred(task: LinearTask) -> LinearTask:
+    """The same classification task with centred labels: ``y − 1/K`` on context and query.
+
+    Every label row then sums to 0 (a one-hot ``e_c`` becomes ``e_c − 1/K``). At ``W_0 = 0`` the
+    softmax is uniform, so one cross-entropy GD step is ``W_1 = (η/N) Σ_i (y_i − 1/K) x_iᵀ``: one
+    squared-loss GD step on the centred labels. A GD-SSM that reads the centred task's tokens
+    (:func:`tokens`) therefore computes one cross-entropy GD step's logits exactly
+    (:func:`ssm_gd.gd.cross_entropy_predict`).
+
+    ``task`` needs ``x``, ``y (B, N, K)``, ``x_query`` and ``y_query (B, K)`` (a
+    :class:`LinearTask` from :func:`classification`) whose label rows sum to 1 (one-hot, or any
+    class distribution); centring twice is refused. Traced labels are shifted unchecked.
+    """
+    check_task(task)
+    if not hasattr(task, "_replace") or getattr(task, "y_query", None) is None:
+        raise validate.ArgumentTypeError(
+            f"task must be a LinearTask with query labels (from classification); got "
+            f"{type(task).__name__}"
+        )
+    for name in ("y", "y_query"):
+        labels = getattr(task, name)
+        if not validate.is_traced(labels):
+            sums = np.sum(np.asarray(labels, np.float64), axis=-1)
+            if not np.allclose(sums, 1.0, rtol=0, atol=1e-4):
+                raise ValueError(
+                    f"task.{name} must hold class labels whose rows sum to 1 (one-hot, as "
+                    f"classification samples); got row sums in [{sums.min():.3g}, "
+                    f"{sums.max():.3g}] (already centred?)"
+                )
+    shift = 1.0 / task.y.shape[-1]
+    return task._replace(y=task.y - shift, y_query=task.y_query - shift)

@@ -42,6 +42,7 @@ from flax import nnx
 
 from ssm_gd import (
     checkpoints,
+    classify,
     construction,
     gd,
     metrics,
@@ -89,7 +90,7 @@ INITS = ("identity", "published")
 LOSS_ON = ("query", "all")
 DTYPES = ("float32", "float64")
 MODELS = ("gdssm",) + neighbours.MODELS
-TASKS = ("isotropic", "anisotropic", "drift")
+TASKS = ("isotropic", "anisotropic", "drift", "classification")
 
 # The warmup when ``warmup_steps`` is left unset: ``min(WARMUP_STEPS, steps // 4)``.
 WARMUP_STEPS = 50
@@ -127,8 +128,10 @@ HELP = {
     "condition": "anisotropic task: condition number of the inputs' covariance",
     "rotation": "anisotropic task: seed of the covariance's rotation (0: axis-aligned)",
     "switch_at": "drift task: switch maps after this many pairs (0: a smooth drift)",
+    "temperature": "classification task: labels drawn from softmax(W x / temperature) (0: argmax)",
     "model": "the model trained",
     "n_steps": "GD steps the GD-SSM implements (K)",
+    "minibatch": "GD-SSM: pairs per window (windows of 2m + 1 tokens, stride 2m; 1: the paper's)",
     "init": "GD-SSM initialisation",
     "query_map": "GD-SSM query map (matrix: a learned preconditioner)",
     "parametrization": "parametrization of the recurrence Λ",
@@ -162,9 +165,13 @@ class Config:
     condition number ``condition``, mean eigenvalue ``x_range²/12`` as the uniform inputs' variance,
     rotated by the fixed orthogonal matrix of seed ``rotation``, 0 = axis-aligned) or ``"drift"``
     (:func:`ssm_gd.tasks.drifting_regression`: the map rotates from an old to a new one along the
-    context, or switches abruptly after ``switch_at`` pairs when ``switch_at > 0``).
+    context, or switches abruptly after ``switch_at`` pairs when ``switch_at > 0``) or
+    ``"classification"`` (:func:`ssm_gd.tasks.classification`: ``d_out`` classes, inputs
+    ``N(0, I)``, one-hot labels of ``argmax W x``, or drawn at ``temperature > 0``; trained with the
+    cross-entropy, :mod:`ssm_gd.classify`).
     Model: ``model`` (``"gdssm"``, the default, or one of :data:`ssm_gd.neighbours.MODELS`, which
-    read ``layout="pairs"`` and do one step), ``n_steps`` (K), ``init`` (GD-SSM: ``"identity"``:
+    read ``layout="pairs"`` and do one step), ``n_steps`` (K), ``minibatch`` (GD-SSM, interleaved
+    tokens: ``m`` pairs per window, ``n_context`` a multiple of ``m``), ``init`` (GD-SSM: ``"identity"``:
     ``C = I``, ``Λ = 1``, ``Q ~ N(0, 0.1²)``, ``D ~ N(0, 1)``; ``"published"``: the same but
     ``C ~ N(0, 1/H)``, the published code's style), ``query_map`` (GD-SSM: ``"vector"``, or
     ``"matrix"`` for a learned preconditioner), ``parametrization`` of ``Λ`` (GD-SSM and H3), scan
@@ -191,8 +198,10 @@ class Config:
     condition: float = 20.0
     rotation: int = 1
     switch_at: int = 0
+    temperature: float = 0.0
     model: str = "gdssm"
     n_steps: int = 1
+    minibatch: int = 1
     init: str = "identity"
     query_map: str = "vector"
     parametrization: str = "direct"
@@ -215,11 +224,12 @@ class Config:
     def __post_init__(self):
         # Every number is checked (and stored as a plain int or float, so the config is JSON).
         checks = {
-            validate.positive_int: ("n_context", "d_in", "d_out", "n_steps", "train_steps",
-                                    "batch_size", "eval_every", "eval_size", "sens_size"),
+            validate.positive_int: ("n_context", "d_in", "d_out", "n_steps", "minibatch",
+                                    "train_steps", "batch_size", "eval_every", "eval_size",
+                                    "sens_size"),
             validate.non_negative_int: ("seed", "rotation", "switch_at"),
             validate.positive_number: ("lr", "recurrence_lr", "x_range", "w_scale", "clip_norm"),
-            validate.non_negative_number: ("noise_std", "weight_decay"),
+            validate.non_negative_number: ("noise_std", "weight_decay", "temperature"),
         }  # fmt: skip
         for check, names in checks.items():
             for name in names:
@@ -263,6 +273,7 @@ class Config:
                 raise ValueError(
                     f"query_map is a GD-SSM option; model={self.model!r} needs query_map='vector'"
                 )
+        _check_minibatch_and_classes(self)
         if self.resolved_warmup_steps >= self.train_steps:
             raise ValueError(
                 f"warmup_steps must be smaller than train_steps; "
@@ -275,6 +286,39 @@ class Config:
         if self.warmup_steps is None:
             return min(WARMUP_STEPS, self.train_steps // 4)
         return self.warmup_steps
+
+
+def _check_minibatch_and_classes(config: Config) -> None:
+    """The fields that only some models and tasks read: ``minibatch`` (the GD-SSM on interleaved
+    tokens, dividing ``n_context``) and the classification task's (the GD-SSM, ``d_out ≥ 2``
+    classes, the query loss)."""
+    if config.minibatch > 1:
+        if config.model != "gdssm" or config.layout != "interleaved":
+            raise ValueError(
+                "minibatch > 1 is a GD-SSM option on interleaved tokens; got "
+                f"model={config.model!r}, layout={config.layout!r}"
+            )
+        if config.n_context % config.minibatch:
+            raise ValueError(
+                f"n_context must be a multiple of minibatch; got {config.n_context} and "
+                f"{config.minibatch}"
+            )
+    if config.task == "classification":
+        if config.d_out < 2:
+            raise ValueError(f"task='classification' needs d_out >= 2 classes; got {config.d_out}")
+        if config.model != "gdssm" or config.layout != "interleaved":
+            raise ValueError(
+                "task='classification' trains the GD-SSM on interleaved tokens; got "
+                f"model={config.model!r}, layout={config.layout!r}"
+            )
+        if config.loss_on != "query" or config.noise_std != 0:
+            raise ValueError(
+                "task='classification' trains on the query's cross-entropy (loss_on='query') "
+                f"with noiseless inputs (noise_std=0); got loss_on={config.loss_on!r}, "
+                f"noise_std={config.noise_std}"
+            )
+    elif config.temperature != 0:
+        raise ValueError(f"temperature is read by task='classification'; got task={config.task!r}")
 
 
 def config_from_args(argv=None, *, defaults: Config = Config(), parser=None):
@@ -397,6 +441,7 @@ def make_model(config: Config, key: int | None = None) -> nnx.Module:
         parametrization=config.parametrization,
         impl=config.impl,
         query_map=config.query_map,
+        minibatch=config.minibatch,
         param_dtype=_dtype(config),
         rngs=rngs,
     )
@@ -412,8 +457,15 @@ def input_covariance(config: Config):
     )
 
 
+def _classifies(config: Config) -> bool:
+    return config.task == "classification"
+
+
 def sample(config: Config, key, batch: int):
-    """``batch`` linear regression tasks drawn as ``config`` says (its ``task``)."""
+    """``batch`` tasks drawn as ``config`` says (its ``task``): linear regression, or
+    classification (:func:`ssm_gd.classify.sample`)."""
+    if _classifies(config):
+        return classify.sample(config, key, batch)
     common = dict(
         batch=batch,
         n_context=config.n_context,
@@ -572,6 +624,7 @@ def _construction(config: Config, gd_lr: float, refs) -> GDSSM | None:
         layout=config.layout,
         impl=config.impl,
         preconditioner=preconditioner,
+        minibatch=config.minibatch,
         dtype=_dtype(config),
     )
 
@@ -631,7 +684,8 @@ def train(
     start_time = time.perf_counter()
     key_train, key_eval = jax.random.split(jax.random.key(config.seed + 1))
     model = make_model(config)
-    task, refs = regression_task(config, key_eval, progress=progress)
+    describe = classify.classification_task if _classifies(config) else regression_task
+    task, refs = describe(config, key_eval, progress=progress)
     fitted = trainer.fit(
         model,
         make_optimizer(config, nnx.state(model, nnx.Param)),
@@ -647,7 +701,7 @@ def train(
         progress=progress,
     )
     summary = {
-        **_summary(fitted.history[-1], refs),
+        **(classify.summary if _classifies(config) else _summary)(fitted.history[-1], refs),
         "train_steps": config.train_steps,
         "batch_size": config.batch_size,
         "seed": config.seed,

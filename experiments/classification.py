@@ -1,0 +1,218 @@
+"""In-context classification: GD-SSMs trained with the cross-entropy beside GD and logistic regression.
+
+    python -m experiments.classification [--out results/classification] [--quick]
+                                         [--train-steps 2000] [--seed 0]
+
+d = 10 inputs ``N(0, I)``, labels ``argmax W x`` with ``W ~ N(0, 1)`` (docs/design.md §11). For
+K ∈ {2, 5, 10} classes and N ∈ {10, 40} examples a one-layer GD-SSM is trained from random
+initialisation on the query's cross-entropy and compared, on the same evaluation set, with one
+cross-entropy GD step at its best η, GD on the squared loss of the one-hot targets, multinomial
+logistic regression fitted on each context (ridge tuned on the set) and chance. At K = 5, N = 40
+GD-SSMs of 2 and 3 steps are compared with K-step cross-entropy GD as well.
+
+Writes ``summary.json`` (every number of the table), ``accuracy_vs_examples.png`` (accuracy of
+the next label after t examples, for each predictor, at K = 5, N = 40), ``accuracy.png`` (every
+setting) and ``parameters.png`` (trained beside constructed, K = 5, N = 40); prints the table.
+``--quick``: K ∈ {2, 5} at N = 10, 2 steps, 200 training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.figure import Figure
+
+from experiments import cli
+from ssm_gd import gd, metrics, plots, tasks, train
+
+BASE = dict(
+    task="classification",
+    d_in=10,
+    train_steps=2000,
+    batch_size=512,
+    eval_every=500,
+    eval_size=8192,
+    sens_size=1024,
+)
+QUICK = dict(train_steps=200, batch_size=256, eval_every=100, eval_size=2048, sens_size=256)
+CLASSES, CONTEXTS, MULTI_STEPS = (2, 5, 10), (10, 40), (2, 3)
+#: The setting of the multi-layer runs, the curve and the heatmaps: (classes, context size).
+FOCUS = (5, 40)
+ROW_KEYS = ("val_loss", "accuracy", "gd_loss", "gd_accuracy", "gd_lr", "loss_ratio", "model_cos",
+            "model_diff", "param_match_error", "sq_gd_loss", "sq_gd_accuracy", "logistic_loss",
+            "logistic_accuracy", "logistic_reg", "chance_loss", "chance_accuracy",
+            "majority_accuracy", "train_steps_per_second", "wall_seconds")  # fmt: skip
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/classification", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
+    parser.add_argument("--train-steps", type=int, default=None, help="training steps per run")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = cli.writable_folder(parser, args.out)  # before any work
+    fields = {**BASE, **(QUICK if args.quick else {}), "seed": args.seed}
+    if args.train_steps is not None:
+        fields["train_steps"] = args.train_steps
+        fields["eval_every"] = min(fields["eval_every"], args.train_steps)
+    try:
+        base = train.Config(**fields)
+    except (ValueError, TypeError) as error:
+        parser.error(train._with_flags(str(error)))
+    return args, out, base
+
+
+def grid(quick: bool):
+    """``(classes, context, n_steps)`` of every run, one-layer runs first."""
+    if quick:
+        return [(k, 10, 1) for k in (2, 5)] + [(5, 10, 2)]
+    return [(k, n, 1) for n in CONTEXTS for k in CLASSES] + [(*FOCUS, s) for s in MULTI_STEPS]
+
+
+def accuracy_curves(results: dict, config: train.Config, batch: int = 512) -> dict[str, list]:
+    """Accuracy of the next label after t = 1…N examples, per predictor, on fresh tasks.
+
+    The models' windows give every prefix at once (window t predicts label t + 1). The
+    references see the first t pairs and normalise by N, as the construction does (step ``η t/N``
+    on t examples; the accuracy of one step does not depend on it): the later pairs are zeroed,
+    which removes them from every gradient and from the logistic regression's loss.
+    """
+    task = train.sample(config, jax.random.key(config.seed + 7), batch)
+    n = config.n_context
+    target = jnp.concatenate([task.y[:, 1:], task.y_query[:, None]], axis=1)  # (B, N, K)
+    queries = jnp.concatenate([task.x[:, 1:], task.x_query[:, None]], axis=1)
+
+    def per_prefix(predict):  # predict(x_masked, x_query) → logits, for t = 1…N
+        def at(t):
+            mask = (jnp.arange(n) < t)[None, :, None]
+            return predict(task.x * mask, queries[:, t - 1])
+
+        logits = jax.lax.map(at, jnp.arange(1, n + 1))  # (N, B, K)
+        return _accuracy(jnp.moveaxis(logits, 0, 1), target)
+
+    curves = {}
+    for steps, result in results.items():
+        label = "GD-SSM (trained)" if steps == 1 else f"GD-SSM, {steps} steps (trained)"
+        curves[label] = _accuracy(result.model(tasks.tokens(task)), target)
+    s = results[1].summary
+    curves["cross-entropy GD, 1 step"] = per_prefix(
+        lambda x, q: gd.cross_entropy_predict(x, task.y, q, lr=s["gd_lr"])
+    )
+    for steps, result in results.items():
+        if steps > 1:
+            lr = result.summary["gd_lr"]
+            curves[f"cross-entropy GD, {steps} steps"] = per_prefix(
+                lambda x, q, lr=lr, k=steps: gd.cross_entropy_predict(x, task.y, q, lr=lr, steps=k)
+            )
+    curves["squared-loss GD, 1 step"] = _accuracy(
+        gd.predict_prefixes(task.x, task.y, task.x_query, lr=s["sq_gd_lr"]), target
+    )
+    curves["logistic regression"] = per_prefix(
+        lambda x, q: gd.logistic_regression(x, task.y, q, reg=s["logistic_reg"])
+    )
+    return curves
+
+
+def _accuracy(logits, target) -> list[float]:
+    """Accuracy per position of logits ``(B, N, K)`` against one-hot targets ``(B, N, K)``."""
+    hits = jnp.argmax(logits, -1) == jnp.argmax(target, -1)
+    return [float(v) for v in jnp.mean(hits, axis=0)]
+
+
+def table(rows) -> str:
+    head = (f"{'K':>3} {'N':>3} {'steps':>5} {'acc':>7} {'CE-GD':>7} {'sq-GD':>7} {'logreg':>7} "
+            f"{'chance':>7} {'loss':>7} {'GD loss':>7} {'ratio':>7} {'cos':>7} {'match':>6}")  # fmt: skip
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['classes']:>3} {r['n_context']:>3} {r['n_steps']:>5} {r['accuracy']:>7.4f} "
+            f"{r['gd_accuracy']:>7.4f} {r['sq_gd_accuracy']:>7.4f} {r['logistic_accuracy']:>7.4f} "
+            f"{r['chance_accuracy']:>7.4f} {r['val_loss']:>7.4f} {r['gd_loss']:>7.4f} "
+            f"{r['loss_ratio']:>7.4f} {r['model_cos']:>7.4f} {r['param_match_error']:>6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def figures(rows, curves, focus_result, out, config) -> list[str]:
+    k, n = config.d_out, config.n_context
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for i, (name, values) in enumerate(curves.items()):
+        style = "-" if name.startswith("GD-SSM") else ("--" if "GD" in name else ":")
+        ax.plot(np.arange(1, n + 1), values, style, marker="os^v<>"[i % 6], ms=3, label=name)
+    ax.axhline(1 / k, color="gray", lw=0.8, label="chance")
+    ax.set(xlabel="in-context examples", ylabel="accuracy of the next label",
+           title=f"K = {k} classes, d = {config.d_in}, N = {n}")  # fmt: skip
+    ax.legend(fontsize=7)
+    plots.save(fig, out / "accuracy_vs_examples.png")
+
+    one = [r for r in rows if r["n_steps"] == 1]
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
+    names = (("accuracy", "GD-SSM (trained)"), ("gd_accuracy", "cross-entropy GD, best η"),
+             ("sq_gd_accuracy", "squared-loss GD"), ("logistic_accuracy", "logistic regression"),
+             ("chance_accuracy", "chance"))  # fmt: skip
+    x = np.arange(len(one))
+    for i, (key, label) in enumerate(names):
+        ax.bar(x + (i - 2) * 0.16, [r[key] for r in one], 0.16, label=label)
+    ax.set_xticks(x, [f"K={r['classes']}\nN={r['n_context']}" for r in one])
+    ax.set(ylabel="query accuracy", title="one layer / one step")
+    ax.legend(fontsize=7)
+    plots.save(fig, out / "accuracy.png")
+
+    blocks = []
+    for model in (focus_result.model, focus_result.constructed):
+        b = {name: np.atleast_2d(v) for name, v in metrics.parameter_blocks(model).items()}
+        b["C_y"] = np.asarray(metrics.centred(b["C_y"].T).T)  # the part the softmax sees
+        blocks.append(b)
+    plots.parameters(
+        *blocks,
+        out / "parameters.png",
+        title="trained (random init) above the construction (one CE GD step); C_y centred "
+        "over the classes",
+    )
+    return ["accuracy_vs_examples.png", "accuracy.png", "parameters.png"]
+
+
+def main(argv=None):
+    args, out, base = parse(argv)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows, focus = [], {}
+    runs = grid(args.quick)
+    focus_setting = (runs[-1][0], runs[-1][1])
+    for classes, n_context, n_steps in runs:
+        config = dataclasses.replace(base, d_out=classes, n_context=n_context, n_steps=n_steps)
+        result = train.train(config, None, progress=False)
+        s = result.summary
+        rows.append({"classes": classes, "n_context": n_context, "n_steps": n_steps,
+                     **{k: s[k] for k in ROW_KEYS}, "gd1_loss": s.get("gd1_loss")})  # fmt: skip
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+        if (classes, n_context) == focus_setting:
+            focus[n_steps] = result
+    config = dataclasses.replace(base, d_out=focus_setting[0], n_context=focus_setting[1])
+    curves = accuracy_curves(focus, config)
+    names = figures(rows, curves, focus[1], out, config)
+    summary = {
+        "rows": rows,
+        "accuracy_vs_examples": curves,
+        "focus": {"classes": focus_setting[0], "n_context": focus_setting[1]},
+        "config": dataclasses.asdict(base),
+        "wall_seconds": time.perf_counter() - start,
+        "figures": names,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(table(rows))
+    print(f"wrote {out}/summary.json and figures in {summary['wall_seconds']:.0f} s")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
