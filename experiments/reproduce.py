@@ -15,8 +15,10 @@ import sys
 import time
 
 from experiments import (
+    classification,
     construction,
     linear,
+    minibatch,
     multistep,
     neighbours,
     nonlinear,
@@ -42,6 +44,8 @@ EXPERIMENTS = {
     "ood": (ood.main, ["--no-progress"], ["--quick"]),
     "sweep": (sweep.main, [], ["--quick"]),
     "neighbours": (neighbours.main, ["--no-progress"], ["--quick"]),
+    "classification": (classification.main, [], ["--quick"]),
+    "minibatch": (minibatch.main, [], ["--quick"]),
 }
 
 

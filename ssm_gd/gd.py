@@ -354,42 +354,55 @@ def _check_decay(decay) -> None:
     validate.finite_number("decay", decay)
 
 
-def sample_weights(n_context: int, decay, dtype=None) -> Array:
+def sample_weights(n_context: int, decay, dtype=None, *, minibatch: int = 1) -> Array:
     """``ω_i = λ^{N−i}`` for ``i = 1…N``: ``(N,)``, the last pair weighted 1 (``0⁰ = 1``).
 
-    Integer powers (:func:`ssm_gd.scan.decay_powers`), so any real ``λ`` and a traced one work.
+    With ``minibatch=m`` (``N`` a multiple of ``m``) the weight falls once per window of ``m``
+    pairs, ``ω_i = λ^{N/m − ⌈i/m⌉}`` (docs/design.md §12). Integer powers
+    (:func:`ssm_gd.scan.decay_powers`), so any real ``λ`` and a traced one work.
     """
     n_context = validate.positive_int("n_context", n_context)
+    windows = n_context // _check_minibatch(n_context, minibatch)
     _check_decay(decay)
     dtype = jnp.result_type(decay, float) if dtype is None else dtype
-    return scan.decay_powers(jnp.asarray(decay, dtype), int(n_context))
+    return jnp.repeat(scan.decay_powers(jnp.asarray(decay, dtype), windows), n_context // windows)
 
 
-def preconditioned_weights(x: Array, y: Array, *, gamma, decay=1.0) -> Array:
+def _check_minibatch(n_context: int, minibatch) -> int:
+    minibatch = validate.positive_int("minibatch", minibatch)
+    if n_context % minibatch:
+        raise ValueError(f"n_context={n_context} is not a multiple of minibatch={minibatch}")
+    return minibatch
+
+
+def preconditioned_weights(x: Array, y: Array, *, gamma, decay=1.0, minibatch: int = 1) -> Array:
     """``W = (1/N) Σ_i λ^{N−i} y_i x_iᵀ Γ`` ``(B, d_out, d_in)``: one preconditioned step from 0.
 
-    With ``λ = 1`` this is ``(1/N) S_y Γ``, which is one GD step when ``Γ = η I``.
+    With ``λ = 1`` this is ``(1/N) S_y Γ``, which is one GD step when ``Γ = η I``. With
+    ``minibatch=m`` the weights are per window, ``λ^{N/m − ⌈i/m⌉}`` (:func:`sample_weights`).
     Args: ``x (B, N, d_in)``, ``y (B, N, d_out)``, ``gamma (d_in, d_in)``, a scalar ``decay``.
     """
     _check_context(x, y)
     _check_gamma(gamma, x.shape[-1])
     _check_decay(decay)
-    return _preconditioned_weights(x, y, gamma, decay)
+    return _preconditioned_weights(x, y, gamma, decay, _check_minibatch(x.shape[1], minibatch))
 
 
-@jax.jit
-def _preconditioned_weights(x, y, gamma, decay):
+@functools.partial(jax.jit, static_argnums=4)
+def _preconditioned_weights(x, y, gamma, decay, minibatch):
     n = x.shape[1]
-    omega = sample_weights(n, decay, jnp.result_type(x, y, decay))
+    omega = sample_weights(n, decay, jnp.result_type(x, y, decay), minibatch=minibatch)
     s_y = jnp.einsum("n,bno,bni->boi", omega, y, x)
     return s_y @ jnp.asarray(gamma, s_y.dtype) / n
 
 
-def preconditioned_predict(x: Array, y: Array, x_query: Array, *, gamma, decay=1.0) -> Array:
+def preconditioned_predict(
+    x: Array, y: Array, x_query: Array, *, gamma, decay=1.0, minibatch: int = 1
+) -> Array:
     """One preconditioned (and, with ``decay < 1``, sample-weighted) GD step at the query:
     ``ŷ = (1/N) Σ_i λ^{N−i} y_i x_iᵀ Γ x_q`` ``(B, d_out)`` (:func:`preconditioned_weights`)."""
     _check_context(x, y, x_query)
-    w = preconditioned_weights(x, y, gamma=gamma, decay=decay)
+    w = preconditioned_weights(x, y, gamma=gamma, decay=decay, minibatch=minibatch)
     return jnp.einsum("boi,bi->bo", w, x_query)
 
 
@@ -486,6 +499,7 @@ def best_weighted(
     decays=DEFAULT_DECAY_GRID,
     refine: int = 4,
     points: int = 65,
+    minibatch: int = 1,
 ):
     """The best sample-weighted step on this batch: ``(lr, decay, loss)``.
 
@@ -497,8 +511,11 @@ def best_weighted(
     is plain GD, so the result never does worse) is refined ``refine`` times on ``points``
     points between its grid neighbours. The returned loss is evaluated directly at ``(η, λ)``.
     With ``gamma`` the step is ``η·Γ``-preconditioned and sample-weighted (H3's construction).
+    With ``minibatch=m`` the weights fall per window of ``m`` pairs, ``λ^{N/m − ⌈i/m⌉}``: the same
+    search on the windows' summed ``c``.
     """
     _check_context(x, y, x_query, y_query)
+    minibatch = _check_minibatch(x.shape[1], minibatch)
     d = x.shape[-1]
     if gamma is None:
         gamma = jnp.eye(d, dtype=jnp.result_type(x, float))
@@ -511,9 +528,9 @@ def best_weighted(
     refine = validate.non_negative_int("refine", refine)
     if validate.positive_int("points", points) < 3:
         raise ValueError(f"points must be an integer >= 3; got {points!r}")
-    gram, h, yy = _weighted_moments(x, y, x_query, y_query, gamma)
+    gram, h, yy = _weighted_moments(x, y, x_query, y_query, gamma, minibatch)
     lr, decay = _weighted_search(decays, gram, h, yy, y_query.size, int(refine), int(points))
-    pred = preconditioned_predict(x, y, x_query, gamma=lr * gamma, decay=decay)
+    pred = preconditioned_predict(x, y, x_query, gamma=lr * gamma, decay=decay, minibatch=minibatch)
     return lr, decay, loss(pred, y_query)
 
 
@@ -544,11 +561,12 @@ def _weighted_search(decays, gram, h, yy, count, refine, points):
     return best_lr, best
 
 
-@jax.jit
-def _weighted_moments(x, y, x_query, y_query, gamma):
-    n = x.shape[1]
+@functools.partial(jax.jit, static_argnums=5)
+def _weighted_moments(x, y, x_query, y_query, gamma, minibatch):
+    b, n, o = y.shape
     scores = jnp.einsum("bni,ij,bj->bn", x, jnp.asarray(gamma, x.dtype), x_query)
     c = y * scores[..., None] / n  # (B, N, o)
+    c = c.reshape(b, n // minibatch, minibatch, o).sum(axis=2)  # one term per window
     gram = jnp.einsum("bio,bjo->ij", c, c)
     return gram, jnp.einsum("bio,bo->i", c, y_query), jnp.sum(y_query * y_query)
 

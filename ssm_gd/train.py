@@ -572,7 +572,7 @@ def _references(config: Config, task, gd_lr: float) -> dict[str, Any]:
     fitted = None
     if config.eval_size * config.d_out >= 4 * config.d_in**2:  # enough labels to fit Γ
         fitted = float(gd.best_preconditioner(*args)[1])
-    w_lr, w_decay, wgd = gd.best_weighted(*args)
+    w_lr, w_decay, wgd = gd.best_weighted(*args, minibatch=config.minibatch)
     return {
         "pgd_gamma": gamma,
         "pgd_loss": float(pgd),
@@ -583,13 +583,15 @@ def _references(config: Config, task, gd_lr: float) -> dict[str, Any]:
     }
 
 
-def _reference_sensitivities(task, refs, size: int) -> dict[str, Any]:
+def _reference_sensitivities(task, refs, size: int, minibatch: int) -> dict[str, Any]:
     """The implicit models ``W`` ``(size, d_out, d_in)`` of the variants on the first tasks."""
     x, y = task.x[:size], task.y[:size]
-    eye = np.eye(x.shape[-1])
+    gamma = refs["wgd_lr"] * np.eye(x.shape[-1])
     return {
         "pgd": gd.preconditioned_weights(x, y, gamma=refs["pgd_gamma"]),
-        "wgd": gd.preconditioned_weights(x, y, gamma=refs["wgd_lr"] * eye, decay=refs["wgd_decay"]),
+        "wgd": gd.preconditioned_weights(
+            x, y, gamma=gamma, decay=refs["wgd_decay"], minibatch=minibatch
+        ),
     }
 
 
@@ -748,7 +750,7 @@ def regression_task(config: Config, key_eval, *, progress: bool = False):
     constructed = _construction(config, gd_lr, others)
     lsq_loss = float(gd.loss(gd.least_squares(*args[:3]), eval_task.y_query))
     sens_size = min(config.sens_size, config.eval_size)
-    ref_sens = {} if others is None else _reference_sensitivities(eval_task, others, sens_size)
+    ref_sens = {} if others is None else _reference_sensitivities(eval_task, others, sens_size, config.minibatch)
     trainer.say(progress, f"GD at its best step size: η = {gd_lr:.4g}, loss {gd_best:.4g} "
                           f"(least squares: {lsq_loss:.4g})")  # fmt: skip
     refs = {

@@ -117,3 +117,29 @@ def test_a_context_not_divisible_by_m_is_refused():
 def test_bad_minibatch_is_named(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         GDSSM(3, 1, rngs=nnx.Rngs(0), **kwargs)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_per_window_weights_and_the_best_weighting(m):
+    """``ω_i = λ^{N/m − ⌈i/m⌉}``; the best (η, λ) per window is what the construction computes."""
+    lam = 0.7
+    expected = lam ** (N // m - (np.arange(N) // m + 1))
+    np.testing.assert_allclose(gd.sample_weights(N, lam, F64, minibatch=m), expected, atol=TOL)
+    task = tasks.drifting_regression(
+        jax.random.key(4), batch=64, n_context=N, d_in=3, d_out=1, dtype=F64
+    )
+    lr, decay, value = gd.best_weighted(*task[:4], minibatch=m)
+    model = construction.gd_ssm(
+        d_in=3, d_out=1, n_context=N, lr=float(lr), decay=float(decay), minibatch=m, dtype=F64
+    )
+    model_loss = gd.loss(model.predict_query(tasks.tokens(task)), task.y_query)
+    np.testing.assert_allclose(model_loss, value, rtol=1e-12)
+    # No λ on a fine grid (each with its best η, in closed form) does better.
+    x, y, xq, yq = (np.asarray(v) for v in task[:4])
+    c = (y[..., 0] * np.einsum("bni,bi->bn", x, xq) / N).reshape(64, N // m, m).sum(-1)
+    for other in np.linspace(0.0, 1.0, 41):
+        pred = c @ other ** (N // m - 1 - np.arange(N // m))  # (B,): Σ_t λ^{T−t} c_t
+        best = 0.5 * np.mean((pred * (pred @ yq[:, 0]) / (pred @ pred) - yq[:, 0]) ** 2)
+        assert best >= float(value) * (1 - 1e-12)
+    with pytest.raises(ValueError, match="n_context=30 is not a multiple of minibatch=4"):
+        gd.sample_weights(N, lam, minibatch=4)
