@@ -76,7 +76,7 @@ def grid(quick: bool):
     return [(k, n, 1) for n in CONTEXTS for k in CLASSES] + [(*FOCUS, s) for s in MULTI_STEPS]
 
 
-def accuracy_curves(results: dict, config: train.Config, batch: int = 512) -> dict[str, list]:
+def accuracy_curves(results: dict, config: train.Config, batch: int = 256) -> dict[str, list]:
     """Accuracy of the next label after t = 1…N examples, per predictor, on fresh tasks.
 
     The models' windows give every prefix at once (window t predicts label t + 1). The

@@ -300,8 +300,8 @@ def _check_minibatch_and_classes(config: Config) -> None:
             )
         if config.n_context % config.minibatch:
             raise ValueError(
-                f"n_context must be a multiple of minibatch; got {config.n_context} and "
-                f"{config.minibatch}"
+                f"n_context must be a multiple of minibatch={config.minibatch}; got "
+                f"n_context={config.n_context}"
             )
     if config.task == "classification":
         if config.d_out < 2:
@@ -750,7 +750,11 @@ def regression_task(config: Config, key_eval, *, progress: bool = False):
     constructed = _construction(config, gd_lr, others)
     lsq_loss = float(gd.loss(gd.least_squares(*args[:3]), eval_task.y_query))
     sens_size = min(config.sens_size, config.eval_size)
-    ref_sens = {} if others is None else _reference_sensitivities(eval_task, others, sens_size, config.minibatch)
+    ref_sens = (
+        {}
+        if others is None
+        else _reference_sensitivities(eval_task, others, sens_size, config.minibatch)
+    )
     trainer.say(progress, f"GD at its best step size: η = {gd_lr:.4g}, loss {gd_best:.4g} "
                           f"(least squares: {lsq_loss:.4g})")  # fmt: skip
     refs = {

@@ -30,3 +30,13 @@ def test_readme_trainer_example_learns_its_map():
     assert [row["step"] for row in history] == [0, 50, 100, 150, 200]
     # SGD on a noiseless least-squares problem: the weights reach the map to float32 precision.
     np.testing.assert_allclose(np.ravel(history[-1]["w"]), [1.5, -2.0, 0.5], atol=1e-5)
+
+
+def test_readme_classification_example_gives_cross_entropy_gd():
+    (code,) = [c for c in _examples() if "tasks.classification" in c]
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+    logits, reference = namespace["logits"], namespace["reference"]
+    # The construction's logits differ from one CE GD step's by one number per task (float32).
+    shift = np.asarray(logits - reference)
+    np.testing.assert_allclose(shift, shift[:, :1] * np.ones_like(shift), atol=1e-5)
