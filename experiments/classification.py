@@ -8,7 +8,8 @@ K ∈ {2, 5, 10} classes and N ∈ {10, 40} examples a one-layer GD-SSM is train
 initialisation on the query's cross-entropy and compared, on the same evaluation set, with one
 cross-entropy GD step at its best η, GD on the squared loss of the one-hot targets, multinomial
 logistic regression fitted on each context (ridge tuned on the set) and chance. At K = 5, N = 40
-GD-SSMs of 2 and 3 steps are compared with K-step cross-entropy GD as well.
+GD-SSMs of 2 and 3 steps are compared with K-step cross-entropy GD as well, and the one-layer
+run is repeated with two more seeds.
 
 Writes ``summary.json`` (every number of the table), ``accuracy_vs_examples.png`` (accuracy of
 the next label after t examples, for each predictor, at K = 5, N = 40), ``accuracy.png`` (every
@@ -44,6 +45,8 @@ QUICK = dict(train_steps=200, batch_size=256, eval_every=100, eval_size=2048, se
 CLASSES, CONTEXTS, MULTI_STEPS = (2, 5, 10), (10, 40), (2, 3)
 #: The setting of the multi-layer runs, the curve and the heatmaps: (classes, context size).
 FOCUS = (5, 40)
+#: More seeds of the one-layer run at FOCUS (the spread of a trained model's figures).
+EXTRA_SEEDS = 2
 ROW_KEYS = ("val_loss", "accuracy", "gd_loss", "gd_accuracy", "gd_lr", "loss_ratio", "model_cos",
             "model_diff", "param_match_error", "sq_gd_loss", "sq_gd_accuracy", "logistic_loss",
             "logistic_accuracy", "logistic_reg", "chance_loss", "chance_accuracy",
@@ -69,11 +72,14 @@ def parse(argv=None):
     return args, out, base
 
 
-def grid(quick: bool):
-    """``(classes, context, n_steps)`` of every run, one-layer runs first."""
+def grid(quick: bool, seed: int):
+    """``(classes, context, n_steps, seed)`` of every run: one-layer runs, then the focus
+    setting's other seeds (:data:`EXTRA_SEEDS` after ``seed``), then the multi-layer runs."""
     if quick:
-        return [(k, 10, 1) for k in (2, 5)] + [(5, 10, 2)]
-    return [(k, n, 1) for n in CONTEXTS for k in CLASSES] + [(*FOCUS, s) for s in MULTI_STEPS]
+        return [(k, 10, 1, seed) for k in (2, 5)] + [(5, 10, 2, seed)]
+    runs = [(k, n, 1, seed) for n in CONTEXTS for k in CLASSES]
+    runs += [(*FOCUS, 1, seed + i) for i in range(1, EXTRA_SEEDS + 1)]
+    return runs + [(*FOCUS, s, seed) for s in MULTI_STEPS]
 
 
 def accuracy_curves(results: dict, config: train.Config, batch: int = 256) -> dict[str, list]:
@@ -127,12 +133,13 @@ def _accuracy(logits, target) -> list[float]:
 
 
 def table(rows) -> str:
-    head = (f"{'K':>3} {'N':>3} {'steps':>5} {'acc':>7} {'CE-GD':>7} {'sq-GD':>7} {'logreg':>7} "
+    head = (f"{'K':>3} {'N':>3} {'steps':>5} {'seed':>4} {'acc':>7} {'CE-GD':>7} {'sq-GD':>7} {'logreg':>7} "
             f"{'chance':>7} {'loss':>7} {'GD loss':>7} {'ratio':>7} {'cos':>7} {'match':>6}")  # fmt: skip
     lines = [head]
     for r in rows:
         lines.append(
-            f"{r['classes']:>3} {r['n_context']:>3} {r['n_steps']:>5} {r['accuracy']:>7.4f} "
+            f"{r['classes']:>3} {r['n_context']:>3} {r['n_steps']:>5} {r['seed']:>4} "
+            f"{r['accuracy']:>7.4f} "
             f"{r['gd_accuracy']:>7.4f} {r['sq_gd_accuracy']:>7.4f} {r['logistic_accuracy']:>7.4f} "
             f"{r['chance_accuracy']:>7.4f} {r['val_loss']:>7.4f} {r['gd_loss']:>7.4f} "
             f"{r['loss_ratio']:>7.4f} {r['model_cos']:>7.4f} {r['param_match_error']:>6.3f}"
@@ -153,7 +160,7 @@ def figures(rows, curves, focus_result, out, config) -> list[str]:
     ax.legend(fontsize=7)
     plots.save(fig, out / "accuracy_vs_examples.png")
 
-    one = [r for r in rows if r["n_steps"] == 1]
+    one = [r for r in rows if r["n_steps"] == 1 and r["seed"] == config.seed]
     fig = Figure(figsize=(7, 3.8))
     ax = fig.subplots()
     names = (("accuracy", "GD-SSM (trained)"), ("gd_accuracy", "cross-entropy GD, best η"),
@@ -186,16 +193,18 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows, focus = [], {}
-    runs = grid(args.quick)
+    runs = grid(args.quick, args.seed)
     focus_setting = (runs[-1][0], runs[-1][1])
-    for classes, n_context, n_steps in runs:
-        config = dataclasses.replace(base, d_out=classes, n_context=n_context, n_steps=n_steps)
+    for classes, n_context, n_steps, seed in runs:
+        config = dataclasses.replace(
+            base, d_out=classes, n_context=n_context, n_steps=n_steps, seed=seed
+        )
         result = train.train(config, None, progress=False)
         s = result.summary
-        rows.append({"classes": classes, "n_context": n_context, "n_steps": n_steps,
+        rows.append({"classes": classes, "n_context": n_context, "n_steps": n_steps, "seed": seed,
                      **{k: s[k] for k in ROW_KEYS}, "gd1_loss": s.get("gd1_loss")})  # fmt: skip
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-        if (classes, n_context) == focus_setting:
+        if (classes, n_context) == focus_setting and seed == args.seed:
             focus[n_steps] = result
     config = dataclasses.replace(base, d_out=focus_setting[0], n_context=focus_setting[1])
     curves = accuracy_curves(focus, config)

@@ -272,13 +272,14 @@ def classification_section(results: pathlib.Path) -> list[str]:
         "layer is measured against that.",
         "",
     ]
-    rows = [[r["classes"], r["n_context"], r["n_steps"], f"{r['accuracy']:.4f}",
+    rows = [[r["classes"], r["n_context"], r["n_steps"], r["seed"], f"{r['accuracy']:.4f}",
              f"{r['gd_accuracy']:.4f}", f"{r['sq_gd_accuracy']:.4f}",
              f"{r['logistic_accuracy']:.4f}", f"{r['chance_accuracy']:.4f}",
              f"{r['val_loss']:.4f}", f"{r['gd_loss']:.4f}", f"{r['loss_ratio']:.4f}",
              f"{r['model_cos']:.4f}", f"{r['param_match_error']:.3f}"] for r in s["rows"]]  # fmt: skip
     lines += _table(
-        ["K", "N", "steps", "accuracy", "CE GD", "squared GD", "logistic", "chance", "CE loss",
+        ["K", "N", "steps", "seed", "accuracy", "CE GD", "squared GD", "logistic", "chance",
+         "CE loss",
          "CE GD loss", "/ GD", "model_cos", "param match"],
         rows,
     )  # fmt: skip
