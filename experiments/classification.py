@@ -19,7 +19,6 @@ setting) and ``parameters.png`` (trained beside constructed, K = 5, N = 40); pri
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -54,21 +53,14 @@ ROW_KEYS = ("val_loss", "accuracy", "gd_loss", "gd_accuracy", "gd_lr", "loss_rat
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/classification", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
-    parser.add_argument("--train-steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
-    fields = {**BASE, **(QUICK if args.quick else {}), "seed": args.seed}
-    if args.train_steps is not None:
-        fields["train_steps"] = args.train_steps
-        fields["eval_every"] = min(fields["eval_every"], args.train_steps)
-    try:
-        base = train.Config(**fields)
-    except (ValueError, TypeError) as error:
-        parser.error(train._with_flags(str(error)))
+    parser, args, out = cli.grid_runs(__doc__.splitlines()[0], "results/classification", argv)
+    base = cli.base_config(
+        parser,
+        args,
+        BASE,
+        QUICK,
+        variants=[{"d_out": k, "n_context": n} for k in CLASSES for n in CONTEXTS],
+    )
     return args, out, base
 
 

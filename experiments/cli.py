@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 
-__all__ = ["writable_folder"]
+__all__ = ["base_config", "grid_runs", "writable_folder"]
 
 
 def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") -> pathlib.Path:
@@ -25,3 +26,34 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
         reason = error.strerror or str(error)
         parser.error(f"{flag} {str(path)!r} is not a writable folder: {reason}")
     return folder
+
+
+def grid_runs(description: str, out: str, argv=None):
+    """The flags of an experiment that trains a grid of runs: ``--out``, ``--quick``,
+    ``--train-steps``, ``--seed``. Returns ``(parser, args, out folder)``, the folder checked."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=out, help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (a minute or two)")
+    parser.add_argument("--train-steps", type=int, default=None, help="training steps per run")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return parser, args, writable_folder(parser, args.out)  # before any work
+
+
+def base_config(parser, args, base: dict, quick: dict, variants=({},)):
+    """The :class:`ssm_gd.train.Config` every run starts from: ``base``, with ``quick`` on top for
+    ``--quick``, ``--train-steps`` and ``--seed``; it and each of ``variants`` (the fields a run
+    changes) are checked now, so a bad flag ends the program before the first run."""
+    from ssm_gd import train  # the experiments' own import; this module stays light
+
+    fields = {**base, **(quick if args.quick else {}), "seed": args.seed}
+    if args.train_steps is not None:
+        fields["train_steps"] = args.train_steps
+        fields["eval_every"] = min(fields["eval_every"], args.train_steps)
+    try:
+        config = train.Config(**fields)
+        for variant in variants:
+            dataclasses.replace(config, **variant)
+    except (ValueError, TypeError) as error:
+        parser.error(train._with_flags(str(error)))
+    return config

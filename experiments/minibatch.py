@@ -21,7 +21,6 @@ Writes ``summary.json`` (every number, with the settings), ``minibatch.png``; pr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -53,23 +52,10 @@ KEYS = ("val_loss", "gd_loss", "gd_lr", "loss_ratio", "model_cos", "model_diff",
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/minibatch", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
-    parser.add_argument("--train-steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
-    fields = {**BASE, **(QUICK if args.quick else {}), "seed": args.seed}
-    if args.train_steps is not None:
-        fields["train_steps"] = args.train_steps
-        fields["eval_every"] = min(fields["eval_every"], args.train_steps)
-    try:
-        base = train.Config(**fields)
-        for m in MINIBATCHES:  # every config is checked before the first run
-            dataclasses.replace(base, minibatch=m, **DRIFT)
-    except (ValueError, TypeError) as error:
-        parser.error(train._with_flags(str(error)))
+    parser, args, out = cli.grid_runs(__doc__.splitlines()[0], "results/minibatch", argv)
+    base = cli.base_config(
+        parser, args, BASE, QUICK, variants=[{"minibatch": m, **DRIFT} for m in MINIBATCHES]
+    )
     return args, out, base
 
 

@@ -63,24 +63,20 @@ def loss(model, task) -> jax.Array:
 
 def _squared_loss_gd(task, steps: int) -> dict[str, float]:
     """K-step GD on the squared loss of the one-hot targets: its logits ``W_K x_q`` at the step
-    size whose cross-entropy is lowest (on the squared loss's own grid, refined 4 times)."""
+    size whose cross-entropy is lowest (the squared loss's grid, refined 4 times)."""
     args = (task.x, task.y, task.x_query)
+
+    def losses(lrs):
+        return jax.lax.map(
+            lambda lr: gd.cross_entropy(gd.predict(*args, lr=lr, steps=steps), task.y_query), lrs
+        )
+
     grid = jnp.asarray(gd.DEFAULT_LR_GRID, task.x.dtype)
-
-    def ce(lr):
-        return gd.cross_entropy(gd.predict(*args, lr=lr, steps=steps), task.y_query)
-
-    best = None
-    for _ in range(5):  # grid, then four finer grids around the best point
-        losses = jax.lax.map(ce, grid)
-        i = int(jnp.argmin(jnp.where(jnp.isfinite(losses), losses, jnp.inf)))
-        best = (float(grid[i]), float(losses[i]))
-        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.shape[0] - 1)]
-        grid = jnp.linspace(lo, hi, 33)
-    logits = gd.predict(*args, lr=best[0], steps=steps)
+    lr, value = gd.minimise_on_grid(losses, grid, refine=4, points=33)
+    logits = gd.predict(*args, lr=lr, steps=steps)
     return {
-        "sq_gd_lr": best[0],
-        "sq_gd_loss": best[1],
+        "sq_gd_lr": float(lr),
+        "sq_gd_loss": float(value),
         "sq_gd_accuracy": float(gd.accuracy(logits, task.y_query)),
     }
 

@@ -43,6 +43,7 @@ All functions are pure and batched over a leading task axis ``B``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,7 @@ __all__ = [
     "accumulators",
     "accuracy",
     "best_lr",
+    "minimise_on_grid",
     "best_preconditioner",
     "best_weighted",
     "cross_entropy",
@@ -156,14 +158,28 @@ def weights(x: Array, y: Array, *, lr, steps: int = 1) -> Array:
     return _weights(x, y, lr, _check_steps(steps))
 
 
-@functools.partial(jax.jit, static_argnums=3)
 def _weights(x, y, lr, steps):
+    return _link_gd(x, y, lr, steps, _identity)
+
+
+def _identity(scores):
+    return scores
+
+
+def _softmax(scores):
+    return jax.nn.softmax(scores, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _link_gd(x, y, lr, steps, link):
+    """``steps`` GD steps from 0 on the loss whose gradient is ``(1/N) Σ_i (link(W x_i) − y_i) x_iᵀ``:
+    the squared loss (``link`` the identity) or the cross-entropy (``link`` the softmax)."""
     n = x.shape[1]
     w = jnp.zeros(x.shape[:1] + (y.shape[-1], x.shape[-1]), jnp.result_type(x, y, lr))
 
     def step(_, w):
-        residual = jnp.einsum("boi,bni->bno", w, x) - y
-        return w - lr * jnp.einsum("bno,bni->boi", residual, x) / n
+        error = link(jnp.einsum("boi,bni->bno", w, x)) - y
+        return w - lr * jnp.einsum("bno,bni->boi", error, x) / n
 
     # Unrolled for the few steps the experiments use; a loop beyond (compile time stays flat).
     return jax.lax.fori_loop(0, steps, step, w, unroll=steps <= 8)
@@ -294,6 +310,29 @@ def grid_search_lr(x, y, x_query, y_query, *, steps: int = 1, grid=DEFAULT_LR_GR
     return grid[i], losses[i]
 
 
+def minimise_on_grid(losses: Callable, grid, refine: int, points: int) -> tuple[Array, Array]:
+    """``(argmin, min)`` of ``losses`` (a 1-D array of values ↦ their losses): the best point of
+    ``grid``, then ``refine`` times the best of ``points`` points between the best point's grid
+    neighbours. Never worse than the grid's best; non-finite losses never win."""
+
+    def finite(v):
+        return jnp.where(jnp.isfinite(v), v, jnp.inf)
+
+    values = finite(losses(grid))
+    i = jnp.argmin(values)
+    lo, hi = grid[jnp.maximum(i - 1, 0)], grid[jnp.minimum(i + 1, grid.shape[0] - 1)]
+    best, best_loss = grid[i], values[i]
+    for _ in range(refine):
+        fine = jnp.linspace(lo, hi, points)
+        fine_losses = finite(losses(fine))
+        j = jnp.argmin(fine_losses)
+        better = fine_losses[j] <= best_loss
+        best = jnp.where(better, fine[j], best)
+        best_loss = jnp.where(better, fine_losses[j], best_loss)
+        lo, hi = fine[jnp.maximum(j - 1, 0)], fine[jnp.minimum(j + 1, points - 1)]
+    return best, best_loss
+
+
 def best_lr(
     x,
     y,
@@ -322,19 +361,9 @@ def best_lr(
         pred = jnp.einsum("boi,bi->bo", _weights(x, y, lr, 1), x_query)
         return lr, loss(pred, y_query)
     grid = jnp.asarray(grid, jnp.result_type(x, float))
-    losses = lr_losses(x, y, x_query, y_query, grid, steps=steps)
-    i = jnp.argmin(losses)
-    lo, hi = grid[jnp.maximum(i - 1, 0)], grid[jnp.minimum(i + 1, grid.shape[0] - 1)]
-    best, best_loss = grid[i], losses[i]
-    for _ in range(refine):
-        fine = jnp.linspace(lo, hi, points)
-        fine_losses = lr_losses(x, y, x_query, y_query, fine, steps=steps)
-        j = jnp.argmin(fine_losses)
-        better = fine_losses[j] <= best_loss
-        best = jnp.where(better, fine[j], best)
-        best_loss = jnp.where(better, fine_losses[j], best_loss)
-        lo, hi = fine[jnp.maximum(j - 1, 0)], fine[jnp.minimum(j + 1, points - 1)]
-    return best, best_loss
+    return minimise_on_grid(
+        lambda lrs: lr_losses(x, y, x_query, y_query, lrs, steps=steps), grid, refine, points
+    )
 
 
 # --------------------------------------------------- preconditioned and sample-weighted GD
@@ -649,16 +678,8 @@ def cross_entropy_weights(x: Array, y: Array, *, lr, steps: int = 1) -> Array:
     return _ce_weights(x, y, lr, _check_steps(steps))
 
 
-@functools.partial(jax.jit, static_argnums=3)
 def _ce_weights(x, y, lr, steps):
-    n = x.shape[1]
-    w = jnp.zeros(x.shape[:1] + (y.shape[-1], x.shape[-1]), jnp.result_type(x, y, lr))
-
-    def step(_, w):
-        p = jax.nn.softmax(jnp.einsum("bki,bni->bnk", w, x), axis=-1)
-        return w - lr * jnp.einsum("bnk,bni->bki", p - y, x) / n
-
-    return jax.lax.fori_loop(0, steps, step, w, unroll=steps <= 8)
+    return _link_gd(x, y, lr, steps, _softmax)
 
 
 def cross_entropy_predict(x: Array, y: Array, x_query: Array, *, lr, steps: int = 1) -> Array:
@@ -738,19 +759,12 @@ def cross_entropy_best_lr(
         lr = _ce_one_step_lr(a, y_query, grid)
         logits = jnp.einsum("bki,bi->bk", _ce_weights(x, y, lr, 1), x_query)
         return lr, _cross_entropy(logits, y_query)
-    losses = cross_entropy_lr_losses(x, y, x_query, y_query, grid, steps=steps)
-    i = jnp.argmin(losses)
-    lo, hi = grid[jnp.maximum(i - 1, 0)], grid[jnp.minimum(i + 1, grid.shape[0] - 1)]
-    best, best_loss = grid[i], losses[i]
-    for _ in range(refine):
-        fine = jnp.linspace(lo, hi, points)
-        fine_losses = cross_entropy_lr_losses(x, y, x_query, y_query, fine, steps=steps)
-        j = jnp.argmin(fine_losses)
-        better = fine_losses[j] <= best_loss
-        best = jnp.where(better, fine[j], best)
-        best_loss = jnp.where(better, fine_losses[j], best_loss)
-        lo, hi = fine[jnp.maximum(j - 1, 0)], fine[jnp.minimum(j + 1, points - 1)]
-    return best, best_loss
+    return minimise_on_grid(
+        lambda lrs: cross_entropy_lr_losses(x, y, x_query, y_query, lrs, steps=steps),
+        grid,
+        refine,
+        points,
+    )
 
 
 @jax.jit

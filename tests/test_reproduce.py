@@ -21,7 +21,7 @@ def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
     # Each section of the report is filled from its experiment's summary.
     for heading in ("Linear regression", "plateau", "Multi-step", "Out of distribution",
                     "Size sweep", "Non-linear", "construction equals",
-                    "The neighbours"):  # fmt: skip
+                    "The neighbours", "In-context classification", "Minibatch windows"):  # fmt: skip
         assert heading in text
     # A quick run still learns: the default linear run is near GD after 300 steps.
     linear = _summary(tmp_path, "linear")
@@ -31,6 +31,8 @@ def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
     check_sweep_runs_each_size(tmp_path)
     check_nonlinear_compares_every_baseline(tmp_path)
     check_neighbours_runs_the_quick_grid(tmp_path)
+    check_classification_reports_every_reference(tmp_path)
+    check_minibatch_runs_each_m(tmp_path)
 
 
 def _summary(results, name):
@@ -104,3 +106,37 @@ def test_unknown_experiment_is_rejected(tmp_path, capsys):
         reproduce.main(["--only", "linear", "lienar", "--results", str(tmp_path)])
     assert info.value.code == 2
     assert "error: --only: unknown experiment" in capsys.readouterr().err
+
+
+def check_classification_reports_every_reference(quick):
+    from experiments import classification
+
+    summary = _summary(quick, "classification")
+    runs = classification.grid(True, 0)
+    assert [(r["classes"], r["n_context"], r["n_steps"]) for r in summary["rows"]] == [
+        run[:3] for run in runs
+    ]
+    for r in summary["rows"]:
+        assert r["chance_accuracy"] == 1 / r["classes"]
+        for key in ("accuracy", "gd_accuracy", "sq_gd_accuracy", "logistic_accuracy"):
+            assert 0 <= r[key] <= 1, key
+        # Even 200 steps of training beat chance on the query.
+        assert r["accuracy"] > r["chance_accuracy"]
+    curves = summary["accuracy_vs_examples"]
+    n = summary["focus"]["n_context"]
+    assert "GD-SSM (trained)" in curves and "logistic regression" in curves
+    assert all(len(v) == n for v in curves.values())
+
+
+def check_minibatch_runs_each_m(quick):
+    from experiments import minibatch
+
+    summary = _summary(quick, "minibatch")
+    ms = [r["minibatch"] for r in summary["rows"]]
+    assert ms == list(minibatch.MINIBATCHES) == [d["minibatch"] for d in summary["drift"]]
+    for r in summary["rows"]:
+        assert r["windows"] == summary["config"]["n_context"] // r["minibatch"]
+        assert r["forward_seconds"]["query"] > 0 and r["forward_seconds"]["all_windows"] > 0
+    assert summary["rows"][0]["forward_ratio_to_m1"] == {"query": 1.0, "all_windows": 1.0}
+    for d in summary["drift"]:
+        assert 0 < d["wgd_decay"] <= 1 and np.isfinite(d["learned_lambda"]["mean"])
