@@ -74,8 +74,14 @@ def grid(quick: bool, seed: int):
     return runs + [(*FOCUS, s, seed) for s in MULTI_STEPS]
 
 
-def accuracy_curves(results: dict, config: train.Config, batch: int = 256) -> dict[str, list]:
-    """Accuracy of the next label after t = 1…N examples, per predictor, on fresh tasks.
+def prefixes(n: int) -> list[int]:
+    """The numbers of examples the curve is measured at: every one up to 10, ten points beyond."""
+    return list(range(1, n + 1)) if n <= 10 else [max(1, round(n * i / 10)) for i in range(1, 11)]
+
+
+def accuracy_curves(results: dict, config: train.Config, batch: int = 1024) -> dict[str, list]:
+    """Accuracy of the next label after t examples (t in :func:`prefixes`), per predictor, on
+    ``batch`` fresh tasks.
 
     The models' windows give every prefix at once (window t predicts label t + 1). The
     references see the first t pairs and normalise by N, as the construction does (step ``η t/N``
@@ -83,22 +89,22 @@ def accuracy_curves(results: dict, config: train.Config, batch: int = 256) -> di
     which removes them from every gradient and from the logistic regression's loss.
     """
     task = train.sample(config, jax.random.key(config.seed + 7), batch)
-    n = config.n_context
-    target = jnp.concatenate([task.y[:, 1:], task.y_query[:, None]], axis=1)  # (B, N, K)
+    n, ts = config.n_context, jnp.asarray(prefixes(config.n_context))
+    target = jnp.concatenate([task.y[:, 1:], task.y_query[:, None]], axis=1)[:, ts - 1]
     queries = jnp.concatenate([task.x[:, 1:], task.x_query[:, None]], axis=1)
 
-    def per_prefix(predict):  # predict(x_masked, x_query) → logits, for t = 1…N
+    def per_prefix(predict):  # predict(x_masked, x_query) → logits, for each t
         def at(t):
             mask = (jnp.arange(n) < t)[None, :, None]
             return predict(task.x * mask, queries[:, t - 1])
 
-        logits = jax.lax.map(at, jnp.arange(1, n + 1))  # (N, B, K)
+        logits = jax.lax.map(at, ts)  # (T, B, K)
         return _accuracy(jnp.moveaxis(logits, 0, 1), target)
 
     curves = {}
     for steps, result in results.items():
         label = "GD-SSM (trained)" if steps == 1 else f"GD-SSM, {steps} steps (trained)"
-        curves[label] = _accuracy(result.model(tasks.tokens(task)), target)
+        curves[label] = _accuracy(result.model(tasks.tokens(task))[:, ts - 1], target)
     s = results[1].summary
     curves["cross-entropy GD, 1 step"] = per_prefix(
         lambda x, q: gd.cross_entropy_predict(x, task.y, q, lr=s["gd_lr"])
@@ -110,7 +116,7 @@ def accuracy_curves(results: dict, config: train.Config, batch: int = 256) -> di
                 lambda x, q, lr=lr, k=steps: gd.cross_entropy_predict(x, task.y, q, lr=lr, steps=k)
             )
     curves["squared-loss GD, 1 step"] = _accuracy(
-        gd.predict_prefixes(task.x, task.y, task.x_query, lr=s["sq_gd_lr"]), target
+        gd.predict_prefixes(task.x, task.y, task.x_query, lr=s["sq_gd_lr"])[:, ts - 1], target
     )
     curves["logistic regression"] = per_prefix(
         lambda x, q: gd.logistic_regression(x, task.y, q, reg=s["logistic_reg"])
@@ -145,7 +151,7 @@ def figures(rows, curves, focus_result, out, config) -> list[str]:
     ax = fig.subplots()
     for i, (name, values) in enumerate(curves.items()):
         style = "-" if name.startswith("GD-SSM") else ("--" if "GD" in name else ":")
-        ax.plot(np.arange(1, n + 1), values, style, marker="os^v<>"[i % 6], ms=3, label=name)
+        ax.plot(prefixes(n), values, style, marker="os^v<>"[i % 6], ms=3, label=name)
     ax.axhline(1 / k, color="gray", lw=0.8, label="chance")
     ax.set(xlabel="in-context examples", ylabel="accuracy of the next label",
            title=f"K = {k} classes, d = {config.d_in}, N = {n}")  # fmt: skip
@@ -203,7 +209,7 @@ def main(argv=None):
     names = figures(rows, curves, focus[1], out, config)
     summary = {
         "rows": rows,
-        "accuracy_vs_examples": curves,
+        "accuracy_vs_examples": {"examples": prefixes(config.n_context), **curves},
         "focus": {"classes": focus_setting[0], "n_context": focus_setting[1]},
         "config": dataclasses.asdict(base),
         "wall_seconds": time.perf_counter() - start,

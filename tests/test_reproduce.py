@@ -125,7 +125,8 @@ def check_classification_reports_every_reference(quick):
     curves = summary["accuracy_vs_examples"]
     n = summary["focus"]["n_context"]
     assert "GD-SSM (trained)" in curves and "logistic regression" in curves
-    assert all(len(v) == n for v in curves.values())
+    assert curves.pop("examples") == classification.prefixes(n)
+    assert all(len(v) == len(classification.prefixes(n)) for v in curves.values())
 
 
 def check_minibatch_runs_each_m(quick):
