@@ -327,7 +327,15 @@ def minibatch_section(results: pathlib.Path) -> list[str]:
           f"{d['wgd_decay']:.4f}", f"{d['val_loss']:.4f}", f"{d['wgd_loss']:.4f}",
           f"{d['model_cos_wgd']:.4f}"] for d in s["drift"]],
     )  # fmt: skip
-    return lines + [""] + [f"![{f}](minibatch/{f})" for f in s["figures"]] + [""]
+    lines += [
+        "",
+        "The figure: left, the trained model against one GD step per m; middle, the cost of the "
+        "query's prediction, of every window's and of a training step, relative to m = 1 (a "
+        "window of 2m + 1 tokens has (2m + 1)² products, and there are N/m of them); right, the "
+        "decay learned on drifting tasks beside the best per-window λ.",
+        "",
+    ]
+    return lines + [f"![{f}](minibatch/{f})" for f in s["figures"]] + [""]
 
 
 def build(results="results") -> pathlib.Path:
