@@ -40,7 +40,7 @@ BASE = dict(
     eval_size=8192,
     sens_size=1024,
 )
-QUICK = dict(train_steps=200, batch_size=256, eval_every=100, eval_size=2048, sens_size=256)
+QUICK = dict(train_steps=200, batch_size=256, eval_every=100, eval_size=1024, sens_size=128)
 CLASSES, CONTEXTS, MULTI_STEPS = (2, 5, 10), (10, 40), (2, 3)
 #: The setting of the multi-layer runs, the curve and the heatmaps: (classes, context size).
 FOCUS = (5, 40)
@@ -205,7 +205,7 @@ def main(argv=None):
         if (classes, n_context) == focus_setting and seed == args.seed:
             focus[n_steps] = result
     config = dataclasses.replace(base, d_out=focus_setting[0], n_context=focus_setting[1])
-    curves = accuracy_curves(focus, config)
+    curves = accuracy_curves(focus, config, batch=256 if args.quick else 1024)
     names = figures(rows, curves, focus[1], out, config)
     summary = {
         "rows": rows,

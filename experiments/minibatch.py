@@ -16,7 +16,7 @@ N = 40 pairs, d = 10, scalar labels (docs/design.md §12). For m ∈ {1, 2, 5} (
   per-window weighting ``λ^{N/m − ⌈i/m⌉}`` with its best η (:func:`ssm_gd.gd.best_weighted`).
 
 Writes ``summary.json`` (every number, with the settings), ``minibatch.png``; prints the tables.
-``--quick``: 200 training steps, smaller evaluation sets and timing batch.
+``--quick``: 100 training steps, smaller evaluation sets, timing batch and fewer rounds.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ BASE = dict(
     eval_size=8192,
     sens_size=1024,
 )
-QUICK = dict(train_steps=200, batch_size=256, eval_every=100, eval_size=2048, sens_size=256)
+QUICK = dict(train_steps=100, batch_size=256, eval_every=50, eval_size=1024, sens_size=128)
 #: The drifting task's model: a learned decay Λ (Adam on Λ at ``recurrence_lr``), plain query map.
 DRIFT = dict(task="drift", switch_at=0, recurrence_lr=0.01)
 KEYS = ("val_loss", "gd_loss", "gd_lr", "loss_ratio", "model_cos", "model_diff",
@@ -116,7 +116,7 @@ def main(argv=None):
         print(f"drift m={m}: learned λ {drift[-1]['learned_lambda']['mean']:.4f}, best per-window "
               f"λ {s['wgd_decay']:.4f}; loss {s['val_loss']:.4f} vs {s['wgd_loss']:.4f}", flush=True)  # fmt: skip
     batch = 256 if args.quick else 2048
-    times = forward_times(base, batch)
+    times = forward_times(base, batch, rounds=3 if args.quick else 7)
     for row in rows:
         row["forward_seconds"] = times[row["minibatch"]]
         row["forward_ratio_to_m1"] = {

@@ -19,10 +19,12 @@ those above it; the design notes, docs/design.md §9, say more):
 * :mod:`~ssm_gd.tokens`, :mod:`~ssm_gd.tasks` — token layouts; pure, keyed task samplers;
 * :mod:`~ssm_gd.gd` — the references: explicit GD, least squares, best step size, GD variants;
 * :mod:`~ssm_gd.initializers`, :mod:`~ssm_gd.layers` — the GD-SSM layer (flax.nnx);
+* :mod:`~ssm_gd.gril` — the layer as a sequence mixer for any token stream (GRIL);
 * :mod:`~ssm_gd.construction` — the closed-form parameters that make it K-step GD;
 * :mod:`~ssm_gd.neighbours` — linear self-attention, H3 and a plain SSM;
 * :mod:`~ssm_gd.metrics` — losses, sensitivities, alignment, parameter match;
-* :mod:`~ssm_gd.checkpoints`, :mod:`~ssm_gd.trainer`, :mod:`~ssm_gd.train` — training;
+* :mod:`~ssm_gd.checkpoints`, :mod:`~ssm_gd.trainer`, :mod:`~ssm_gd.classify`,
+  :mod:`~ssm_gd.train` — training: the loop, classification and regression as tasks;
 * :mod:`~ssm_gd.plots` — figures (matplotlib, no backend chosen).
 """
 
@@ -35,8 +37,10 @@ import typing
 __all__ = [
     "__version__",
     "checkpoints",
+    "classify",
     "construction",
     "gd",
+    "gril",
     "initializers",
     "layers",
     "metrics",
@@ -61,8 +65,10 @@ _SUBMODULES = frozenset(__all__) - {"__version__"}
 if typing.TYPE_CHECKING:  # the names as static analysers and editors should see them
     from ssm_gd import (  # noqa: F401
         checkpoints,
+        classify,
         construction,
         gd,
+        gril,
         initializers,
         layers,
         metrics,

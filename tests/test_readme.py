@@ -40,3 +40,13 @@ def test_readme_classification_example_gives_cross_entropy_gd():
     # The construction's logits differ from one CE GD step's by one number per task (float32).
     shift = np.asarray(logits - reference)
     np.testing.assert_allclose(shift, shift[:, :1] * np.ones_like(shift), atol=1e-5)
+
+
+def test_readme_gril_example_steps_as_it_trains():
+    (code,) = [c for c in _examples() if "GRILMixer(" in c]
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+    y, y_t = namespace["y"], namespace["y_t"]
+    assert y.shape == (2, 100, 64)
+    # float32: the chunked and the recurrent form sum the same products in another order.
+    np.testing.assert_allclose(y_t, y[:, 4], atol=1e-5)

@@ -1,0 +1,136 @@
+"""GRIL as a sequence mixer (docs/design.md §13), in float64.
+
+The chunked, recurrent and every-state forms agree in values and gradients for every decay, window
+and stride; ``window=1, decay="none"`` is causal linear attention written out by hand; with
+``window=3, stride=2``, identity projections and the GD-SSM construction's parameters it is the
+GD-SSM, and so one GD step on every prefix.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssm_gd import construction, gd, tasks
+from ssm_gd.gril import DECAYS, GRILMixer
+
+F64 = jnp.float64
+B, L, D = 2, 11, 6  # an odd length; chunk=4 leaves a partial last chunk
+TOL = 1e-12  # float64 rounding of sums of ~L·w² products of O(1) numbers
+
+
+def _mixer(window=3, stride=1, decay="entry", chunk=4, seed=0, **sizes):
+    sizes = dict(n_heads=2, d_key=3, d_value=4) | sizes
+    return GRILMixer(D, window=window, stride=stride, decay=decay, chunk=chunk,
+                     param_dtype=F64, rngs=nnx.Rngs(seed), **sizes)  # fmt: skip
+
+
+def _inputs(seed=1, length=L):
+    return jax.random.normal(jax.random.key(seed), (B, length, D), F64)
+
+
+def _recurrent(mixer, u):
+    """The recurrent form over the whole sequence: one :meth:`GRILMixer.step` per token."""
+    state = mixer.init_state(u.shape[0])
+    outputs = []
+    for t in range(u.shape[1]):
+        state, y = mixer.step(state, u[:, t])
+        outputs.append(y)
+    return jnp.stack(outputs, axis=1)
+
+
+CASES = [(w, 1, decay) for w in (1, 2, 3, 5) for decay in DECAYS]
+CASES += [(3, 2, decay) for decay in DECAYS] + [(5, 3, "entry"), (2, 2, "none")]
+
+
+@pytest.mark.parametrize(("window", "stride", "decay"), CASES)
+def test_three_forms_agree(window, stride, decay):
+    mixer, u = _mixer(window, stride, decay), _inputs()
+    chunked, reference = mixer(u), mixer.scan_states(u)
+    assert chunked.shape == (B, L, D)
+    np.testing.assert_allclose(chunked, reference, rtol=0, atol=TOL)
+    np.testing.assert_allclose(_recurrent(mixer, u), reference, rtol=0, atol=TOL)
+    inactive = np.setdiff1d(np.arange(L), np.arange((window - 1) % stride, L, stride))
+    np.testing.assert_array_equal(chunked[:, inactive], 0.0)  # no update, no output
+    assert np.abs(reference).max() > 0.1  # the check compares real outputs
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_three_forms_agree_in_gradients(decay):
+    mixer, u = _mixer(3, 1, decay), _inputs()
+    cotangent = jax.random.normal(jax.random.key(2), (B, L, D), F64)
+    graphdef, params = nnx.split(mixer, nnx.Param)
+
+    def grads(form):
+        def loss(params, u):
+            return jnp.sum(form(nnx.merge(graphdef, params), u) * cotangent)
+
+        return jax.grad(loss, argnums=(0, 1))(params, u)
+
+    reference = grads(GRILMixer.scan_states)
+    for form in (GRILMixer.__call__, _recurrent):
+        got = grads(form)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
+
+
+def test_window_one_without_decay_is_causal_linear_attention():
+    mixer, u = _mixer(1, 1, "none", n_heads=1), _inputs()
+    mixer.q_mix[...] = jnp.ones((1, 1, 1), F64)
+    mixer.d_mix[...] = jnp.ones((1, 1), F64)
+    x = np.asarray(u)
+    wq, wk, wv = (np.asarray(p[...])[:, 0] for p in (mixer.w_q, mixer.w_k, mixer.w_v))
+    wo = np.asarray(mixer.w_o[...])[0]
+    q, k, v = x @ wq, x @ wk, x @ wv  # (B, L, d)
+    scores = np.einsum("btk,bsk->bts", q, k) * np.tril(np.ones((L, L)))  # causal, no softmax
+    expected = np.einsum("bts,bsv->btv", scores, v) @ wo
+    np.testing.assert_allclose(mixer(u), expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(("d_in", "d_out"), [(3, 1), (3, 2), (2, 3)])
+def test_window_three_stride_two_on_interleaved_tokens_is_the_gd_ssm(d_in, d_out):
+    n, lr = 7, 1.3
+    task = tasks.linear_regression(
+        jax.random.key(5), batch=B, n_context=n, d_in=d_in, d_out=d_out, dtype=F64
+    )
+    toks = tasks.tokens(task)
+    h = toks.shape[-1]
+    values = construction.gd_ssm_values(d_in=d_in, d_out=d_out, n_context=n, lr=lr)
+    mixer = GRILMixer(h, n_heads=1, d_key=h, d_value=h, window=3, stride=2, decay="none",
+                      param_dtype=F64, rngs=nnx.Rngs(0))  # fmt: skip
+    eye = jnp.eye(h, dtype=F64)[:, None]  # identity projections (h, 1, h)
+    mixer.w_q[...], mixer.w_k[...], mixer.w_v[...] = eye, eye, eye
+    # o_t = S_tᵀ q̃ with S = Σ Q_ab k_a v_bᵀ reads Σ Q_ab x_b (x_a · q̃): the GD-SSM's Q transposed.
+    mixer.q_mix[...] = jnp.asarray(values["q_y"].T, F64)[None]
+    mixer.d_mix[...] = jnp.asarray(values["d"], F64)[None]
+    w_o = np.zeros((1, h, h))
+    w_o[0, :, :d_out] = values["c_y"].T
+    mixer.w_o[...] = jnp.asarray(w_o)
+    out = mixer(toks.array)[:, 2::2, :d_out]  # the windows [x_t, y_t, x_{t+1}], t = 1…N
+    gdssm = construction.gd_ssm(d_in=d_in, d_out=d_out, n_context=n, lr=lr, dtype=F64)
+    np.testing.assert_allclose(out, gdssm(toks), rtol=0, atol=TOL)
+    ref = gd.predict_prefixes(task.x, task.y, task.x_query, lr=lr)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(decay="gated"), "decay must be one of"),
+        (dict(window=0), "window must be a positive integer"),
+        (dict(stride=-1), "stride must be a positive integer"),
+        (dict(n_heads=0), "n_heads must be a positive integer"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _mixer(**kwargs)
+
+
+def test_bad_inputs_are_named():
+    mixer = _mixer()
+    with pytest.raises(ValueError, match=r"u must be \(B, L, d_model=6\)"):
+        mixer(jnp.zeros((2, 5, 4)))
+    with pytest.raises(ValueError, match=r"u_t must be \(B, d_model=6\)"):
+        mixer.step(mixer.init_state(2), jnp.zeros((2, 5, 6)))
