@@ -134,3 +134,28 @@ def test_bad_inputs_are_named():
         mixer(jnp.zeros((2, 5, 4)))
     with pytest.raises(ValueError, match=r"u_t must be \(B, d_model=6\)"):
         mixer.step(mixer.init_state(2), jnp.zeros((2, 5, 6)))
+
+
+def test_window_one_on_pairs_tokens_is_one_gd_step():
+    """von Oswald et al.'s construction: keys and queries read x, values read y, Λ = 1; the query
+    token ``[x_q, 0]`` adds nothing to the state and reads ``(η/N) Σ_i y_i x_iᵀ x_q``."""
+    n, d_in, d_out, lr = 9, 3, 2, 0.7
+    task = tasks.linear_regression(
+        jax.random.key(6), batch=B, n_context=n, d_in=d_in, d_out=d_out, dtype=F64
+    )
+    toks = tasks.tokens(task, "pairs").array  # (B, N + 1, d_in + d_out)
+    h = d_in + d_out
+    mixer = GRILMixer(h, n_heads=1, d_key=d_in, d_value=d_out, window=1, decay="none",
+                      param_dtype=F64, rngs=nnx.Rngs(0))  # fmt: skip
+    read_x = np.eye(h)[:, :d_in][:, None]  # (h, 1, d_in): the x part
+    read_y = np.eye(h)[:, d_in:][:, None]  # (h, 1, d_out): the y part
+    mixer.w_q[...], mixer.w_k[...], mixer.w_v[...] = (
+        jnp.asarray(a) for a in (read_x, read_x, read_y)
+    )
+    mixer.q_mix[...], mixer.d_mix[...] = jnp.ones((1, 1, 1), F64), jnp.ones((1, 1), F64)
+    w_o = np.zeros((1, d_out, h))
+    w_o[0, :, d_in:] = lr / n * np.eye(d_out)  # the prediction lands in the y slot
+    mixer.w_o[...] = jnp.asarray(w_o)
+    prediction = mixer(toks)[:, -1, d_in:]
+    expected = gd.predict(task.x, task.y, task.x_query, lr=lr)
+    np.testing.assert_allclose(prediction, expected, rtol=0, atol=TOL)
