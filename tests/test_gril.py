@@ -1,8 +1,8 @@
 """GRIL as a sequence mixer (docs/design.md §13), in float64.
 
 The chunked, recurrent and every-state forms agree in values and gradients for every decay, window
-and stride; ``window=1, decay="none"`` is causal linear attention written out by hand; with
-``window=3, stride=2``, identity projections and the GD-SSM construction's parameters it is the
+and stride; ``window=1, decay="none"`` is causal linear attention written out by hand, and on
+pairs tokens von Oswald et al.'s one-step construction; with ``window=3, stride=2``, identity projections and the GD-SSM construction's parameters it is the
 GD-SSM, and so one GD step on every prefix.
 """
 
