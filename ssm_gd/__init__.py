@@ -20,6 +20,7 @@ those above it; the design notes, docs/design.md §9, say more):
 * :mod:`~ssm_gd.gd` — the references: explicit GD, least squares, best step size, GD variants;
 * :mod:`~ssm_gd.initializers`, :mod:`~ssm_gd.layers` — the GD-SSM layer (flax.nnx);
 * :mod:`~ssm_gd.gril` — the layer as a sequence mixer for any token stream (GRIL);
+* :mod:`~ssm_gd.models` — blocks and models around GRIL or a baseline mixer, generation;
 * :mod:`~ssm_gd.construction` — the closed-form parameters that make it K-step GD;
 * :mod:`~ssm_gd.neighbours` — linear self-attention, H3 and a plain SSM;
 * :mod:`~ssm_gd.metrics` — losses, sensitivities, alignment, parameter match;
@@ -44,6 +45,7 @@ __all__ = [
     "initializers",
     "layers",
     "metrics",
+    "models",
     "neighbours",
     "plots",
     "readout",
@@ -72,6 +74,7 @@ if typing.TYPE_CHECKING:  # the names as static analysers and editors should see
         initializers,
         layers,
         metrics,
+        models,
         neighbours,
         plots,
         readout,

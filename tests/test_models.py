@@ -1,0 +1,81 @@
+"""Sequence models around each mixer: shapes, causality, parameter counts, and generation whose
+logits equal the parallel form's on the same tokens (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssm_gd import models
+
+F64 = jnp.float64
+VOCAB, D, LAYERS, B = 11, 8, 2, 2
+
+
+def _model(mixer, head="next_token", **kwargs):
+    return models.Model(VOCAB, D, LAYERS, mixer=mixer, n_heads=2, head=head,
+                        param_dtype=F64, rngs=nnx.Rngs(0), **kwargs)  # fmt: skip
+
+
+def _tokens(length=9, seed=0):
+    return jax.random.randint(jax.random.key(seed), (B, length), 0, VOCAB)
+
+
+@pytest.mark.parametrize("mixer", models.MIXERS)
+def test_next_token_model_is_causal(mixer):
+    model, tokens = _model(mixer), _tokens()
+    logits = model(tokens)
+    assert logits.shape == (B, 9, VOCAB)
+    changed = tokens.at[:, 6].set((tokens[:, 6] + 1) % VOCAB)
+    other = model(changed)
+    np.testing.assert_allclose(other[:, :6], logits[:, :6], rtol=0, atol=1e-12)  # the past only
+    assert np.abs(other[:, 6:] - logits[:, 6:]).max() > 1e-6
+
+
+@pytest.mark.parametrize("mixer", models.MIXERS)
+def test_generation_logits_equal_the_parallel_form(mixer):
+    model, prompt = _model(mixer), _tokens(4)
+    out, logits = models.generate(model, prompt, 5, jax.random.key(1), temperature=1.0)
+    assert out.shape == (B, 9) and logits.shape == (B, 5, VOCAB)
+    np.testing.assert_array_equal(out[:, :4], prompt)
+    # Teacher forcing on the generated tokens: position t's logits drew token t + 1.
+    parallel = model(out)[:, 3:8]
+    np.testing.assert_allclose(logits, parallel, rtol=0, atol=1e-11)
+
+
+def test_greedy_generation_takes_the_most_likely_token():
+    model = _model("gril")
+    out, logits = models.generate(model, _tokens(3), 4, jax.random.key(0), temperature=0.0)
+    np.testing.assert_array_equal(out[:, 3:], jnp.argmax(logits, -1))
+
+
+def test_classifier_head_and_parameter_counts():
+    model = _model("gril", head="classify", n_classes=4)
+    assert model(_tokens()).shape == (B, 4)
+    counts = {m: models.parameter_count(_model(m)) for m in models.MIXERS}
+    shared = (
+        VOCAB * D + LAYERS * (2 * D + 3 * 2 * D * D) + D + D * VOCAB
+    )  # embed, norms, MLPs, head
+    h, dh = 2, D // 2
+    per_mixer = {
+        "attention": 4 * D * D,
+        "gril": 3 * D * D + h * 9 + h * 3 + h * dh * dh + D * D,  # W_q, W_k, W_v, Q, D, Λ, W_o
+        "linear_attention": 3 * D * D + h * 1 + h * 1 + D * D,
+        "ssm": D * D + D * D + D + D,  # B, C, d, Λ (state = d_model)
+    }
+    for m in models.MIXERS:
+        assert counts[m] == shared + LAYERS * per_mixer[m], m
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="mixer must be one of"):
+        _model("mamba")
+    with pytest.raises(ValueError, match="head must be one of"):
+        _model("gril", head="pool")
+    with pytest.raises(ValueError, match="has no recurrent form"):
+        _model("attention").init_state(2)
+    with pytest.raises(ValueError, match="prompt must be integer tokens"):
+        models.generate(_model("gril"), jnp.zeros((2, 3)), 2, jax.random.key(0))
+    with pytest.raises(ValueError, match="n_tokens must be a positive integer"):
+        models.generate(_model("gril"), _tokens(3), 0, jax.random.key(0))
