@@ -1,0 +1,72 @@
+"""Multi-query associative recall: the sampler's structure, the masked loss, one short run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import mqar as experiment
+from ssm_gd import tasks
+
+
+def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
+    seq_len, n_kv, vocab = 24, 5, 40
+    t = tasks.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
+    tokens, targets = np.asarray(t.tokens), np.asarray(t.targets)
+    assert tokens.shape == targets.shape == (16, seq_len)
+    for seq, tgt in zip(tokens, targets, strict=True):
+        keys, values = seq[: 2 * n_kv : 2], seq[1 : 2 * n_kv : 2]
+        assert len(set(keys)) == n_kv and keys.min() >= 1 and keys.max() < vocab // 2
+        assert values.min() >= vocab // 2 and values.max() < vocab
+        assert (tgt[: 2 * n_kv] == -1).all()
+        asked = np.flatnonzero(tgt >= 0)
+        assert sorted(seq[asked]) == sorted(keys)  # every key asked exactly once
+        pairs = dict(zip(keys, values, strict=True))
+        assert all(tgt[p] == pairs[seq[p]] for p in asked)  # the answer is the key's value
+        rest = np.setdiff1d(np.arange(2 * n_kv, seq_len), asked)
+        assert (seq[rest] == 0).all()  # fillers elsewhere
+    again = tasks.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
+    np.testing.assert_array_equal(again.tokens, t.tokens)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(vocab=3), "vocab must be >= 4"),
+        (dict(n_kv=20), "n_kv distinct keys"),
+        (dict(seq_len=10), "seq_len must be at least 3 \\* n_kv = 12"),
+        (dict(batch=0), "batch must be a positive integer"),
+    ],
+)
+def test_mqar_bad_arguments_are_named(kwargs, message):
+    args = dict(batch=2, seq_len=16, n_kv=4, vocab=32) | kwargs
+    with pytest.raises(ValueError, match=message):
+        tasks.mqar(jax.random.key(0), **args)
+
+
+def test_recall_loss_counts_the_asked_positions_only():
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]]))
+    targets = jnp.array([[0, 1, -1]])
+    loss, accuracy = experiment.recall_loss(logits, targets)
+    np.testing.assert_allclose(loss, -(np.log(0.5) + np.log(0.1)) / 2, rtol=1e-6)
+    assert float(accuracy) == 0.5
+
+
+def test_a_short_run_writes_its_summary(tmp_path):
+    summary = experiment.main(["--quick", "--mixer", "linear_attention", "--train-steps", "20",
+                               "--eval-every", "10", "--out", str(tmp_path), "--no-progress"])  # fmt: skip
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["params"] == summary["params"] > 0 and 0 <= written["accuracy"] <= 1
+    assert [r["step"] for r in written["history"]] == [0, 10, 20]
+    assert (tmp_path / "accuracy.png").exists()
+
+
+def test_bad_flags_exit_2(capsys, tmp_path):
+    for argv, message in ((["--seq-len", "5"], "--seq-len must be at least"),
+                          (["--mixer", "mamba"], "invalid choice"),
+                          (["--d-model", "30"], "--d-model must be a multiple of --n-heads")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            experiment.main([*argv, "--out", str(tmp_path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
