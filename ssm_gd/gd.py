@@ -284,6 +284,12 @@ def _optimal_lr(x, y, x_query, y_query):
 
 def lr_losses(x, y, x_query, y_query, lrs, *, steps: int = 1) -> Array:
     """:func:`loss` of K-step GD for each step size in ``lrs`` ``(M,)``; diverging ones give ``inf``."""
+    return _lr_losses(x, y, x_query, y_query, lrs, steps, _identity, loss)
+
+
+def _lr_losses(x, y, x_query, y_query, lrs, steps, link, objective):
+    """``objective`` of the query prediction of ``steps`` steps of :func:`_link_gd` at each step
+    size in ``lrs``, ``inf`` where it is not finite."""
     _check_context(x, y, x_query, y_query)
     steps = _check_steps(steps)
     lrs = jnp.asarray(lrs)
@@ -294,7 +300,9 @@ def lr_losses(x, y, x_query, y_query, lrs, *, steps: int = 1) -> Array:
     b, n, d_in = x.shape
     per_lr = b * y.shape[-1] * max(d_in, n)
     losses = jax.lax.map(
-        lambda lr: loss(jnp.einsum("boi,bi->bo", _weights(x, y, lr, steps), x_query), y_query),
+        lambda lr: objective(
+            jnp.einsum("boi,bi->bo", _link_gd(x, y, lr, steps, link), x_query), y_query
+        ),
         lrs,
         batch_size=max(1, min(64, 2**22 // per_lr)),
     )
@@ -697,21 +705,7 @@ def cross_entropy_predict(x: Array, y: Array, x_query: Array, *, lr, steps: int 
 def cross_entropy_lr_losses(x, y, x_query, y_query, lrs, *, steps: int = 1) -> Array:
     """:func:`cross_entropy` of K-step cross-entropy GD's query logits for each step size in
     ``lrs`` ``(M,)``; a non-finite loss is reported as ``inf``."""
-    _check_context(x, y, x_query, y_query)
-    steps = _check_steps(steps)
-    lrs = jnp.asarray(lrs)
-    if lrs.ndim != 1 or lrs.shape[0] == 0:
-        raise ValueError(f"lrs must be a non-empty 1-D array of step sizes; got shape {lrs.shape}")
-    b, n, d_in = x.shape
-    per_lr = b * y.shape[-1] * max(d_in, n)
-    losses = jax.lax.map(
-        lambda lr: _cross_entropy(
-            jnp.einsum("bki,bi->bk", _ce_weights(x, y, lr, steps), x_query), y_query
-        ),
-        lrs,
-        batch_size=max(1, min(64, 2**22 // per_lr)),
-    )
-    return jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+    return _lr_losses(x, y, x_query, y_query, lrs, steps, _softmax, _cross_entropy)
 
 
 def cross_entropy_best_lr(
