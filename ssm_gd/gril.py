@@ -54,7 +54,8 @@ class GRILMixer(nnx.Module):
     Args:
       d_model: ``D``. n_heads, d_key, d_value: ``H``, ``d_k``, ``d_v``.
       window: ``w`` positions per update; stride: update and read every ``s`` positions.
-      decay: one of :data:`DECAYS`. chunk: positions per chunk of the training form.
+      decay: one of :data:`DECAYS`. chunk: updates per chunk of the training form (its work
+        grows as ``chunk²`` per chunk, its sequential steps as ``L / chunk``).
 
     Parameters: ``w_q``, ``w_k`` ``(D, H, d_k)``, ``w_v`` ``(D, H, d_v)``, ``q_mix`` ``(H, w, w)``
     (initialised to the current position's ``k_t v_tᵀ`` plus noise), ``d_mix`` ``(H, w)`` (the
@@ -72,7 +73,7 @@ class GRILMixer(nnx.Module):
         window: int = 3,
         stride: int = 1,
         decay: str = "entry",
-        chunk: int = 64,
+        chunk: int = 16,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
