@@ -40,7 +40,7 @@ from ssm_gd.initializers import constant_init, fill_init
 from ssm_gd.layers import GDSSM, GDSSMInit
 from ssm_gd.tokens import check_layout, row_width
 
-__all__ = ["gd_ssm", "gd_ssm_values"]
+__all__ = ["gd_ssm", "gd_ssm_values", "init_from_values"]
 
 
 def gd_ssm_values(
@@ -129,24 +129,29 @@ def gd_ssm(
         d_in=d_in, d_out=d_out, n_context=n_context, lr=lr, layout=layout,
         preconditioner=preconditioner, decay=decay, minibatch=minibatch,
     )  # fmt: skip
-    init = GDSSMInit(
-        q_y=constant_init(v["q_y"]),
-        q_x=constant_init(v["q_x"]),
-        lam=fill_init(v["lam"]),
-        c_y=constant_init(v["c_y"]),
-        c_x=constant_init(v["c_x"]),
-        d=constant_init(v["d"]),
-    )
     return GDSSM(
         d_in,
         d_out,
         n_steps=steps,
         layout=layout,
-        init=init,
+        init=init_from_values(v),
         impl=impl,
         query_map="vector" if preconditioner is None else "matrix",
         n_context=n_context,
         minibatch=minibatch,
         param_dtype=dtype,
         rngs=nnx.Rngs(0),
+    )
+
+
+def init_from_values(values: dict) -> GDSSMInit:
+    """The initializers that build a :class:`~ssm_gd.layers.GDSSM` with these parameter values
+    (the dict of :func:`gd_ssm_values`, possibly edited): each parameter starts as its value."""
+    return GDSSMInit(
+        q_y=constant_init(values["q_y"]),
+        q_x=constant_init(values["q_x"]),
+        lam=fill_init(values["lam"]),
+        c_y=constant_init(values["c_y"]),
+        c_x=constant_init(values["c_x"]),
+        d=constant_init(values["d"]),
     )

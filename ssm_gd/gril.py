@@ -31,7 +31,7 @@ from flax import nnx
 from ssm_gd import scan, validate
 from ssm_gd.readout import chunked_readout
 
-__all__ = ["DECAYS", "GRILMixer"]
+__all__ = ["DECAYS", "GRILMixer", "causal_windows"]
 
 Array = jax.Array
 DECAYS = ("entry", "structured", "none")
@@ -40,6 +40,13 @@ DECAYS = ("entry", "structured", "none")
 def _bounded(raw: Array) -> Array:
     """``exp(−exp(raw))`` ∈ (0, 1]: a decay whatever the optimiser does to ``raw``."""
     return jnp.exp(-jnp.exp(raw))
+
+
+def causal_windows(x: Array, window: int) -> Array:
+    """``(B, L, …) → (B, L, w, …)``: at each position ``t`` the rows of positions
+    ``t − w + 1 … t`` (row ``a`` is position ``t − w + 1 + a``), zeros before the start."""
+    padded = jnp.pad(x, [(0, 0), (window - 1, 0)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.stack([padded[:, a : a + x.shape[1]] for a in range(window)], axis=2)
 
 
 def _raw_decay(key, shape, dtype, low=0.9, high=0.999):
@@ -101,48 +108,15 @@ class GRILMixer(nnx.Module):
             self.beta_param = nnx.Param(_raw_decay(rngs.params(), (h, dv), param_dtype, 0.99, 1.0))
         self.w_o = normal((h * dv) ** -0.5, (h, dv, d))
 
-    # ------------------------------------------------------------------------------ pieces
-
     @property
     def lam(self) -> Array:
         """``Λ`` ``(H, d_k, d_v)``."""
-        shape = (self.n_heads, self.d_key, self.d_value)
         if self.decay == "entry":
             return _bounded(self.lam_param[...])
         if self.decay == "structured":
             alpha, beta = _bounded(self.alpha_param[...]), _bounded(self.beta_param[...])
             return alpha[:, :, None] * beta[:, None, :]
-        return jnp.ones(shape, self.w_q.dtype)
-
-    def _check(self, u: Array) -> Array:
-        if u.ndim != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(f"u must be (B, L, d_model={self.d_model}); got shape {u.shape}")
-        return u
-
-    def _windows(self, u: Array):
-        """Per position ``t``: the windows of keys ``(B, L, w, H, d_k)`` and values, and the
-        windowed query ``q̃_t`` ``(B, L, H, d_k)``; rows before the start are zeros."""
-        w = self.window
-
-        def window_of(x):  # (B, L, H, d) → (B, L, w, H, d), row a = position t − w + 1 + a
-            padded = jnp.pad(x, [(0, 0), (w - 1, 0)] + [(0, 0)] * (x.ndim - 2))
-            return jnp.stack([padded[:, a : a + x.shape[1]] for a in range(w)], axis=2)
-
-        k = window_of(jnp.einsum("bld,dhk->blhk", u, self.w_k[...]))
-        v = window_of(jnp.einsum("bld,dhv->blhv", u, self.w_v[...]))
-        q = window_of(jnp.einsum("bld,dhk->blhk", u, self.w_q[...]))
-        return k, v, jnp.einsum("blahk,ha->blhk", q, self.d_mix[...])
-
-    def _active(self, length: int) -> np.ndarray:
-        """The positions where the state is updated and read: ``p ≡ w − 1 (mod s)``."""
-        return np.arange((self.window - 1) % self.stride, length, self.stride)
-
-    def _output(self, o: Array, active: np.ndarray, length: int) -> Array:
-        """``o`` ``(B, T, H, d_v)`` at the active positions → ``(B, L, D)``, zero elsewhere."""
-        y = jnp.einsum("bthv,hvd->btd", o, self.w_o[...])
-        if len(active) == length:
-            return y
-        return jnp.zeros((y.shape[0], length, y.shape[-1]), y.dtype).at[:, active].set(y)
+        return jnp.ones((self.n_heads, self.d_key, self.d_value), self.w_q.dtype)
 
     # ------------------------------------------------------------------------------ the forms
 
@@ -150,12 +124,6 @@ class GRILMixer(nnx.Module):
         """The training form: chunks of ``chunk`` updates, inside a chunk masked products weighted
         by ``Λ^{t−i}``, across chunks one carried state (:func:`ssm_gd.readout.chunked_readout`,
         per head, on the transposed state ``S_tᵀ``): memory ``O(B·L·w·D)`` plus a state per chunk."""
-        length = self._check(u).shape[1]
-        active = self._active(length)
-        if len(active) == 0:  # a sequence shorter than the first update: no output yet
-            return jnp.zeros_like(u)
-        k, v, query = (x[:, active] for x in self._windows(u))
-        lam_t = jnp.swapaxes(self.lam, 1, 2)  # (H, d_v, d_k): the state Sᵀ
 
         def head(lam, q_mix, k, v, query):  # one head; k (B, T, w, d_k), v (B, T, w, d_v)
             def make_b(kv):  # U_tᵀ = Σ_ab Q_ab v_b k_aᵀ, a chunk at a time
@@ -163,19 +131,41 @@ class GRILMixer(nnx.Module):
 
             return chunked_readout(lam, make_b, (k, v), query, chunk=self.chunk)
 
-        o = jax.vmap(head, in_axes=(0, 0, 3, 3, 2), out_axes=2)(lam_t, self.q_mix[...], k, v, query)
-        return self._output(o, active, length)
+        def readout(k, v, query):
+            lam_t = jnp.swapaxes(self.lam, 1, 2)  # (H, d_v, d_k): the state Sᵀ
+            heads = jax.vmap(head, in_axes=(0, 0, 3, 3, 2), out_axes=2)
+            return heads(lam_t, self.q_mix[...], k, v, query)
+
+        return self._at_updates(u, readout)
 
     def scan_states(self, u: Array) -> Array:
         """The reference form: every state ``S_t`` ``(B, T, H, d_k, d_v)`` by an associative scan."""
-        length = self._check(u).shape[1]
-        active = self._active(length)
+
+        def readout(k, v, query):
+            updates = jnp.einsum("btahk,hae,btehv->bthkv", k, self.q_mix[...], v)
+            states, _ = scan.linear_recurrence(self.lam, updates, axis=1)
+            return jnp.einsum("bthkv,bthk->bthv", states, query)
+
+        return self._at_updates(u, readout)
+
+    def _at_updates(self, u: Array, readout) -> Array:
+        """``readout(k, v, q̃) → o`` ``(B, T, H, d_v)`` on the windows of the positions where the
+        state is updated (``p ≡ w − 1 (mod s)``), projected out; zero at the other positions."""
+        if u.ndim != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must be (B, L, d_model={self.d_model}); got shape {u.shape}")
+        length = u.shape[1]
+        active = np.arange((self.window - 1) % self.stride, length, self.stride)
         if len(active) == 0:  # a sequence shorter than the first update: no output yet
             return jnp.zeros_like(u)
-        k, v, query = (x[:, active] for x in self._windows(u))
-        updates = jnp.einsum("btahk,hae,btehv->bthkv", k, self.q_mix[...], v)
-        states, _ = scan.linear_recurrence(self.lam, updates, axis=1)
-        return self._output(jnp.einsum("bthkv,bthk->bthv", states, query), active, length)
+        k, v, q = (
+            causal_windows(jnp.einsum("bld,dhx->blhx", u, weight[...]), self.window)[:, active]
+            for weight in (self.w_k, self.w_v, self.w_q)
+        )
+        query = jnp.einsum("btahk,ha->bthk", q, self.d_mix[...])
+        y = jnp.einsum("bthv,hvd->btd", readout(k, v, query), self.w_o[...])
+        if len(active) == length:
+            return y
+        return jnp.zeros((y.shape[0], length, y.shape[-1]), y.dtype).at[:, active].set(y)
 
     def init_state(self, batch: int) -> dict[str, Array]:
         """The recurrent form's state before the first token: ``S = 0``, the window's last

@@ -25,8 +25,7 @@ import pytest
 from flax import nnx
 
 from ssm_gd import classify, construction, gd, metrics, tasks, train
-from ssm_gd.initializers import constant_init, fill_init
-from ssm_gd.layers import GDSSM, GDSSMInit
+from ssm_gd.layers import GDSSM
 
 F64 = jnp.float64
 LR = 2.0
@@ -209,14 +208,7 @@ def test_construction_on_centred_tokens_gives_cross_entropy_logits(n_classes, mi
 
 def _from_values(n_classes, v, steps=1, d_in=D_IN):
     """A GDSSM with the given parameter values, built through the initializers."""
-    init = GDSSMInit(
-        q_y=constant_init(v["q_y"]),
-        q_x=constant_init(v["q_x"]),
-        lam=fill_init(v["lam"]),
-        c_y=constant_init(v["c_y"]),
-        c_x=constant_init(v["c_x"]),
-        d=constant_init(v["d"]),
-    )
+    init = construction.init_from_values(v)
     return GDSSM(d_in, n_classes, n_steps=steps, init=init, param_dtype=F64, rngs=nnx.Rngs(0))
 
 
