@@ -1,4 +1,4 @@
-# ssm-gd: `make test` and `make reproduce` work on a fresh machine with Python >= 3.10 and pip.
+# ssm-gd: `make test` and `make reproduce` work on a fresh machine with Python >= 3.11 and pip.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -8,9 +8,12 @@ logits ``(B, L, V)`` (``head="next_token"``) or a classifier on the mean over po
 * ``"gril"`` — :class:`ssm_gd.gril.GRILMixer` (window 3, one decay per state entry);
 * ``"linear_attention"`` — the same mixer with ``window=1, decay="none"``: causal linear attention
   (docs/design.md §13);
-* ``"attention"`` — causal softmax attention (:func:`jax.nn.dot_product_attention`);
+* ``"attention"`` — causal softmax attention (:func:`jax.nn.dot_product_attention`) with rotary
+  position embeddings on the queries and keys (without them it cannot tell a key's neighbour);
 * ``"ssm"`` — a diagonal SSM, ``s_t = Λ ⊙ s_t−1 + B u_t``, ``y_t = C s_t + d ⊙ u_t`` (S5/LRU style,
-  real ``Λ ∈ (0, 1)``).
+  real ``Λ ∈ (0, 1)``);
+* ``"griffin"`` — Griffin's recurrent block (a GeLU gate branch times an RG-LRU after a short
+  causal convolution), ``recurrentgemma``'s own JAX code through flax's Linen-to-NNX bridge.
 
 :func:`generate` samples from a next-token model with the recurrent forms (``step``: constant
 time and memory per token) and, for attention, by recomputing the causal forward pass over a
@@ -24,38 +27,52 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from recurrentgemma.jax import modules as griffin_modules
 
 from ssm_gd import validate
 from ssm_gd.gril import GRILMixer
 from ssm_gd.initializers import uniform_init
 from ssm_gd.layers import DiagonalRecurrence
 
-__all__ = ["HEADS", "MIXERS", "Attention", "Block", "DiagonalSSM", "Model", "generate",
-           "make_mixer", "parameter_count"]  # fmt: skip
+__all__ = ["HEADS", "MIXERS", "Attention", "Block", "DiagonalSSM", "Griffin", "Model", "generate",
+           "make_mixer", "match_d_model", "parameter_count", "prefill"]  # fmt: skip
 
 Array = jax.Array
-MIXERS = ("gril", "linear_attention", "attention", "ssm")
+MIXERS = ("gril", "linear_attention", "attention", "ssm", "griffin")
 HEADS = ("next_token", "classify")
-RECURRENT = ("gril", "linear_attention", "ssm")
+RECURRENT = ("gril", "linear_attention", "ssm", "griffin")
 
 
 def _normal(rngs, scale, shape, dtype):
     return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
 
+def rotary(x: Array, base: float = 10_000.0) -> Array:
+    """Rotary position embedding of ``x (B, L, H, dh)``, ``dh`` even: channel pairs ``(i, i +
+    dh/2)`` turn by the angle ``t · base^(−2i/dh)`` at position ``t``."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-jnp.arange(half, dtype=x.dtype) / half)
+    angles = jnp.arange(x.shape[1], dtype=x.dtype)[:, None] * freqs  # (L, dh/2)
+    cos, sin = jnp.cos(angles)[:, None], jnp.sin(angles)[:, None]  # (L, 1, dh/2)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
 class Attention(nnx.Module):
-    """Causal multi-head softmax attention ``(B, L, D) → (B, L, D)``."""
+    """Causal multi-head softmax attention ``(B, L, D) → (B, L, D)``, rotary positions."""
 
     def __init__(self, d_model: int, *, n_heads: int, param_dtype=jnp.float32, rngs: nnx.Rngs):
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
         dh = d_model // n_heads
+        if dh % 2:
+            raise ValueError(f"d_model / n_heads = {dh} must be even (rotary position pairs)")
         self.w_qkv = _normal(rngs, d_model**-0.5, (d_model, 3, n_heads, dh), param_dtype)
         self.w_o = _normal(rngs, d_model**-0.5, (n_heads, dh, d_model), param_dtype)
 
     def __call__(self, u: Array) -> Array:
         q, k, v = jnp.einsum("bld,dthe->tblhe", u, self.w_qkv[...])
-        o = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # (B, L, H, dh)
+        o = jax.nn.dot_product_attention(rotary(q), rotary(k), v, is_causal=True)  # (B, L, H, dh)
         return jnp.einsum("blhe,hed->bld", o, self.w_o[...])
 
 
@@ -84,6 +101,44 @@ class DiagonalSSM(nnx.Module):
         return s, s @ self.c[...] + self.d[...] * u_t
 
 
+class Griffin(nnx.Module):
+    """Griffin's recurrent block ``(B, L, D) → (B, L, D)``: ``W_out (gelu(W_y u) ⊙ RG-LRU(conv(W_x
+    u)))``, the RG-LRU's ``n_heads`` block-diagonal gates and a causal convolution of ``conv_width``
+    taps — ``recurrentgemma.jax.modules.RecurrentBlock``, wrapped with ``nnx.bridge.ToNNX``."""
+
+    def __init__(self, d_model: int, *, n_heads: int, conv_width: int = 4,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        self.d_model, self.conv_width, self.dtype = d_model, conv_width, param_dtype
+        block = griffin_modules.RecurrentBlock(
+            width=d_model, num_heads=n_heads, lru_width=d_model, conv1d_temporal_width=conv_width,
+            param_dtype=param_dtype,
+        )  # fmt: skip
+        self.block = nnx.bridge.ToNNX(block, rngs=rngs)
+        x = jnp.zeros((1, conv_width, d_model), param_dtype)
+        nnx.bridge.lazy_init(
+            self.block, x, jnp.zeros((1, conv_width), jnp.int32), return_cache=False
+        )
+        self.block.to_nnx__rngs = None  # initialised; the block draws no randomness when applied
+
+    def __call__(self, u: Array) -> Array:
+        positions = jnp.broadcast_to(jnp.arange(u.shape[1]), u.shape[:2])
+        return self.block(u, positions, return_cache=False)[0]
+
+    def init_state(self, batch: int):
+        """``(the block's cache: RG-LRU state and the convolution's last inputs, position)``.
+        recurrentgemma keeps the RG-LRU state, and accumulates its scan, in float32 whatever the
+        parameters' dtype: the two forms agree to float32 precision even in float64."""
+        cache = griffin_modules.RecurrentBlock.init_cache(
+            batch, self.d_model, self.dtype, conv1d_temporal_width=self.conv_width
+        )
+        return cache, jnp.zeros((batch, 1), jnp.int32)
+
+    def step(self, state, u_t: Array):
+        cache, position = state
+        y, cache = self.block(u_t[:, None], position, cache=cache)
+        return (cache, position + 1), y[:, 0]
+
+
 def make_mixer(name: str, d_model: int, *, n_heads: int, param_dtype=jnp.float32, rngs):
     """One mixer of :data:`MIXERS` at ``d_model`` (heads of ``d_model / n_heads`` channels)."""
     validate.one_of("mixer", name, MIXERS)
@@ -94,6 +149,8 @@ def make_mixer(name: str, d_model: int, *, n_heads: int, param_dtype=jnp.float32
         return Attention(d_model, n_heads=n_heads, **common)
     if name == "ssm":
         return DiagonalSSM(d_model, state=d_model, **common)
+    if name == "griffin":
+        return Griffin(d_model, n_heads=n_heads, **common)
     window, decay = (3, "entry") if name == "gril" else (1, "none")
     return GRILMixer(d_model, n_heads=n_heads, d_key=dh, d_value=dh, window=window, decay=decay,
                      **common)  # fmt: skip
@@ -178,6 +235,41 @@ def parameter_count(model: nnx.Module) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
+def match_d_model(
+    mixer: str, params: int, *, vocab: int, n_layers: int, n_heads: int = 4, **model_kwargs
+) -> int:
+    """The ``d_model`` (a multiple of ``n_heads``; for attention, of ``2 n_heads``: rotary
+    positions turn channel pairs) whose :class:`Model` around ``mixer`` has the
+    parameter count closest to ``params`` — to compare mixers at one size. Counts come from
+    ``nnx.eval_shape``: nothing is allocated."""
+    validate.one_of("mixer", mixer, MIXERS)
+    params = validate.positive_int("params", params)
+
+    def count(d):
+        return parameter_count(
+            nnx.eval_shape(
+                lambda: Model(
+                    vocab,
+                    d,
+                    n_layers,
+                    mixer=mixer,
+                    n_heads=n_heads,
+                    rngs=nnx.Rngs(0),
+                    **model_kwargs,
+                )
+            )
+        )
+
+    unit = 2 * n_heads if mixer == "attention" else n_heads
+    lo, hi = 1, 2  # in units; the count grows with d_model
+    while count(hi * unit) < params:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid * unit) < params else (lo, mid)
+    return min((lo * unit, hi * unit), key=lambda d: abs(count(d) - params))
+
+
 def generate(model: Model, prompt: Array, n_tokens: int, key, temperature: float = 1.0):
     """Sample ``n_tokens`` after ``prompt`` ``(B, P)``: ``(tokens (B, P + n), logits (B, n, V))``,
     the logits each sampled token was drawn from (``temperature`` 0: the most likely token)."""
@@ -192,6 +284,16 @@ def generate(model: Model, prompt: Array, n_tokens: int, key, temperature: float
     return _generate(graphdef, params, prompt, n_tokens, key, temperature)
 
 
+def prefill(model: Model, prompt: Array):
+    """The recurrent state after reading ``prompt`` ``(B, P)`` a token at a time (a ``lax.scan``
+    of :meth:`Model.step`: one compiled step whatever ``P``)."""
+
+    def body(state, token):
+        return model.step(state, token)[0], None
+
+    return jax.lax.scan(body, model.init_state(prompt.shape[0]), jnp.moveaxis(prompt, 1, 0))[0]
+
+
 def _sample(logits, key, temperature):
     if temperature == 0:
         return jnp.argmax(logits, axis=-1)
@@ -204,9 +306,8 @@ def _generate(graphdef, params, prompt, n_tokens, key, temperature):
     batch, p = prompt.shape
     keys = jax.random.split(key, n_tokens)
     if model.mixer_name in RECURRENT:
-        state, logits = model.init_state(batch), None
-        for t in range(p):  # the prompt, a token at a time
-            state, logits = model.step(state, prompt[:, t])
+        state = prefill(model, prompt[:, :-1])
+        state, logits = model.step(state, prompt[:, -1])
 
         def body(carry, k):
             state, logits = carry

@@ -522,7 +522,7 @@ def make_optimizer(config: Config, params) -> optax.GradientTransformation:
     )
 
 
-def _loss(model, task, config: Config):
+def training_loss(model, task, config: Config):
     """The training loss of ``model`` on a batch of tasks (``config.loss_on``)."""
     toks = tasks.tokens(task, config.layout)
     if config.loss_on == "query":  # the last window alone, without the other windows' states
@@ -774,7 +774,7 @@ def regression_task(config: Config, key_eval, *, progress: bool = False):
                                                 ("cos", "model_cos"))}  # fmt: skip
 
     def loss(model, task):
-        return _loss(model, task, config)
+        return training_loss(model, task, config)
 
     task = trainer.Task(
         sample=lambda key, batch: sample(config, key, batch),

@@ -47,6 +47,7 @@ __all__ = [
     "check_divisible",
     "fit",
     "say",
+    "training_program",
 ]
 
 
@@ -275,6 +276,18 @@ class _Run:
         if self.manager is not None:
             self.manager.close()
             self.manager = None
+
+
+def training_program(model: nnx.Module, optimizer, task: Task, *, batch_size: int, key):
+    """The program :func:`fit` runs, ``(segment, params, opt_state)``: ``segment`` is the jitted
+    ``(params, opt_state, steps) → (params, opt_state, losses, bad_step)`` that trains on the
+    batches of ``steps`` (an integer array), to lower, export or inspect."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    return (
+        _segment_program(graphdef, optimizer, task, batch_size, key),
+        params,
+        optimizer.init(params),
+    )
 
 
 def _segment_program(graphdef, optimizer, task: Task, batch_size: int, key):
