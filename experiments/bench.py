@@ -168,7 +168,7 @@ def count_kernels(hlo_text: str) -> int:
     return sum(op not in _NOT_KERNELS for op in opcodes)
 
 
-def _compile(fn, args) -> Program:
+def compile_program(fn, args) -> Program:
     """``jit(fn)`` compiled for ``args``, with its compile seconds and memory bytes."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
@@ -217,9 +217,11 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
     states_gb = batch * n * d * d * 4 / 2**30
     # The copy alone, in consecutive calls that reuse its output buffer: interleaved with the
     # others, each call would pay fresh pages for the tokens' bytes (6x slower at 10^7 floats).
-    copy_s, _ = _time_interleaved({"c": _compile(lambda t: -t, (tokens,))}, repeats, budget)["c"]
+    copy_s, _ = _time_interleaved({"c": compile_program(lambda t: -t, (tokens,))}, repeats, budget)[
+        "c"
+    ]
     point["copy"] = {"seconds": copy_s, "bytes": 2 * tokens.size * 4}
-    dispatch = _compile(lambda t: t[0, 0, 0], (tokens,))
+    dispatch = compile_program(lambda t: t[0, 0, 0], (tokens,))
     point["dispatch"] = {"seconds": _time_interleaved({"d": dispatch}, repeats, budget)["d"][0]}
     compiled = {}
     for impl in [*impls, "loop-per-dimension"]:
@@ -247,7 +249,7 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
             model = _model(d, "sequential", chunk)
         params, programs = _programs(model, impl)
         ours = {
-            (impl, name): _compile(fn, (params, tokens))
+            (impl, name): compile_program(fn, (params, tokens))
             for name, fn in programs.items()
             if fn is not None
         }
@@ -285,7 +287,7 @@ def run_point(n: int, d: int, batch: int, impls, *, chunk: int, repeats: int, bu
     return point
 
 
-def _device_name() -> str:
+def device_name() -> str:
     dev = jax.devices()[0]
     kind = dev.device_kind if dev.platform != "cpu" else f"cpu-{platform.machine()}"
     return f"{kind}-x{jax.device_count()}".replace(" ", "_").lower()
@@ -348,7 +350,7 @@ def main(argv=None):
     if args.quick:
         args.n, args.d, args.batch = [10, 100], [10], [64]
     out.mkdir(parents=True, exist_ok=True)
-    device = _device_name()
+    device = device_name()
     points, skipped = [], []
     for d in args.d:
         for batch in args.batch:

@@ -1,16 +1,23 @@
 """Multi-query associative recall (MQAR): a two-layer model around one mixer, or every mixer.
 
     python -m experiments.mqar [--mixer gril] [--seq-len 64] [--n-kv 4] [--d-model 64]
-                               [--vocab 128] [--train-steps 1500] [--out results/mqar]
+                               [--vocab 128] [--train-steps 1500] [--lr 1e-3] [--out results/mqar]
                                [--quick] [--sweep]
 
 A :class:`ssm_gd.models.Model` (2 layers, 4 heads, next-token head) is trained with AdamW on fresh
 :func:`ssm_gd.tasks.mqar` batches to name, at each query position, the value its key was paired
-with; accuracy is measured on the query positions of 512 fixed sequences. ``--sweep`` trains
-every mixer of :data:`ssm_gd.models.MIXERS` at the same settings, data and budget (the
-parameter count of each is reported beside its accuracy). Writes ``summary.json`` (``accuracy``,
-``params``, ``steps_per_second``, the settings and the history) and ``accuracy.png``.
-``--quick``: L = 32, 2 pairs, d_model 32, vocabulary 32, 100 steps.
+with; accuracy is measured on the query positions of 512 fixed sequences. Writes
+``summary.json`` (``accuracy``, ``params``, ``steps_per_second``, the settings and the history)
+and ``accuracy.png``.
+
+``--sweep`` trains every mixer of :data:`ssm_gd.models.MIXERS` at every point of a grid, with the
+same data, budget and learning rate: by default the CPU grid :data:`SWEEP` (L ∈ {32, 64}, d_model
+∈ {32, 64}, 2 pairs, vocabulary 32, 1500 steps; the flags ``--seq-len`` / ``--d-model`` given
+replace a grid axis by one value, the other flags apply to every run). Each run writes its own
+folder ``L<L>-d<d>/<mixer>``; a run whose ``summary.json`` already holds the same settings is
+read, not retrained, so a stopped sweep continues. The sweep writes ``table.md`` and
+``accuracy.png`` (accuracy against d_model, a line per mixer, a panel per L) and ``curves.png``.
+``--quick``: L = 32, 2 pairs, d_model 32, vocabulary 32, 100 steps (a sweep: d_model 16 and 32).
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ from experiments import cli
 from ssm_gd import models, plots, tasks, trainer
 
 QUICK = dict(seq_len=32, n_kv=2, d_model=32, vocab=32, train_steps=100, eval_every=50)
+# The CPU grid: softmax attention leaves the plateau at "one of the values in context" (accuracy
+# 1/n_kv) after about 500 steps at L = 32, 2 pairs, vocabulary 32, d_model 64, and not within
+# 2,000 steps at L = 64, 4 pairs, vocabulary 64 (lr 1e-3 or 3e-3): 2 pairs, and 1500 steps a run.
+SWEEP = dict(seq_lens=(32, 64), d_models=(32, 64), n_kv=2, vocab=32, train_steps=1500)
+QUICK_SWEEP = dict(seq_lens=(32,), d_models=(16, 32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +55,7 @@ class Settings:
     n_heads: int = 4
     train_steps: int = 1500
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-3
     eval_every: int = 250
     eval_size: int = 512
     seed: int = 0
@@ -66,21 +78,44 @@ def parse(argv=None):
     args = parser.parse_args(argv)
     out = cli.writable_folder(parser, args.out)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
-    fields = {**(QUICK if args.quick else {}), **{k: v for k, v in given.items() if v is not None}}
+    given = {k: v for k, v in given.items() if v is not None}
+    grid = {}
+    if args.sweep:
+        grid = dict(QUICK_SWEEP) if args.quick else dict(SWEEP)
+        grid["seq_lens"] = (
+            (given["seq_len"],) if "seq_len" in given else grid.get("seq_lens", (32,))
+        )
+        grid["d_models"] = (given["d_model"],) if "d_model" in given else grid["d_models"]
+    base = {k: v for k, v in grid.items() if k not in ("seq_lens", "d_models")}
+    fields = {**(QUICK if args.quick else {}), **base, **given}
     settings = dataclasses.replace(defaults, **fields)
+    args.grid = [
+        (length, d) for length in grid.get("seq_lens", ()) for d in grid.get("d_models", ())
+    ]
+    checks = [settings] + [
+        dataclasses.replace(settings, seq_len=L, d_model=d) for L, d in args.grid
+    ]
+    for s in checks:
+        _check(parser, s)
+    return args, out, settings
+
+
+def _check(parser, settings):
     for name, value in dataclasses.asdict(settings).items():
         if isinstance(value, int) and name != "seed" and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
     if not settings.lr > 0:
         parser.error(f"--lr must be positive; got {settings.lr}")
-    if settings.d_model % settings.n_heads:
-        parser.error(f"--d-model must be a multiple of --n-heads; got {settings.d_model}")
+    if settings.d_model % (2 * settings.n_heads):
+        parser.error(
+            f"--d-model must be a multiple of 2 × --n-heads (attention's rotary pairs); got "
+            f"{settings.d_model}"
+        )
     try:  # the sampler's own checks (vocabulary, room for the queries), before any work
         tasks.mqar(jax.random.key(0), batch=1, seq_len=settings.seq_len, n_kv=settings.n_kv,
                    vocab=settings.vocab)  # fmt: skip
     except ValueError as error:
         parser.error(str(error).replace("seq_len", "--seq-len").replace("n_kv", "--n-kv"))
-    return args, out, settings
 
 
 def recall_loss(logits, targets):
@@ -139,37 +174,112 @@ def run(settings: Settings, out, progress: bool = True) -> dict:
 
 
 def figure(results, path):
+    """Accuracy against training steps, a line per run."""
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
     for r in results:
         h = r["history"]
-        ax.plot([row["step"] for row in h], [row["accuracy"] for row in h], "o-", ms=3,
-                label=f"{r['mixer']} ({r['params']:,} params)")  # fmt: skip
+        s = r["settings"]
+        label = f"{r['mixer']} ({r['params']:,} params)"
+        if len(results) > len(models.MIXERS):
+            label = f"{r['mixer']}, L {s['seq_len']}, d {s['d_model']}"
+        ax.plot([row["step"] for row in h], [row["accuracy"] for row in h], "o-", ms=2, lw=1,
+                label=label)  # fmt: skip
     s = results[0]["settings"]
     ax.set(xlabel="training step", ylabel="accuracy on the queries", ylim=(0, 1.02),
            title=f"MQAR: L = {s['seq_len']}, {s['n_kv']} pairs, d_model {s['d_model']}, "
                  f"vocabulary {s['vocab']}")  # fmt: skip
-    ax.legend(fontsize=8)
+    if len(results) > len(models.MIXERS):
+        ax.set_title(f"MQAR: {s['n_kv']} pairs, vocabulary {s['vocab']}, {s['train_steps']} steps")
+    ax.legend(fontsize=6 if len(results) > len(models.MIXERS) else 8)
     plots.save(fig, path)
+
+
+def sweep_figure(results, path):
+    """Final accuracy against d_model: a line per mixer, a panel per L."""
+    lengths = sorted({r["settings"]["seq_len"] for r in results})
+    fig = Figure(figsize=(4.5 * len(lengths), 3.8))
+    axes = fig.subplots(1, len(lengths), squeeze=False)[0]
+    s = results[0]["settings"]
+    for ax, length in zip(axes, lengths, strict=True):
+        for mixer in models.MIXERS:
+            pts = sorted((r["settings"]["d_model"], r["accuracy"]) for r in results
+                         if r["mixer"] == mixer and r["settings"]["seq_len"] == length)  # fmt: skip
+            ax.plot(*zip(*pts, strict=True), "o-", label=mixer)
+        ax.axhline(1 / s["n_kv"], color="gray", ls=":", lw=1, label="one of the values in context")
+        ax.set(xlabel="d_model", ylabel="accuracy on the queries", ylim=(0, 1.02), xscale="log",
+               title=f"L = {length}, {s['n_kv']} pairs, vocab {s['vocab']}, {s['train_steps']} steps")  # fmt: skip
+        ax.set_xticks(sorted({r["settings"]["d_model"] for r in results}))
+        ax.set_xticklabels([str(d) for d in sorted({r["settings"]["d_model"] for r in results})])
+    axes[0].legend(fontsize=7)
+    plots.save(fig, path)
+
+
+def table(results) -> str:
+    """A markdown table: a row per (L, d_model), accuracy (parameters) per mixer."""
+    s = results[0]["settings"]
+    lines = [
+        f"MQAR, {s['n_kv']} key-value pairs, vocabulary {s['vocab']}, {s['n_layers']} layers, "
+        f"{s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']} AdamW steps at peak lr "
+        f"{s['lr']:g} for every mixer; accuracy on the queries of {s['eval_size']} held-out "
+        f"sequences (parameters):",
+        "",
+        "| L | d_model | " + " | ".join(models.MIXERS) + " |",
+        "| --- | --- |" + " --- |" * len(models.MIXERS),
+    ]
+    points = sorted({(r["settings"]["seq_len"], r["settings"]["d_model"]) for r in results})
+    for length, d in points:
+        cells = []
+        for mixer in models.MIXERS:
+            match = [r for r in results if r["mixer"] == mixer
+                     and (r["settings"]["seq_len"], r["settings"]["d_model"]) == (length, d)]  # fmt: skip
+            cells.append(f"{match[0]['accuracy']:.3f} ({match[0]['params']:,})" if match else "–")
+        lines.append(f"| {length} | {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _finished(folder, settings):
+    """The summary of a finished run with these settings in ``folder``, or ``None``."""
+    path = folder / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return summary if summary.get("settings") == dataclasses.asdict(settings) else None
 
 
 def main(argv=None):
     args, out, settings = parse(argv)
     start = time.perf_counter()
-    mixers = models.MIXERS if args.sweep else (settings.mixer,)
+    if not args.sweep:
+        runs = [(settings, out)]
+    else:
+        runs = [(dataclasses.replace(settings, seq_len=length, d_model=d, mixer=mixer),
+                 out / f"L{length}-d{d}" / mixer)
+                for length, d in args.grid for mixer in models.MIXERS]  # fmt: skip
     results = []
-    for mixer in mixers:
-        folder = out / mixer if args.sweep else out
-        one = dataclasses.replace(settings, mixer=mixer)
-        results.append(run(one, folder, progress=not args.no_progress))
-        r = results[-1]
-        print(f"{mixer}: accuracy {r['accuracy']:.3f}, {r['params']:,} params, "
-              f"{r['steps_per_second']:.1f} steps/s", flush=True)  # fmt: skip
-    summary = results[0] if not args.sweep else {"runs": results}
-    summary = {**summary, "wall_seconds": time.perf_counter() - start, "figures": ["accuracy.png"]}
+    for one, folder in runs:
+        r = _finished(folder, one) if args.sweep else None
+        if r is None:
+            r = run(one, folder, progress=not args.no_progress)
+            if args.sweep:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "summary.json").write_text(json.dumps(r, indent=2))
+        results.append(r)
+        print(f"{one.mixer} (L {one.seq_len}, d_model {one.d_model}): accuracy {r['accuracy']:.3f}, "
+              f"{r['params']:,} params, {r['steps_per_second']:.1f} steps/s", flush=True)  # fmt: skip
+    wall = time.perf_counter() - start
+    if args.sweep:
+        summary = {"runs": results, "wall_seconds": wall,
+                   "figures": ["accuracy.png", "curves.png"], "table": "table.md"}  # fmt: skip
+        (out / "table.md").write_text(table(results))
+        sweep_figure(results, out / "accuracy.png")
+        figure(results, out / "curves.png")
+    else:
+        summary = {**results[0], "wall_seconds": wall, "figures": ["accuracy.png"]}
+        figure(results, out / "accuracy.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    figure(results, out / "accuracy.png")
-    print(f"wrote {out}/summary.json and accuracy.png in {summary['wall_seconds']:.0f} s")
+    print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
     return summary
 
 

@@ -1,5 +1,7 @@
-"""Multi-query associative recall: the sampler's structure, the masked loss, one short run."""
+"""Multi-query associative recall: the sampler's structure, the masked loss, one short run, the
+sweep's grid, continuation and table."""
 
+import dataclasses
 import json
 
 import jax
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import mqar as experiment
-from ssm_gd import tasks
+from ssm_gd import models, tasks
 
 
 def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
@@ -66,7 +68,33 @@ def test_a_short_run_writes_its_summary(tmp_path):
 def test_bad_flags_exit_2(capsys, tmp_path):
     for argv, message in ((["--seq-len", "5"], "--seq-len must be at least"),
                           (["--mixer", "mamba"], "invalid choice"),
-                          (["--d-model", "30"], "--d-model must be a multiple of --n-heads")):  # fmt: skip
+                          (["--d-model", "30"], "--d-model must be a multiple of 2 × --n-heads")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             experiment.main([*argv, "--out", str(tmp_path)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sweep_runs_the_grid_continues_and_tabulates(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(settings, out, progress=True):  # the sweep's bookkeeping, without training
+        calls.append((settings.mixer, settings.seq_len, settings.d_model))
+        acc = 0.1 * len(calls)
+        return {"mixer": settings.mixer, "accuracy": acc, "val_loss": 1.0, "params": 100 * len(calls),
+                "steps_per_second": 1.0, "wall_seconds": 1.0,
+                "settings": dataclasses.asdict(settings),
+                "history": [{"step": 0, "accuracy": 0.0}, {"step": 100, "accuracy": acc}]}  # fmt: skip
+
+    monkeypatch.setattr(experiment, "run", fake_run)
+    argv = ["--sweep", "--quick", "--out", str(tmp_path), "--no-progress"]
+    summary = experiment.main(argv)
+    grid = [(m, 32, d) for d in (16, 32) for m in models.MIXERS]
+    assert calls == grid and len(summary["runs"]) == len(grid)
+    assert all(r["settings"]["train_steps"] == 100 for r in summary["runs"])
+    table = (tmp_path / "table.md").read_text()
+    assert "| 32 | 16 | 0.100 (100) |" in table and "| 32 | 32 |" in table
+    assert (tmp_path / "accuracy.png").exists() and (tmp_path / "curves.png").exists()
+    experiment.main(argv)  # every run finished: read back, none trained again
+    assert len(calls) == len(grid)
+    experiment.main([*argv, "--train-steps", "50", "--d-model", "16"])  # new settings: trained
+    assert calls[len(grid) :] == [(m, 32, 16) for m in models.MIXERS]
