@@ -157,4 +157,6 @@ def test_bench_mixers_times_side_by_side_and_skips_what_passes_the_memory_limit(
     assert all(g["seconds_per_token"] > 0 for g in result["generation"])
     assert (tmp_path / f"mixers-{result['device']}.png").exists()
     tiny = bench_mixers.main([*argv, "--mixers", "ssm", "--max-gb", "1e-9"])  # 1 byte
-    assert all("skipped" in r and "seconds" not in r for r in tiny["throughput"] + tiny["generation"])
+    assert all(
+        "skipped" in r and "seconds" not in r for r in tiny["throughput"] + tiny["generation"]
+    )
