@@ -98,3 +98,15 @@ def test_bad_arguments_are_named():
         models.generate(_model("gril"), jnp.zeros((2, 3)), 2, jax.random.key(0))
     with pytest.raises(ValueError, match="n_tokens must be a positive integer"):
         models.generate(_model("gril"), _tokens(3), 0, jax.random.key(0))
+
+
+def test_rotary_scores_depend_on_the_offset_alone():
+    dh, length = 6, 7
+    q = jnp.broadcast_to(jax.random.normal(jax.random.key(0), (dh,), F64), (1, length, 1, dh))
+    k = jnp.broadcast_to(jax.random.normal(jax.random.key(1), (dh,), F64), (1, length, 1, dh))
+    scores = jnp.einsum("te,se->ts", models.rotary(q)[0, :, 0], models.rotary(k)[0, :, 0])
+    for offset in range(-3, 4):  # q_t · k_s is a function of t − s (rotations compose)
+        diagonal = jnp.diagonal(scores, offset)
+        np.testing.assert_allclose(diagonal, diagonal[0], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(models.rotary(q)[0, 0], q[0, 0], rtol=0, atol=0)  # t = 0: no turn
+    assert float(jnp.ptp(jnp.diagonal(scores, 0) - scores[0])) > 1e-3  # and it does turn

@@ -50,3 +50,13 @@ def test_readme_gril_example_steps_as_it_trains():
     assert y.shape == (2, 100, 64)
     # float32: the chunked and the recurrent form sum the same products in another order.
     np.testing.assert_allclose(y_t, y[:, 4], atol=1e-5)
+
+
+def test_readme_model_example_generates_what_the_model_predicts():
+    (code,) = [c for c in _examples() if "models.generate(" in c]
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+    model, tokens, step_logits = namespace["model"], namespace["tokens"], namespace["step_logits"]
+    assert namespace["logits"].shape == (2, 100, 256) and tokens.shape == (2, 25)
+    # float32: the recurrent form against the chunked one on the generated tokens.
+    np.testing.assert_allclose(step_logits, model(tokens)[:, 4:24], atol=1e-4)
