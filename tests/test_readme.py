@@ -57,6 +57,6 @@ def test_readme_model_example_generates_what_the_model_predicts():
     namespace = {}
     exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
     model, tokens, step_logits = namespace["model"], namespace["tokens"], namespace["step_logits"]
-    assert namespace["logits"].shape == (2, 100, 256) and tokens.shape == (2, 25)
+    assert namespace["logits"].shape == (2, 25, 256) and tokens.shape == (2, 25)
     # float32: the recurrent form against the chunked one on the generated tokens.
     np.testing.assert_allclose(step_logits, model(tokens)[:, 4:24], atol=1e-4)
