@@ -17,9 +17,10 @@ memory passes ``--max-gb`` is compiled but not run, and the JSON says so.
 
 Generation: a one-layer :class:`ssm_gd.models.Model` (vocabulary 256) around each mixer reads a
 prompt of ``P`` tokens (``--positions``), then the time per generated token is measured over 32
-tokens. The recurrent mixers run :meth:`Model.step` (constant state); attention, which
-:func:`ssm_gd.models.generate` serves by recomputing the causal forward pass over the sequence so
-far, is timed as one forward pass over ``P`` tokens per generated token.
+tokens. The recurrent mixers run :meth:`Model.step` (constant state). Attention has no
+recurrent form here (:func:`ssm_gd.models.generate` recomputes the causal forward pass over a
+fixed buffer of prompt and new tokens at every step): it is timed as one forward pass over ``P``
+tokens per generated token, a lower bound on what ``generate`` spends (a KV cache would do better).
 
 Writes ``<out>/mixers-<device>.json`` and ``<out>/mixers-<device>.png``. Timings compare programs
 within one run on one machine; no test asserts them. ``--quick``: L ∈ {64, 128}, positions

@@ -72,8 +72,9 @@ def parse(argv=None):
         parser.add_argument(*names, type=kind, default=None, choices=choices,
                             help=f"default {getattr(defaults, field.name)}")  # fmt: skip
     parser.add_argument("--out", default="results/mqar", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
-    parser.add_argument("--sweep", action="store_true", help="every mixer at these settings")
+    parser.add_argument("--quick", action="store_true", help="a smoke size (a run: under a minute)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="every mixer over the grid of L and d_model (--mixer is not used)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = cli.writable_folder(parser, args.out)

@@ -19,8 +19,10 @@ has 2 to ``max_args`` arguments (uniform), its operator uniform over the four; e
 another operator with probability :data:`NEST_P` = 1/4 and otherwise a digit (uniform), except
 that a node at depth ``max_depth`` is always a digit. So a tree has at most ``max_depth`` levels
 and at most ``max_depth - 1`` brackets nested inside one another. (LRA also lets the root be a
-digit; such one-token trees never pass a length filter, so with ``min_length >= 2`` the data are
-distributed as LRA's.)
+digit; such one-token trees never pass a length filter, so with ``min_length >= 2`` the trees
+are drawn as LRA's are.) Two differences from LRA's data files: the length bounds here are
+inclusive (LRA keeps lengths strictly between its bounds) and duplicates are not removed (LRA
+draws one pool of distinct expressions and splits it).
 
 ``MED`` of an even number of arguments is, as in LRA, the integer part of numpy's median:
 ``[MED 2 5 ]`` = ``int(3.5)`` = 3 (the mean of the two middle values, rounded down).

@@ -51,9 +51,10 @@ def rotary(x: Array, base: float = 10_000.0) -> Array:
     """Rotary position embedding of ``x (B, L, H, dh)``, ``dh`` even: channel pairs ``(i, i +
     dh/2)`` turn by the angle ``t · base^(−2i/dh)`` at position ``t``."""
     half = x.shape[-1] // 2
-    freqs = base ** (-jnp.arange(half, dtype=x.dtype) / half)
-    angles = jnp.arange(x.shape[1], dtype=x.dtype)[:, None] * freqs  # (L, dh/2)
-    cos, sin = jnp.cos(angles)[:, None], jnp.sin(angles)[:, None]  # (L, 1, dh/2)
+    dtype = jnp.promote_types(x.dtype, jnp.float32)  # positions exact past 256 in bfloat16 too
+    freqs = base ** (-jnp.arange(half, dtype=dtype) / half)
+    angles = jnp.arange(x.shape[1], dtype=dtype)[:, None] * freqs  # (L, dh/2)
+    cos, sin = (f(angles)[:, None].astype(x.dtype) for f in (jnp.cos, jnp.sin))  # (L, 1, dh/2)
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
@@ -108,6 +109,8 @@ class Griffin(nnx.Module):
 
     def __init__(self, d_model: int, *, n_heads: int, conv_width: int = 4,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        if d_model % 2:  # the RG-LRU splits its width in two halves
+            raise ValueError(f"d_model={d_model} must be even for mixer='griffin'")
         self.d_model, self.conv_width, self.dtype = d_model, conv_width, param_dtype
         block = griffin_modules.RecurrentBlock(
             width=d_model, num_heads=n_heads, lru_width=d_model, conv1d_temporal_width=conv_width,
@@ -238,8 +241,8 @@ def parameter_count(model: nnx.Module) -> int:
 def match_d_model(
     mixer: str, params: int, *, vocab: int, n_layers: int, n_heads: int = 4, **model_kwargs
 ) -> int:
-    """The ``d_model`` (a multiple of ``n_heads``; for attention, of ``2 n_heads``: rotary
-    positions turn channel pairs) whose :class:`Model` around ``mixer`` has the
+    """The ``d_model`` (a multiple of ``n_heads``; for attention and Griffin, of ``2 n_heads``:
+    rotary positions turn channel pairs, the RG-LRU needs an even width) whose :class:`Model` around ``mixer`` has the
     parameter count closest to ``params`` — to compare mixers at one size. Counts come from
     ``nnx.eval_shape``: nothing is allocated."""
     validate.one_of("mixer", mixer, MIXERS)
@@ -260,7 +263,7 @@ def match_d_model(
             )
         )
 
-    unit = 2 * n_heads if mixer == "attention" else n_heads
+    unit = 2 * n_heads if mixer in ("attention", "griffin") else n_heads
     lo, hi = 1, 2  # in units; the count grows with d_model
     while count(hi * unit) < params:
         lo, hi = hi, 2 * hi

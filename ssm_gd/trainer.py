@@ -281,7 +281,9 @@ class _Run:
 def training_program(model: nnx.Module, optimizer, task: Task, *, batch_size: int, key):
     """The program :func:`fit` runs, ``(segment, params, opt_state)``: ``segment`` is the jitted
     ``(params, opt_state, steps) → (params, opt_state, losses, bad_step)`` that trains on the
-    batches of ``steps`` (an integer array), to lower, export or inspect."""
+    batches of ``steps`` (an integer array), to lower, export or inspect. (``fit`` also
+    replicates the parameters over the devices' mesh before it calls it.)"""
+    check_divisible(batch_size=validate.positive_int("batch_size", batch_size))
     graphdef, params = nnx.split(model, nnx.Param)
     return (
         _segment_program(graphdef, optimizer, task, batch_size, key),

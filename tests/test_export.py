@@ -21,9 +21,10 @@ def _export_and_check(model, task, batch_size=2, run=False):
         model, optax.adamw(1e-3), task, batch_size=batch_size, key=jax.random.key(0)
     )
     steps = jnp.arange(2)
+    # jax.export refuses (raises on) a program with a host callback, or a custom call that one of
+    # the platforms lacks: that it returns is the check.
     exported = jax.export.export(program, platforms=PLATFORMS)(params, opt_state, steps)
-    assert exported.platforms == PLATFORMS
-    assert "cpu_callback" not in exported.mlir_module()  # no host round trip inside the step
+    assert exported.nr_devices == 1 and len(exported.out_avals) == 4
     if not run:
         return
     new = exported.call(params, opt_state, steps)  # the CPU lowering, run here

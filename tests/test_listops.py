@@ -242,7 +242,8 @@ def test_label_distribution_small_setting():
     print(
         f"ListOps labels at {SMALL}: {counts.tolist()}; most frequent {top}, {counts[top] / 1000:.1%}"
     )
-    assert (counts > 0).sum() > 1
+    # MIN and MAX pull the answers to the ends of the range: 0 and 9 lead the ten classes.
+    assert set(np.argsort(counts)[-2:]) == {0, 9}
 
 
 @pytest.mark.parametrize(
