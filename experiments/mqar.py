@@ -175,24 +175,32 @@ def run(settings: Settings, out, progress: bool = True) -> dict:
 
 
 def figure(results, path):
-    """Accuracy against training steps, a line per run."""
-    fig = Figure(figsize=(5.5, 3.8))
-    ax = fig.subplots()
-    for r in results:
-        h = r["history"]
-        s = r["settings"]
-        label = f"{r['mixer']} ({r['params']:,} params)"
-        if len(results) > len(models.MIXERS):
-            label = f"{r['mixer']}, L {s['seq_len']}, d {s['d_model']}"
-        ax.plot([row["step"] for row in h], [row["accuracy"] for row in h], "o-", ms=2, lw=1,
-                label=label)  # fmt: skip
+    """Accuracy against training steps, a line per mixer; a sweep: a panel per (L, d_model)."""
+    points = sorted({(r["settings"]["seq_len"], r["settings"]["d_model"]) for r in results})
+    lengths = sorted({p[0] for p in points})
+    widths = sorted({p[1] for p in points})
+    fig = Figure(figsize=(4.2 * len(widths) + 1.3, 3.3 * len(lengths)))
+    axes = fig.subplots(len(lengths), len(widths), squeeze=False, sharex=True, sharey=True)
+    colours = dict(zip(models.MIXERS, [f"C{i}" for i in range(len(models.MIXERS))], strict=True))
     s = results[0]["settings"]
-    ax.set(xlabel="training step", ylabel="accuracy on the queries", ylim=(0, 1.02),
-           title=f"MQAR: L = {s['seq_len']}, {s['n_kv']} pairs, d_model {s['d_model']}, "
-                 f"vocabulary {s['vocab']}")  # fmt: skip
-    if len(results) > len(models.MIXERS):
-        ax.set_title(f"MQAR: {s['n_kv']} pairs, vocabulary {s['vocab']}, {s['train_steps']} steps")
-    ax.legend(fontsize=6 if len(results) > len(models.MIXERS) else 8)
+    for r in results:
+        length, d = r["settings"]["seq_len"], r["settings"]["d_model"]
+        ax = axes[lengths.index(length), widths.index(d)]
+        h = r["history"]
+        ax.plot([row["step"] for row in h], [row["accuracy"] for row in h], "o-", ms=2,
+                color=colours[r["mixer"]], label=f"{r['mixer']} ({r['params']:,} params)")  # fmt: skip
+        ax.set_title(f"L = {length}, d_model {d}", fontsize=9)
+    for ax in axes.flat:
+        ax.axhline(1 / s["n_kv"], color="gray", ls=":", lw=1)
+        ax.set(ylim=(0, 1.02))
+        if ax.lines:
+            ax.legend(fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy on the queries")
+    fig.suptitle(f"MQAR: {s['n_kv']} pairs, vocabulary {s['vocab']}, batch {s['batch_size']}, "
+                 f"lr {s['lr']:g}", fontsize=10)  # fmt: skip
     plots.save(fig, path)
 
 
@@ -208,7 +216,7 @@ def sweep_figure(results, path):
                          if r["mixer"] == mixer and r["settings"]["seq_len"] == length)  # fmt: skip
             ax.plot(*zip(*pts, strict=True), "o-", label=mixer)
         ax.axhline(1 / s["n_kv"], color="gray", ls=":", lw=1, label="one of the values in context")
-        ax.set(xlabel="d_model", ylabel="accuracy on the queries", ylim=(0, 1.02), xscale="log",
+        ax.set(xlabel="d_model", ylabel="accuracy on the queries", ylim=(0, 1.02),
                title=f"L = {length}, {s['n_kv']} pairs, vocab {s['vocab']}, {s['train_steps']} steps")  # fmt: skip
         ax.set_xticks(sorted({r["settings"]["d_model"] for r in results}))
         ax.set_xticklabels([str(d) for d in sorted({r["settings"]["d_model"] for r in results})])
