@@ -124,6 +124,18 @@ def _fraction(value) -> float:
     return out
 
 
+def _corpus(train_text: str, held_text: str, source: str, files) -> Corpus:
+    """The :class:`Corpus` of two texts, its vocabulary the training text's characters."""
+    chars = _vocabulary(train_text)
+    return Corpus(
+        train=_readonly(encode(train_text, chars)),
+        held_out=_readonly(encode(held_text, chars)),
+        chars=chars,
+        source=source,
+        files=files,
+    )
+
+
 def _readonly(ids: np.ndarray) -> np.ndarray:
     ids.flags.writeable = False
     return ids
@@ -210,7 +222,6 @@ def stdlib_corpus(*, held_out_fraction: float = 0.05, max_chars: int | None = No
     held_src = [s for s in sources if _held_out(s[0], fraction)]
     train_text, train_files = _join(train_src, max_chars)
     held_text, held_files = _join(held_src, max_chars)
-    chars = _vocabulary(train_text)
     cap = (
         ""
         if max_chars is None
@@ -223,13 +234,7 @@ def stdlib_corpus(*, held_out_fraction: float = 0.05, max_chars: int | None = No
         f"relative-path order by '\\n\\n'{cap}; train {len(train_files)} files, held-out "
         f"{len(held_files)} files"
     )
-    return Corpus(
-        train=_readonly(encode(train_text, chars)),
-        held_out=_readonly(encode(held_text, chars)),
-        chars=chars,
-        source=source,
-        files=(train_files, held_files),
-    )
+    return _corpus(train_text, held_text, source, (train_files, held_files))
 
 
 # --------------------------------------------------------------------------- any text file
@@ -272,19 +277,12 @@ def text_corpus(path, *, held_out_fraction: float = 0.05) -> Corpus:
     text = _read_text(path)
     n_held = int(len(text) * fraction + 0.5)
     train_text, held_text = text[: len(text) - n_held], text[len(text) - n_held :]
-    chars = _vocabulary(train_text)
     shown = os.fspath(path)
     source = (
         f"text file {shown} ({len(text):,} characters); split by position: the last "
         f"{n_held:,} characters (fraction {fraction}) held out"
     )
-    return Corpus(
-        train=_readonly(encode(train_text, chars)),
-        held_out=_readonly(encode(held_text, chars)),
-        chars=chars,
-        source=source,
-        files=((shown,), (shown,)),
-    )
+    return _corpus(train_text, held_text, source, ((shown,), (shown,)))
 
 
 def check_context(corpus: Corpus, context: int) -> None:
