@@ -3,7 +3,8 @@
 ``Model(vocab, d_model, n_layers, mixer=..., head=...)``: token embedding, ``n_layers`` blocks
 ``x + mixer(norm(x))``, ``x + mlp(norm(x))`` (a gated MLP), a final norm and a head — next-token
 logits ``(B, L, V)`` (``head="next_token"``) or a classifier on the mean over positions
-``(B, C)`` (``head="classify"``). The mixers, one block shape for all (:data:`MIXERS`):
+``(B, C)`` (``head="classify"``; given ``lengths``, the mean over each sequence's first ``length``
+positions, so right padding changes nothing: every mixer is causal). The mixers, one block shape for all (:data:`MIXERS`):
 
 * ``"gril"`` — :class:`ssm_gd.gril.GRILMixer` (window 3, one decay per state entry);
 * ``"linear_attention"`` — the same mixer with ``window=1, decay="none"``: causal linear attention
@@ -208,14 +209,22 @@ class Model(nnx.Module):
         out = vocab if head == "next_token" else n_classes
         self.w_head = _normal(rngs, d_model**-0.5, (d_model, out), param_dtype)
 
-    def __call__(self, tokens: Array) -> Array:
-        """Integer tokens ``(B, L)`` → logits ``(B, L, V)`` (next token) or ``(B, C)`` (classify)."""
+    def __call__(self, tokens: Array, lengths: Array | None = None) -> Array:
+        """Integer tokens ``(B, L)`` → logits ``(B, L, V)`` (next token) or ``(B, C)`` (classify:
+        the mean over all positions, or over the first ``lengths`` ``(B,)`` of each row)."""
+        if lengths is not None and self.head_kind != "classify":
+            raise ValueError("lengths is for head='classify' (the pooled positions)")
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
         if self.head_kind == "classify":
-            x = jnp.mean(x, axis=1)
+            if lengths is None:
+                x = jnp.mean(x, axis=1)
+            else:
+                mask = jnp.arange(x.shape[1]) < jnp.asarray(lengths)[:, None]  # (B, L)
+                count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(x.dtype)
+                x = jnp.einsum("bl,bld->bd", mask.astype(x.dtype), x) / count
         return x @ self.w_head[...]
 
     def init_state(self, batch: int):

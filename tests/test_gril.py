@@ -20,9 +20,9 @@ B, L, D = 2, 11, 6  # an odd length; chunk=4 leaves a partial last chunk
 TOL = 1e-12  # float64 rounding of sums of ~L·w² products of O(1) numbers
 
 
-def _mixer(window=3, stride=1, decay="entry", chunk=4, seed=0, **sizes):
+def _mixer(window=3, stride=1, decay="entry", chunk=4, seed=0, impl="chunked", **sizes):
     sizes = dict(n_heads=2, d_key=3, d_value=4) | sizes
-    return GRILMixer(D, window=window, stride=stride, decay=decay, chunk=chunk,
+    return GRILMixer(D, window=window, stride=stride, decay=decay, chunk=chunk, impl=impl,
                      param_dtype=F64, rngs=nnx.Rngs(seed), **sizes)  # fmt: skip
 
 
@@ -50,6 +50,8 @@ def test_three_forms_agree(window, stride, decay):
     chunked, reference = mixer(u), mixer.scan_states(u)
     assert chunked.shape == (B, L, D)
     np.testing.assert_allclose(chunked, reference, rtol=0, atol=TOL)
+    mixer.impl = "scan"  # the training form's other implementation, same parameters
+    np.testing.assert_allclose(mixer(u), reference, rtol=0, atol=TOL)
     np.testing.assert_allclose(_recurrent(mixer, u), reference, rtol=0, atol=TOL)
     inactive = np.setdiff1d(np.arange(L), np.arange((window - 1) % stride, L, stride))
     np.testing.assert_array_equal(chunked[:, inactive], 0.0)  # no update, no output
@@ -68,8 +70,12 @@ def test_three_forms_agree_in_gradients(decay):
 
         return jax.grad(loss, argnums=(0, 1))(params, u)
 
+    def scan_form(mixer, u):
+        mixer.impl = "scan"
+        return mixer(u)
+
     reference = grads(GRILMixer.scan_states)
-    for form in (GRILMixer.__call__, _recurrent):
+    for form in (GRILMixer.__call__, scan_form, _recurrent):
         got = grads(form)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
@@ -118,6 +124,7 @@ def test_window_three_stride_two_on_interleaved_tokens_is_the_gd_ssm(d_in, d_out
     ("kwargs", "message"),
     [
         (dict(decay="gated"), "decay must be one of"),
+        (dict(impl="fast"), "impl must be one of"),
         (dict(window=0), "window must be a positive integer"),
         (dict(stride=-1), "stride must be a positive integer"),
         (dict(n_heads=0), "n_heads must be a positive integer"),

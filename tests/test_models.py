@@ -53,9 +53,21 @@ def test_greedy_generation_takes_the_most_likely_token():
     np.testing.assert_array_equal(out[:, 3:], jnp.argmax(logits, -1))
 
 
-def test_classifier_head_and_parameter_counts():
-    model = _model("gril", head="classify", n_classes=4)
-    assert model(_tokens()).shape == (B, 4)
+@pytest.mark.parametrize("mixer", models.MIXERS)
+def test_classifier_pools_the_unpadded_positions(mixer):
+    model, tokens = _model(mixer, head="classify", n_classes=4), _tokens()
+    lengths = jnp.array([5, 9])
+    logits = model(tokens, lengths)
+    assert logits.shape == (B, 4)
+    np.testing.assert_allclose(model(tokens), model(tokens, jnp.array([9, 9])), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(logits[0], model(tokens[:1, :5])[0], rtol=0, atol=1e-12)
+    padded = tokens.at[0, 5:].set(0)  # what follows the length does not count
+    np.testing.assert_allclose(model(padded, lengths), logits, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="lengths is for head='classify'"):
+        _model(mixer)(tokens, lengths)
+
+
+def test_parameter_counts():
     counts = {m: models.parameter_count(_model(m)) for m in models.MIXERS}
     shared = (
         VOCAB * D + LAYERS * (2 * D + 3 * 2 * D * D) + D + D * VOCAB
