@@ -1,0 +1,288 @@
+"""ListOps (Long Range Arena): a classifier around one mixer, or every mixer.
+
+    python -m experiments.listops [--mixer gril] [--max-length 128] [--max-depth 6] [--steps 1500]
+                                  [--out results/listops] [--quick] [--sweep]
+
+A :class:`ssm_gd.models.Model` with the classification head (the mean over each expression's own
+tokens: right padding is never read, every mixer being causal) is trained with AdamW to name the
+value 0–9 of a nested ``MIN``/``MAX``/``MED``/``SM`` expression (:mod:`ssm_gd.listops`). The
+training set is a fixed draw of ``--n-train`` expressions, the test set ``--n-test`` more from a
+separate seed (:func:`ssm_gd.listops.splits`); batches are drawn from the training set with
+replacement. Writes ``summary.json`` (test ``accuracy``, the accuracy on 1,000 training
+expressions, chance and the majority class, ``params``, ``steps_per_second``, the settings, the
+history) and ``accuracy.png``.
+
+The CPU settings (the defaults): LRA's operators, values and ``max_args = 10``, but ``max_depth
+6`` and 16–128 tokens (mean about 68) instead of LRA's ``max_depth 10`` and 500–2,000: at
+LRA's lengths one training step of a 2-layer model takes seconds on a 2-core CPU (at 32–256
+tokens, batch 32, d_model 64: 0.6–0.8 s a step, a sweep of five mixers over an hour). 2 layers,
+d_model 64, 4 heads, batch 32, 1,500 steps, 20,000 training and 1,000 test expressions.
+``--lra`` gives LRA's data settings (depth 10, 10 arguments, 500–2,000 tokens) for an
+accelerator. LRA's published test accuracies, at LRA's settings: Transformer 36.4%, S4 59.6%,
+S5 62.2% (:data:`ANCHORS`).
+
+``--sweep`` trains every mixer of :data:`ssm_gd.models.MIXERS` with the same data, steps, batch
+and learning rate, each in ``<out>/<mixer>`` (a finished run with the same settings is read, not
+retrained), and writes ``table.md``, ``accuracy.png`` (test accuracy against steps, a line per
+mixer) and ``summary.json``. ``--quick``: 300 expressions of 8–40 tokens, d_model 16, 30 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from matplotlib.figure import Figure
+
+from experiments import cli
+from ssm_gd import listops, models, plots, trainer
+
+ANCHORS = (  # LRA test accuracy at LRA's settings (max_depth 10, max_args 10, 500–2,000 tokens)
+    ("Transformer (Tay et al. 2021)", 0.364),
+    ("S4 (Gu et al. 2022)", 0.596),
+    ("S5 (Smith et al. 2023)", 0.622),
+)
+N_CLASSES = 10
+LRA = dict(max_depth=10, max_args=10, min_length=500, max_length=2000)
+QUICK = dict(max_depth=3, max_args=4, min_length=8, max_length=40, n_train=300, n_test=100,
+             d_model=16, train_steps=30, eval_every=15, batch_size=16)  # fmt: skip
+EVAL_BATCH = 250  # test expressions per evaluated batch (attention holds B·H·L² scores)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    mixer: str = "gril"
+    max_depth: int = 6
+    max_args: int = 10
+    min_length: int = 16
+    max_length: int = 128
+    n_train: int = 20_000
+    n_test: int = 1_000
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    train_steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    eval_every: int = 250
+    seed: int = 0
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = Settings()
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        names = (flag, "--steps") if field.name == "train_steps" else (flag,)
+        kind = type(getattr(defaults, field.name))
+        choices = models.MIXERS if field.name == "mixer" else None
+        parser.add_argument(*names, type=kind, default=None, choices=choices,
+                            help=f"default {getattr(defaults, field.name)}")  # fmt: skip
+    parser.add_argument("--out", default="results/listops", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a smoke size (seconds)")
+    parser.add_argument("--lra", action="store_true",
+                        help="LRA's data settings: depth 10, 10 arguments, 500-2000 tokens")  # fmt: skip
+    parser.add_argument("--sweep", action="store_true", help="every mixer (--mixer is not used)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.quick and args.lra:
+        parser.error("--quick and --lra are two sizes; give one")
+    out = cli.writable_folder(parser, args.out)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+    given = {k: v for k, v in given.items() if v is not None}
+    size = QUICK if args.quick else LRA if args.lra else {}
+    settings = dataclasses.replace(defaults, **{**size, **given})
+    _check(parser, settings)
+    return args, out, settings
+
+
+def _check(parser, s: Settings):
+    for name, value in dataclasses.asdict(s).items():
+        if isinstance(value, int) and name != "seed" and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    if s.seed < 0:
+        parser.error(f"--seed must be a non-negative integer; got {s.seed}")
+    if not s.lr > 0:
+        parser.error(f"--lr must be positive; got {s.lr}")
+    if s.d_model % (2 * s.n_heads):
+        parser.error(f"--d-model must be a multiple of 2 × --n-heads (attention's rotary pairs); "
+                     f"got {s.d_model}")  # fmt: skip
+    try:  # the generator's own checks (bounds, depth, arguments), on one expression
+        listops.dataset(1, seed=0, **_data_kwargs(s))
+    except ValueError as error:
+        parser.error(str(error).replace("max_length", "--max-length")
+                     .replace("min_length", "--min-length").replace("max_depth", "--max-depth")
+                     .replace("max_args", "--max-args"))  # fmt: skip
+
+
+def _data_kwargs(s: Settings) -> dict:
+    return dict(max_depth=s.max_depth, max_args=s.max_args, min_length=s.min_length,
+                max_length=s.max_length)  # fmt: skip
+
+
+def classify_loss(logits, labels):
+    """``(mean cross-entropy, accuracy)`` of class logits ``(B, C)`` against labels ``(B,)``."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def run(settings: Settings, out, progress: bool = True, data=None) -> dict:
+    """Train one classifier; return (and write under ``out``) its summary. ``data``: the
+    ``(train, test)`` sets of :func:`ssm_gd.listops.splits` for these settings, if already drawn."""
+    s = settings
+    t0 = time.perf_counter()
+    train_set, test_set = data or listops.splits(s.n_train, s.n_test, seed=s.seed,
+                                                 **_data_kwargs(s))  # fmt: skip
+    data_seconds = time.perf_counter() - t0
+    model = models.Model(len(listops.VOCAB), s.d_model, s.n_layers, mixer=s.mixer,
+                         n_heads=s.n_heads, head="classify", n_classes=N_CLASSES,
+                         rngs=nnx.Rngs(s.seed))  # fmt: skip
+    train_arrays = jax.tree.map(jnp.asarray, train_set)
+
+    def sample(key, batch):
+        rows = jax.random.randint(key, (batch,), 0, s.n_train)
+        return jax.tree.map(lambda x: x[rows], train_arrays)
+
+    def loss(model, batch):
+        return classify_loss(model(batch.tokens, batch.lengths), batch.labels)[0]
+
+    @nnx.jit
+    def hits(model, tokens, lengths, labels):
+        return jnp.sum(jnp.argmax(model(tokens, lengths), -1) == labels)
+
+    def accuracy(model, data):
+        total = 0
+        for i in range(0, len(data.labels), EVAL_BATCH):
+            rows = slice(i, i + EVAL_BATCH)
+            total += int(hits(model, data.tokens[rows], data.lengths[rows], data.labels[rows]))
+        return total / len(data.labels)
+
+    train_probe = jax.tree.map(lambda x: x[: min(s.n_train, 1000)], train_set)
+
+    def evaluate_row(model):
+        return {"accuracy": accuracy(model, test_set),
+                "train_accuracy": accuracy(model, train_probe)}  # fmt: skip
+
+    task = trainer.Task(sample=sample, loss=loss, evaluate=evaluate_row,
+                        postfix=lambda row: {"acc": f"{row['accuracy']:.3f}"})  # fmt: skip
+    schedule = optax.warmup_cosine_decay_schedule(0.0, s.lr, min(100, s.train_steps // 10),
+                                                  s.train_steps)  # fmt: skip
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.1))
+    fitted = trainer.fit(
+        model, optimizer, task, train_steps=s.train_steps, batch_size=s.batch_size,
+        eval_every=min(s.eval_every, s.train_steps), key=jax.random.key(s.seed + 2), out=out,
+        config=dataclasses.asdict(s), progress=progress,
+    )  # fmt: skip
+    counts = np.bincount(test_set.labels, minlength=N_CLASSES)
+    train_majority = int(np.argmax(np.bincount(train_set.labels, minlength=N_CLASSES)))
+    return {
+        "mixer": s.mixer,
+        "accuracy": fitted.history[-1]["accuracy"],
+        "train_accuracy": fitted.history[-1]["train_accuracy"],
+        "chance": 1 / N_CLASSES,
+        # the training set's most frequent class, always answered, on the test set
+        "majority": float(counts[train_majority] / counts.sum()),
+        "mean_length": float(np.mean(test_set.lengths)),
+        "params": models.parameter_count(model),
+        "steps_per_second": fitted.train_steps_per_second,
+        "data_seconds": data_seconds,
+        "wall_seconds": fitted.wall_seconds,
+        "settings": dataclasses.asdict(s),
+        "history": fitted.history,
+    }
+
+
+def figure(results, path):
+    """Test accuracy against training steps, a line per mixer; chance and the majority class."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    for i, r in enumerate(results):
+        h = r["history"]
+        ax.plot([row["step"] for row in h], [row["accuracy"] for row in h], "o-", ms=2,
+                color=f"C{i}", label=f"{r['mixer']} ({r['params']:,} params)")  # fmt: skip
+    r = results[0]
+    ax.axhline(r["chance"], color="gray", ls=":", lw=1, label="chance")
+    ax.axhline(r["majority"], color="gray", ls="--", lw=1, label="majority class")
+    s = r["settings"]
+    ax.set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1),
+           title=f"ListOps: depth {s['max_depth']}, {s['max_args']} args, "
+                 f"{s['min_length']}–{s['max_length']} tokens, {s['n_train']:,} train")  # fmt: skip
+    ax.legend(fontsize=7)
+    plots.save(fig, path)
+
+
+def table(results) -> str:
+    """A markdown table: a row per mixer, then LRA's published numbers at LRA's settings."""
+    s, r0 = results[0]["settings"], results[0]
+    lines = [
+        f"ListOps at max_depth {s['max_depth']}, max_args {s['max_args']}, {s['min_length']}–"
+        f"{s['max_length']} tokens (mean {r0['mean_length']:.0f}); {s['n_train']:,} training and "
+        f"{s['n_test']:,} test expressions (separate seeds); {s['n_layers']} layers, d_model "
+        f"{s['d_model']}, {s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']} AdamW "
+        f"steps at peak lr {s['lr']:g} for every mixer. Chance {r0['chance']:.1%}, the majority "
+        f"class {r0['majority']:.1%}. Train accuracy: on the first 1,000 training expressions.",
+        "",
+        "| model | test accuracy | train accuracy | parameters | steps/s | settings |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(f"| {r['mixer']} | {r['accuracy']:.1%} | {r['train_accuracy']:.1%} | "
+                     f"{r['params']:,} | {r['steps_per_second']:.1f} | these (CPU) |")  # fmt: skip
+    for name, acc in ANCHORS:
+        lines.append(
+            f"| {name} | {acc:.1%} | – | – | – | LRA: depth 10, 10 args, 500–2,000 tokens |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _finished(folder, settings):
+    """The summary of a finished run with these settings in ``folder``, or ``None``."""
+    path = folder / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return summary if summary.get("settings") == dataclasses.asdict(settings) else None
+
+
+def main(argv=None):
+    args, out, settings = parse(argv)
+    start = time.perf_counter()
+    if not args.sweep:
+        runs = [(settings, out)]
+    else:
+        runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in models.MIXERS]
+    results, data = [], None
+    for one, folder in runs:
+        r = _finished(folder, one) if args.sweep else None
+        if r is None:
+            if data is None:
+                data = listops.splits(one.n_train, one.n_test, seed=one.seed, **_data_kwargs(one))
+            r = run(one, folder, progress=not args.no_progress, data=data)
+            if args.sweep:
+                (folder / "summary.json").write_text(json.dumps(r, indent=2))
+        results.append(r)
+        print(f"{one.mixer}: test accuracy {r['accuracy']:.3f} (train {r['train_accuracy']:.3f}), "
+              f"{r['params']:,} params, {r['steps_per_second']:.1f} steps/s", flush=True)  # fmt: skip
+    wall = time.perf_counter() - start
+    figure(results, out / "accuracy.png")
+    if args.sweep:
+        (out / "table.md").write_text(table(results))
+        summary = {"runs": results, "wall_seconds": wall, "figures": ["accuracy.png"],
+                   "table": "table.md", "anchors": dict(ANCHORS)}  # fmt: skip
+    else:
+        summary = {**results[0], "wall_seconds": wall, "figures": ["accuracy.png"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
