@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test reproduce lint clean
+.PHONY: install test reproduce reproduce-general lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ test: install
 # Every experiment, then results/REPORT.md (experiments/reproduce.py); QUICK=1: smoke size.
 reproduce: install
 	$(PY) -m experiments.reproduce --results results $(if $(QUICK),--quick)
+
+# MQAR, ListOps and language modelling over every mixer, then results/REPORT-general.md
+# (experiments/general.py); QUICK=1: smoke size; ACCELERATOR=1: the published sizes (GPU/TPU).
+reproduce-general: install
+	$(PY) -m experiments.general --results results $(if $(QUICK),--quick)$(if $(ACCELERATOR), --accelerator)
 
 lint: install
 	$(VENV)/bin/ruff check ssm_gd experiments tests

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import pathlib
 
-__all__ = ["base_config", "grid_runs", "writable_folder"]
+__all__ = ["base_config", "finished_run", "grid_runs", "writable_folder"]
 
 
 def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") -> pathlib.Path:
@@ -26,6 +27,16 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
         reason = error.strerror or str(error)
         parser.error(f"{flag} {str(path)!r} is not a writable folder: {reason}")
     return folder
+
+
+def finished_run(folder: pathlib.Path, settings) -> dict | None:
+    """The ``summary.json`` in ``folder`` of a finished run with these ``settings`` (a dataclass),
+    or ``None``: how a stopped sweep continues without training a finished run again."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return summary if summary.get("settings") == dataclasses.asdict(settings) else None
 
 
 def grid_runs(description: str, out: str, argv=None):

@@ -1,9 +1,10 @@
 """ListOps (Long Range Arena): a classifier around one mixer, or every mixer.
 
     python -m experiments.listops [--mixer gril] [--max-length 128] [--max-depth 6] [--steps 1500]
-                                  [--out results/listops] [--quick] [--sweep]
+                                  [--params 85000] [--out results/listops] [--quick] [--sweep]
 
-A :class:`ssm_gd.models.Model` with the classification head (the mean over each expression's own
+A :class:`ssm_gd.models.Model` of about ``--params`` parameters (``d_model`` from
+:func:`ssm_gd.models.match_d_model`, so every mixer has one size) with the classification head (the mean over each expression's own
 tokens: right padding is never read, every mixer being causal) is trained with AdamW to name the
 value 0–9 of a nested ``MIN``/``MAX``/``MED``/``SM`` expression (:mod:`ssm_gd.listops`). The
 training set is a fixed draw of ``--n-train`` expressions, the test set ``--n-test`` more from a
@@ -16,7 +17,8 @@ The CPU settings (the defaults): LRA's operators, values and ``max_args = 10``, 
 6`` and 16–128 tokens (mean about 68) instead of LRA's ``max_depth 10`` and 500–2,000: at
 LRA's lengths one training step of a 2-layer model takes seconds on a 2-core CPU (at 32–256
 tokens, batch 32, d_model 64: 0.6–0.8 s a step, a sweep of five mixers over an hour). 2 layers,
-d_model 64, 4 heads, batch 32, 1,500 steps, 20,000 training and 1,000 test expressions.
+about 85,000 parameters (d_model 64; the SSM 72), 4 heads, batch 32, 1,500 steps, 20,000
+training and 1,000 test expressions.
 ``--lra`` gives LRA's data settings (depth 10, 10 arguments, 500–2,000 tokens) for an
 accelerator. LRA's published test accuracies, at LRA's settings: Transformer 36.4%, S4 59.6%,
 S5 62.2% (:data:`ANCHORS`).
@@ -24,7 +26,8 @@ S5 62.2% (:data:`ANCHORS`).
 ``--sweep`` trains every mixer of :data:`ssm_gd.models.MIXERS` with the same data, steps, batch
 and learning rate, each in ``<out>/<mixer>`` (a finished run with the same settings is read, not
 retrained), and writes ``table.md``, ``accuracy.png`` (test accuracy against steps, a line per
-mixer) and ``summary.json``. ``--quick``: 300 expressions of 8–40 tokens, d_model 16, 30 steps.
+mixer) and ``summary.json``. ``--quick``: 300 expressions of 8–40 tokens, about 6,000
+parameters, 30 steps.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ ANCHORS = (  # LRA test accuracy at LRA's settings (max_depth 10, max_args 10, 5
 N_CLASSES = 10
 LRA = dict(max_depth=10, max_args=10, min_length=500, max_length=2000)
 QUICK = dict(max_depth=3, max_args=4, min_length=8, max_length=40, n_train=300, n_test=100,
-             d_model=16, train_steps=30, eval_every=15, batch_size=16)  # fmt: skip
+             params=6_000, train_steps=30, eval_every=15, batch_size=16)  # fmt: skip
 EVAL_BATCH = 250  # test expressions per evaluated batch (attention holds B·H·L² scores)
 
 
@@ -65,7 +68,7 @@ class Settings:
     max_length: int = 128
     n_train: int = 20_000
     n_test: int = 1_000
-    d_model: int = 64
+    params: int = 85_000
     n_layers: int = 2
     n_heads: int = 4
     train_steps: int = 1500
@@ -111,9 +114,6 @@ def _check(parser, s: Settings):
         parser.error(f"--seed must be a non-negative integer; got {s.seed}")
     if not s.lr > 0:
         parser.error(f"--lr must be positive; got {s.lr}")
-    if s.d_model % (2 * s.n_heads):
-        parser.error(f"--d-model must be a multiple of 2 × --n-heads (attention's rotary pairs); "
-                     f"got {s.d_model}")  # fmt: skip
     try:  # the generator's own checks (bounds, depth, arguments), on one expression
         listops.dataset(1, seed=0, **_data_kwargs(s))
     except ValueError as error:
@@ -141,7 +141,10 @@ def run(settings: Settings, out, progress: bool = True, data=None) -> dict:
     train_set, test_set = data or listops.splits(s.n_train, s.n_test, seed=s.seed,
                                                  **_data_kwargs(s))  # fmt: skip
     data_seconds = time.perf_counter() - t0
-    model = models.Model(len(listops.VOCAB), s.d_model, s.n_layers, mixer=s.mixer,
+    vocab = len(listops.VOCAB)
+    d_model = models.match_d_model(s.mixer, s.params, vocab=vocab, n_layers=s.n_layers,
+                                   n_heads=s.n_heads, head="classify", n_classes=N_CLASSES)  # fmt: skip
+    model = models.Model(vocab, d_model, s.n_layers, mixer=s.mixer,
                          n_heads=s.n_heads, head="classify", n_classes=N_CLASSES,
                          rngs=nnx.Rngs(s.seed))  # fmt: skip
     train_arrays = jax.tree.map(jnp.asarray, train_set)
@@ -191,6 +194,7 @@ def run(settings: Settings, out, progress: bool = True, data=None) -> dict:
         "majority": float(counts[train_majority] / counts.sum()),
         "mean_length": float(np.mean(test_set.lengths)),
         "params": models.parameter_count(model),
+        "d_model": d_model,
         "steps_per_second": fitted.train_steps_per_second,
         "data_seconds": data_seconds,
         "wall_seconds": fitted.wall_seconds,
@@ -224,32 +228,23 @@ def table(results) -> str:
     lines = [
         f"ListOps at max_depth {s['max_depth']}, max_args {s['max_args']}, {s['min_length']}–"
         f"{s['max_length']} tokens (mean {r0['mean_length']:.0f}); {s['n_train']:,} training and "
-        f"{s['n_test']:,} test expressions (separate seeds); {s['n_layers']} layers, d_model "
-        f"{s['d_model']}, {s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']} AdamW "
+        f"{s['n_test']:,} test expressions (separate seeds); {s['n_layers']} layers, about "
+        f"{s['params']:,} parameters, {s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']} AdamW "
         f"steps at peak lr {s['lr']:g} for every mixer. Chance {r0['chance']:.1%}, the majority "
         f"class {r0['majority']:.1%}. Train accuracy: on the first 1,000 training expressions.",
         "",
-        "| model | test accuracy | train accuracy | parameters | steps/s | settings |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | test accuracy | train accuracy | parameters | d_model | steps/s | settings |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(f"| {r['mixer']} | {r['accuracy']:.1%} | {r['train_accuracy']:.1%} | "
-                     f"{r['params']:,} | {r['steps_per_second']:.1f} | these (CPU) |")  # fmt: skip
+                     f"{r['params']:,} | {r['d_model']} | {r['steps_per_second']:.1f} | "
+                     "these (CPU) |")  # fmt: skip
     for name, acc in ANCHORS:
         lines.append(
-            f"| {name} | {acc:.1%} | – | – | – | LRA: depth 10, 10 args, 500–2,000 tokens |"
+            f"| {name} | {acc:.1%} | – | – | – | – | LRA: depth 10, 10 args, 500–2,000 tokens |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _finished(folder, settings):
-    """The summary of a finished run with these settings in ``folder``, or ``None``."""
-    path = folder / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return summary if summary.get("settings") == dataclasses.asdict(settings) else None
 
 
 def main(argv=None):
@@ -261,7 +256,7 @@ def main(argv=None):
         runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in models.MIXERS]
     results, data = [], None
     for one, folder in runs:
-        r = _finished(folder, one) if args.sweep else None
+        r = cli.finished_run(folder, one) if args.sweep else None
         if r is None:
             if data is None:
                 data = listops.splits(one.n_train, one.n_test, seed=one.seed, **_data_kwargs(one))

@@ -247,16 +247,6 @@ def table(results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finished(folder, settings):
-    """The summary of a finished run with these settings in ``folder``, or ``None``."""
-    path = folder / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return summary if summary.get("settings") == dataclasses.asdict(settings) else None
-
-
 def main(argv=None):
     args, out, settings = parse(argv)
     start = time.perf_counter()
@@ -268,7 +258,7 @@ def main(argv=None):
                 for length, d in args.grid for mixer in models.MIXERS]  # fmt: skip
     results = []
     for one, folder in runs:
-        r = _finished(folder, one) if args.sweep else None
+        r = cli.finished_run(folder, one) if args.sweep else None
         if r is None:
             r = run(one, folder, progress=not args.no_progress)
             if args.sweep:

@@ -1,0 +1,119 @@
+"""GRIL on general tasks, then ``REPORT-general.md``: what ``make reproduce-general`` runs.
+
+    python -m experiments.general [--results results] [--quick | --accelerator] [--only mqar listops lm]
+
+One process runs three sweeps over every mixer of :data:`ssm_gd.models.MIXERS`, each writing
+``<results>/<name>/``: multi-query associative recall (:mod:`experiments.mqar`, at d_model 64,
+L ∈ {32, 64} on the CPU: at d_model 32 no mixer left the plateau), ListOps
+(:mod:`experiments.listops`) and character-level language modelling (:mod:`experiments.lm`).
+Then it gathers their tables, figures, samples and the published anchors into
+``<results>/REPORT-general.md``, with every run's size and the time each sweep took. A sweep
+reads the runs an earlier call finished with the same settings, so a stopped call continues.
+
+Sizes: the CPU settings of each experiment (about 100 minutes in all on a 2-core CPU);
+``--quick``: each experiment's smoke size (a few minutes); ``--accelerator``: the published sizes
+(LRA's ListOps lengths, MQAR at 4 pairs and vocabulary 128, a larger language model) for a GPU
+or TPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+from experiments import listops, lm, mqar
+
+# name: (entry point, {size: its flags}), each run with --sweep --no-progress --out <results>/<name>
+EXPERIMENTS = {
+    "mqar": (mqar.main, {
+        "CPU": ["--d-model", "64"],
+        "quick": ["--quick", "--d-model", "16"],
+        "accelerator": ["--n-kv", "4", "--vocab", "128", "--steps", "5000"],
+    }),
+    "listops": (listops.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--lra"]}),
+    "lm": (lm.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--params", "1000000", "--context", "256",
+                                                          "--batch-size", "32", "--budget", "900"]}),
+}  # fmt: skip
+TITLES = {
+    "mqar": "Multi-query associative recall",
+    "listops": "ListOps (Long Range Arena)",
+    "lm": "Character-level language modelling",
+}
+
+
+def _load(path: pathlib.Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _section(results: pathlib.Path, name: str, seconds: dict) -> list[str]:
+    folder = results / name
+    summary = _load(folder / "summary.json")
+    lines = [f"## {TITLES[name]}", ""]
+    if summary is None or "runs" not in summary:
+        return lines + [f"_not run (`python -m experiments.{name} --sweep`)_", ""]
+    took = seconds.get(name, summary.get("wall_seconds"))
+    trained = sum(r.get("wall_seconds", 0.0) for r in summary["runs"])
+    lines += [
+        f"`python -m experiments.{name} --sweep` ({len(summary['runs'])} runs; this call "
+        f"{took / 60:.1f} min, the runs' own training {trained / 60:.1f} min when they ran):",
+        "",
+        (folder / summary["table"]).read_text().rstrip(),
+        "",
+    ]
+    lines += [f"![{f}]({name}/{f})" for f in summary.get("figures", [])]
+    if (folder / "samples.md").exists():
+        lines += ["", "### Samples (recurrent form, `models.generate`)", "",
+                  (folder / "samples.md").read_text().rstrip()]  # fmt: skip
+    return lines + [""]
+
+
+def build(results, seconds: dict, mode: str) -> pathlib.Path:
+    """Write ``<results>/REPORT-general.md`` from the sweeps' summaries; return its path."""
+    results = pathlib.Path(results)
+    total = sum(seconds.values())
+    lines = [
+        "# GRIL on general tasks",
+        "",
+        f"`make reproduce-general` ({mode} sizes; {total / 60:.1f} min for the sweeps run by this "
+        "call). Every mixer has the same data, training steps (the language model: the same "
+        "wall-clock training budget), batch and learning rate within a task; parameters are "
+        "stated beside each number.",
+        "",
+    ]
+    for name in EXPERIMENTS:
+        lines += _section(results, name, seconds)
+    path = results / "REPORT-general.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", help="folder for every sweep's output")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="every sweep at smoke size")
+    size.add_argument("--accelerator", action="store_true", help="the published sizes (GPU/TPU)")
+    parser.add_argument("--only", nargs="+", default=None, choices=list(EXPERIMENTS),
+                        metavar="NAME", help=f"a subset of {list(EXPERIMENTS)}")  # fmt: skip
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    results = pathlib.Path(args.results)
+    mode = "quick" if args.quick else "accelerator" if args.accelerator else "CPU"
+    seconds = {}
+    for name in args.only or list(EXPERIMENTS):
+        entry, sizes = EXPERIMENTS[name]
+        print(f"\n== {name} ==", flush=True)
+        begin = time.perf_counter()
+        entry(["--sweep", "--no-progress", *sizes[mode], "--out", str(results / name)])
+        seconds[name] = time.perf_counter() - begin
+    path = build(results, seconds, mode)
+    print("\n" + "  ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))
+    print(f"wrote {path} ({sum(seconds.values()) / 60:.1f} min)")
+    return seconds
+
+
+if __name__ == "__main__":
+    main()
