@@ -85,7 +85,7 @@ def parse(argv=None):
         flag = "--" + field.name.replace("_", "-")
         names = (flag, "--steps") if field.name == "train_steps" else (flag,)
         kind = type(getattr(defaults, field.name))
-        choices = models.MIXERS if field.name == "mixer" else None
+        choices = models.CHOICES if field.name == "mixer" else None
         parser.add_argument(*names, type=kind, default=None, choices=choices,
                             help=f"default {getattr(defaults, field.name)}")  # fmt: skip
     parser.add_argument("--out", default="results/listops", help="output folder")
@@ -229,7 +229,7 @@ def table(results) -> str:
         f"ListOps at max_depth {s['max_depth']}, max_args {s['max_args']}, {s['min_length']}–"
         f"{s['max_length']} tokens (mean {r0['mean_length']:.0f}); {s['n_train']:,} training and "
         f"{s['n_test']:,} test expressions (separate seeds); {s['n_layers']} layers, about "
-        f"{s['params']:,} parameters, {s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']} AdamW "
+        f"{s['params']:,} parameters, {s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']:,} AdamW "
         f"steps at peak lr {s['lr']:g} for every mixer. Chance {r0['chance']:.1%}, the majority "
         f"class {r0['majority']:.1%}. Train accuracy: on the first 1,000 training expressions.",
         "",

@@ -137,7 +137,7 @@ def parse(argv=None):
         flag = "--" + field.name.replace("_", "-")
         names = (flag, "--steps") if field.name == "train_steps" else (flag,)
         kind = _TYPES.get(field.name, type(getattr(defaults, field.name)))
-        choices = models.MIXERS if field.name == "mixer" else None
+        choices = models.CHOICES if field.name == "mixer" else None
         default = getattr(defaults, field.name)
         parser.add_argument(*names, type=kind, default=None, choices=choices,
                             help=f"{_HELP.get(field.name, '')} (default {default})".lstrip())  # fmt: skip
@@ -346,7 +346,7 @@ def figure(results, path):
     a line per run (one run: its training batches' bits per character too, dashed)."""
     fig = Figure(figsize=(10, 3.8))
     by_step, by_time = fig.subplots(1, 2, sharey=True)
-    colours = dict(zip(models.MIXERS, [f"C{i}" for i in range(len(models.MIXERS))], strict=True))
+    colours = dict(zip(models.CHOICES, [f"C{i}" for i in range(len(models.CHOICES))], strict=True))
     for r in results:
         h, colour = r["history"], colours[r["mixer"]]
         label = f"{r['mixer']} ({r['params']:,} params, {r['bpc']:.3f})"

@@ -68,7 +68,7 @@ def parse(argv=None):
         flag = "--" + field.name.replace("_", "-")
         names = (flag, "--steps") if field.name == "train_steps" else (flag,)
         kind = type(getattr(defaults, field.name))
-        choices = models.MIXERS if field.name == "mixer" else None
+        choices = models.CHOICES if field.name == "mixer" else None
         parser.add_argument(*names, type=kind, default=None, choices=choices,
                             help=f"default {getattr(defaults, field.name)}")  # fmt: skip
     parser.add_argument("--out", default="results/mqar", help="output folder")
@@ -181,7 +181,7 @@ def figure(results, path):
     widths = sorted({p[1] for p in points})
     fig = Figure(figsize=(4.2 * len(widths) + 1.3, 3.3 * len(lengths)))
     axes = fig.subplots(len(lengths), len(widths), squeeze=False, sharex=True, sharey=True)
-    colours = dict(zip(models.MIXERS, [f"C{i}" for i in range(len(models.MIXERS))], strict=True))
+    colours = dict(zip(models.CHOICES, [f"C{i}" for i in range(len(models.CHOICES))], strict=True))
     s = results[0]["settings"]
     for r in results:
         length, d = r["settings"]["seq_len"], r["settings"]["d_model"]

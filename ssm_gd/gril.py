@@ -91,6 +91,7 @@ class GRILMixer(nnx.Module):
         decay: str = "entry",
         chunk: int = 16,
         impl: str = "auto",
+        norm: bool = False,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -101,6 +102,9 @@ class GRILMixer(nnx.Module):
         self.decay = validate.one_of("decay", decay, DECAYS)
         self.chunk = validate.positive_int("chunk", chunk)
         self.impl = validate.one_of("impl", impl, IMPLS)
+        if not isinstance(norm, bool):
+            raise ValueError(f"norm must be True or False; got {norm!r}")
+        self.norm = norm
         self.d_model, self.n_heads, self.d_key, self.d_value = d, h, dk, dv
 
         def normal(scale, shape, mean=0.0):
@@ -118,6 +122,8 @@ class GRILMixer(nnx.Module):
             self.alpha_param = nnx.Param(_raw_decay(rngs.params(), (h, dk), param_dtype))
             self.beta_param = nnx.Param(_raw_decay(rngs.params(), (h, dv), param_dtype, 0.99, 1.0))
         self.w_o = normal((h * dv) ** -0.5, (h, dv, d))
+        if norm:
+            self.o_scale = nnx.Param(jnp.ones((h, dv), param_dtype))
 
     @property
     def lam(self) -> Array:
@@ -206,10 +212,18 @@ class GRILMixer(nnx.Module):
             for weight in (self.w_k, self.w_v, self.w_q)
         )
         query = jnp.einsum("btahk,ha->bthk", q, self.d_mix[...])
-        y = jnp.einsum("bthv,hvd->btd", readout(k, v, query), self.w_o[...])
+        y = jnp.einsum("bthv,hvd->btd", self._normed(readout(k, v, query)), self.w_o[...])
         if len(active) == length:
             return y
         return jnp.zeros((y.shape[0], length, y.shape[-1]), y.dtype).at[:, active].set(y)
+
+    def _normed(self, o: Array) -> Array:
+        """``norm=True``: each head's output ``(…, H, d_v)`` divided by its root mean square
+        (``+ 1e-6``), times ``o_scale``; else ``o`` as it is."""
+        if not self.norm:
+            return o
+        rms = jnp.sqrt(jnp.mean(jnp.square(o), axis=-1, keepdims=True) + 1e-6)
+        return o / rms * self.o_scale[...]
 
     def init_state(self, batch: int) -> dict[str, Array]:
         """The recurrent form's state before the first token: ``S = 0``, the window's last
@@ -240,6 +254,6 @@ class GRILMixer(nnx.Module):
         s = jnp.where(active, self.lam * state["s"] + update, state["s"])
         query = jnp.einsum("bahk,ha->bhk", new["q"], self.d_mix[...])
         o = jnp.where(active, jnp.einsum("bhkv,bhk->bhv", s, query), 0.0)
-        y = jnp.einsum("bhv,hvd->bd", o, self.w_o[...])
+        y = jnp.einsum("bhv,hvd->bd", self._normed(o), self.w_o[...])
         state = {name: x[:, 1:] for name, x in new.items()} | {"s": s, "t": state["t"] + 1}
         return state, y

@@ -6,7 +6,9 @@ logits ``(B, L, V)`` (``head="next_token"``) or a classifier on the mean over po
 ``(B, C)`` (``head="classify"``; given ``lengths``, the mean over each sequence's first ``length``
 positions, so right padding changes nothing: every mixer is causal). The mixers, one block shape for all (:data:`MIXERS`):
 
-* ``"gril"`` — :class:`ssm_gd.gril.GRILMixer` (window 3, one decay per state entry);
+* ``"gril"`` — :class:`ssm_gd.gril.GRILMixer` (window 3, one decay per state entry); the variant
+  ``"gril_norm"`` (:data:`VARIANTS`, not in the sweeps) divides each head's output by its root
+  mean square;
 * ``"linear_attention"`` — the same mixer with ``window=1, decay="none"``: causal linear attention
   (docs/design.md §13);
 * ``"attention"`` — causal softmax attention (:func:`jax.nn.dot_product_attention`) with rotary
@@ -35,13 +37,17 @@ from ssm_gd.gril import GRILMixer
 from ssm_gd.initializers import uniform_init
 from ssm_gd.layers import DiagonalRecurrence
 
-__all__ = ["HEADS", "MIXERS", "Attention", "Block", "DiagonalSSM", "Griffin", "Model", "generate",
+__all__ = ["CHOICES", "HEADS", "MIXERS", "VARIANTS", "Attention", "Block", "DiagonalSSM", "Griffin", "Model", "generate",
            "make_mixer", "match_d_model", "parameter_count", "prefill"]  # fmt: skip
 
 Array = jax.Array
 MIXERS = ("gril", "linear_attention", "attention", "ssm", "griffin")
+# Variants a model may take that the sweeps leave out: "gril_norm" is GRIL with each head's output
+# divided by its root mean square (GRILMixer(norm=True)), as gated linear attention and RetNet do.
+VARIANTS = ("gril_norm",)
+CHOICES = MIXERS + VARIANTS
 HEADS = ("next_token", "classify")
-RECURRENT = ("gril", "linear_attention", "ssm", "griffin")
+RECURRENT = ("gril", "linear_attention", "ssm", "griffin", "gril_norm")
 
 
 def _normal(rngs, scale, shape, dtype):
@@ -144,8 +150,8 @@ class Griffin(nnx.Module):
 
 
 def make_mixer(name: str, d_model: int, *, n_heads: int, param_dtype=jnp.float32, rngs):
-    """One mixer of :data:`MIXERS` at ``d_model`` (heads of ``d_model / n_heads`` channels)."""
-    validate.one_of("mixer", name, MIXERS)
+    """One mixer of :data:`CHOICES` at ``d_model`` (heads of ``d_model / n_heads`` channels)."""
+    validate.one_of("mixer", name, CHOICES)
     if d_model % n_heads:
         raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
     dh, common = d_model // n_heads, dict(param_dtype=param_dtype, rngs=rngs)
@@ -155,9 +161,9 @@ def make_mixer(name: str, d_model: int, *, n_heads: int, param_dtype=jnp.float32
         return DiagonalSSM(d_model, state=d_model, **common)
     if name == "griffin":
         return Griffin(d_model, n_heads=n_heads, **common)
-    window, decay = (3, "entry") if name == "gril" else (1, "none")
+    window, decay = (1, "none") if name == "linear_attention" else (3, "entry")
     return GRILMixer(d_model, n_heads=n_heads, d_key=dh, d_value=dh, window=window, decay=decay,
-                     **common)  # fmt: skip
+                     norm=name == "gril_norm", **common)  # fmt: skip
 
 
 class Block(nnx.Module):
@@ -194,7 +200,7 @@ class Model(nnx.Module):
         vocab = validate.positive_int("vocab", vocab)
         d_model = validate.positive_int("d_model", d_model)
         validate.positive_int("n_layers", n_layers)
-        self.mixer_name, self.head_kind = validate.one_of("mixer", mixer, MIXERS), head
+        self.mixer_name, self.head_kind = validate.one_of("mixer", mixer, CHOICES), head
         validate.one_of("head", head, HEADS)
         if head == "classify":
             n_classes = validate.positive_int("n_classes", n_classes)
@@ -254,7 +260,7 @@ def match_d_model(
     rotary positions turn channel pairs, the RG-LRU needs an even width) whose :class:`Model` around ``mixer`` has the
     parameter count closest to ``params`` — to compare mixers at one size. Counts come from
     ``nnx.eval_shape``: nothing is allocated."""
-    validate.one_of("mixer", mixer, MIXERS)
+    validate.one_of("mixer", mixer, CHOICES)
     params = validate.positive_int("params", params)
 
     def count(d):

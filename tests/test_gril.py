@@ -81,6 +81,25 @@ def test_three_forms_agree_in_gradients(decay):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
 
 
+def test_output_norm_in_every_form():
+    mixer, u = _mixer(3, 2, "entry", norm=True), _inputs()
+    mixer.o_scale[...] = jnp.linspace(0.5, 2.0, 8, dtype=F64).reshape(2, 4)
+    reference = mixer.scan_states(u)
+    np.testing.assert_allclose(mixer(u), reference, rtol=0, atol=TOL)
+    mixer.impl = "scan"
+    np.testing.assert_allclose(mixer(u), reference, rtol=0, atol=TOL)
+    np.testing.assert_allclose(_recurrent(mixer, u), reference, rtol=0, atol=TOL)
+    # Each head's output has root mean square 1 before o_scale: with o_scale = 1 and an
+    # orthonormal read of one head, the output's rows are unit RMS vectors.
+    plain = _mixer(3, 1, "entry", norm=False, n_heads=1, d_value=D, d_key=3)
+    normed = _mixer(3, 1, "entry", norm=True, n_heads=1, d_value=D, d_key=3)
+    eye = jnp.eye(D, dtype=F64)[None]
+    plain.w_o[...], normed.w_o[...] = eye, eye
+    o, y = plain(u), normed(u)
+    rms = np.sqrt(np.mean(np.square(o), axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(y, o / rms, rtol=0, atol=TOL)
+
+
 def test_window_one_without_decay_is_causal_linear_attention():
     mixer, u = _mixer(1, 1, "none", n_heads=1), _inputs()
     mixer.q_mix[...] = jnp.ones((1, 1, 1), F64)
@@ -125,6 +144,7 @@ def test_window_three_stride_two_on_interleaved_tokens_is_the_gd_ssm(d_in, d_out
     [
         (dict(decay="gated"), "decay must be one of"),
         (dict(impl="fast"), "impl must be one of"),
+        (dict(norm="yes"), "norm must be True or False"),
         (dict(window=0), "window must be a positive integer"),
         (dict(stride=-1), "stride must be a positive integer"),
         (dict(n_heads=0), "n_heads must be a positive integer"),

@@ -22,7 +22,7 @@ def _tokens(length=9, seed=0):
     return jax.random.randint(jax.random.key(seed), (B, length), 0, VOCAB)
 
 
-@pytest.mark.parametrize("mixer", models.MIXERS)
+@pytest.mark.parametrize("mixer", models.CHOICES)
 def test_next_token_model_is_causal(mixer):
     model, tokens = _model(mixer), _tokens()
     logits = model(tokens)
@@ -33,7 +33,7 @@ def test_next_token_model_is_causal(mixer):
     assert np.abs(other[:, 6:] - logits[:, 6:]).max() > 1e-6
 
 
-@pytest.mark.parametrize("mixer", models.MIXERS)
+@pytest.mark.parametrize("mixer", models.CHOICES)
 def test_generation_logits_equal_the_parallel_form(mixer):
     model, prompt = _model(mixer), _tokens(4)
     out, logits = models.generate(model, prompt, 5, jax.random.key(1), temperature=1.0)
