@@ -3,7 +3,7 @@
     python -m experiments.general [--results results] [--quick | --accelerator] [--only mqar listops lm]
 
 One process runs three sweeps over every mixer of :data:`ssm_gd.models.MIXERS`, each writing
-``<results>/<name>/``: multi-query associative recall (:mod:`experiments.mqar`, at d_model 64,
+its folder of :data:`FOLDERS` under ``<results>`` (``mqar-general``, ``listops``, ``lm``): multi-query associative recall (:mod:`experiments.mqar`, at d_model 64,
 L ∈ {32, 64} on the CPU: at d_model 32 no mixer left the plateau), ListOps
 (:mod:`experiments.listops`) and character-level language modelling (:mod:`experiments.lm`).
 Then it gathers their tables, figures, samples and the published anchors into
@@ -37,6 +37,8 @@ EXPERIMENTS = {
     "lm": (lm.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--params", "1000000", "--context", "256",
                                                           "--batch-size", "32", "--budget", "900"]}),
 }  # fmt: skip
+# Each sweep's folder under --results: MQAR's is its own, apart from the full grid's results/mqar.
+FOLDERS = {"mqar": "mqar-general", "listops": "listops", "lm": "lm"}
 TITLES = {
     "mqar": "Multi-query associative recall",
     "listops": "ListOps (Long Range Arena)",
@@ -48,25 +50,34 @@ def _load(path: pathlib.Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _section(results: pathlib.Path, name: str, seconds: dict) -> list[str]:
-    folder = results / name
+def command(name: str, mode: str, results) -> str:
+    """The command line that runs sweep ``name`` at size ``mode`` under ``results``."""
+    flags = " ".join(["--sweep", *EXPERIMENTS[name][1][mode]])
+    return f"python -m experiments.{name} {flags} --out {pathlib.Path(results) / FOLDERS[name]}"
+
+
+def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list[str]:
+    folder = results / FOLDERS[name]
     summary = _load(folder / "summary.json")
     lines = [f"## {TITLES[name]}", ""]
     if summary is None or "runs" not in summary:
-        return lines + [f"_not run (`python -m experiments.{name} --sweep`)_", ""]
+        return lines + [f"_not run (`{command(name, mode, results)}`)_", ""]
     took = seconds.get(name, summary.get("wall_seconds"))
     trained = sum(r.get("wall_seconds", 0.0) for r in summary["runs"])
     lines += [
-        f"`python -m experiments.{name} --sweep` ({len(summary['runs'])} runs; this call "
+        f"`{command(name, mode, results)}` ({len(summary['runs'])} runs; this call "
         f"{took / 60:.1f} min, the runs' own training {trained / 60:.1f} min when they ran):",
         "",
         (folder / summary["table"]).read_text().rstrip(),
         "",
     ]
-    lines += [f"![{f}]({name}/{f})" for f in summary.get("figures", [])]
+    lines += [f"![{f}]({FOLDERS[name]}/{f})" for f in summary.get("figures", [])]
     if (folder / "samples.md").exists():
-        lines += ["", "### Samples (recurrent form, `models.generate`)", "",
-                  (folder / "samples.md").read_text().rstrip()]  # fmt: skip
+        samples = (folder / "samples.md").read_text().rstrip()
+        samples = "\n".join(
+            "#" * 2 + line if line.startswith("## ") else line for line in samples.splitlines()
+        )  # a level under this section's
+        lines += ["", "### Samples (recurrent form, `models.generate`)", "", samples]  # fmt: skip
     return lines + [""]
 
 
@@ -74,17 +85,21 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
     """Write ``<results>/REPORT-general.md`` from the sweeps' summaries; return its path."""
     results = pathlib.Path(results)
     total = sum(seconds.values())
+    summaries = [_load(results / FOLDERS[name] / "summary.json") for name in EXPERIMENTS]
+    trained = sum(r.get("wall_seconds", 0.0) for s in summaries if s and "runs" in s
+                  for r in s["runs"])  # fmt: skip
     lines = [
         "# GRIL on general tasks",
         "",
-        f"`make reproduce-general` ({mode} sizes; {total / 60:.1f} min for the sweeps run by this "
-        "call). Every mixer has the same data, training steps (the language model: the same "
+        f"`make reproduce-general` ({mode} sizes): this call took {total / 60:.1f} min; its runs, "
+        f"each timed when it was trained (a finished run is read back, not trained again), "
+        f"{trained / 60:.1f} min in all. Every mixer has the same data, training steps (the language model: the same "
         "wall-clock training budget), batch and learning rate within a task; parameters are "
         "stated beside each number.",
         "",
     ]
     for name in EXPERIMENTS:
-        lines += _section(results, name, seconds)
+        lines += _section(results, name, seconds, mode)
     path = results / "REPORT-general.md"
     path.write_text("\n".join(lines))
     return path
@@ -107,7 +122,7 @@ def main(argv=None):
         entry, sizes = EXPERIMENTS[name]
         print(f"\n== {name} ==", flush=True)
         begin = time.perf_counter()
-        entry(["--sweep", "--no-progress", *sizes[mode], "--out", str(results / name)])
+        entry(["--sweep", "--no-progress", *sizes[mode], "--out", str(results / FOLDERS[name])])
         seconds[name] = time.perf_counter() - begin
     path = build(results, seconds, mode)
     print("\n" + "  ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))

@@ -86,14 +86,15 @@ def test_quick_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
     assert list(seconds) == list(general.EXPERIMENTS)
     report = (tmp_path / "REPORT-general.md").read_text()
     for name, title in general.TITLES.items():
-        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        folder = general.FOLDERS[name]
+        summary = json.loads((tmp_path / folder / "summary.json").read_text())
         assert [r["mixer"] for r in summary["runs"]] == list(models.MIXERS) * (
             len(summary["runs"]) // len(models.MIXERS)
         )
         assert f"## {title}" in report
-        assert (tmp_path / name / "table.md").read_text().strip() in report
+        assert (tmp_path / folder / "table.md").read_text().strip() in report
         for figure in summary["figures"]:
-            assert (tmp_path / name / figure).exists() and f"({name}/{figure})" in report
+            assert (tmp_path / folder / figure).exists() and f"({folder}/{figure})" in report
     for anchor, accuracy in experiment.ANCHORS:  # LRA's published numbers beside ours
         assert f"| {anchor} | {accuracy:.1%} |" in report
     lm = json.loads((tmp_path / "lm" / "summary.json").read_text())
