@@ -8,7 +8,14 @@ import json
 import os
 import pathlib
 
-__all__ = ["base_config", "finished_run", "grid_runs", "writable_folder"]
+__all__ = [
+    "base_config",
+    "finished_run",
+    "given_settings",
+    "grid_runs",
+    "settings_flags",
+    "writable_folder",
+]
 
 
 def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") -> pathlib.Path:
@@ -27,6 +34,28 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
         reason = error.strerror or str(error)
         parser.error(f"{flag} {str(path)!r} is not a writable folder: {reason}")
     return folder
+
+
+def settings_flags(parser, settings_class, *, types=None, helps=None, choices=None) -> None:
+    """A flag per field of the dataclass ``settings_class`` (``--seq-len`` for ``seq_len``;
+    ``train_steps`` also as ``--steps``), each defaulting to ``None`` so that
+    :func:`given_settings` tells what was given. ``types``: the types of the fields whose default
+    is ``None``; ``helps`` and ``choices``: per field."""
+    defaults = settings_class()
+    types, helps, choices = types or {}, helps or {}, choices or {}
+    for field in dataclasses.fields(settings_class):
+        flag = "--" + field.name.replace("_", "-")
+        names = (flag, "--steps") if field.name == "train_steps" else (flag,)
+        default = getattr(defaults, field.name)
+        parser.add_argument(*names, type=types.get(field.name, type(default)), default=None,
+                            choices=choices.get(field.name),
+                            help=f"{helps.get(field.name, '')} (default {default})".lstrip())  # fmt: skip
+
+
+def given_settings(args, settings_class) -> dict:
+    """The fields of ``settings_class`` given on the command line (:func:`settings_flags`)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def finished_run(folder: pathlib.Path, settings) -> dict | None:

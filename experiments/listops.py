@@ -80,14 +80,7 @@ class Settings:
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = Settings()
-    for field in dataclasses.fields(Settings):
-        flag = "--" + field.name.replace("_", "-")
-        names = (flag, "--steps") if field.name == "train_steps" else (flag,)
-        kind = type(getattr(defaults, field.name))
-        choices = models.CHOICES if field.name == "mixer" else None
-        parser.add_argument(*names, type=kind, default=None, choices=choices,
-                            help=f"default {getattr(defaults, field.name)}")  # fmt: skip
+    cli.settings_flags(parser, Settings, choices={"mixer": models.CHOICES})
     parser.add_argument("--out", default="results/listops", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke size (seconds)")
     parser.add_argument("--lra", action="store_true",
@@ -98,10 +91,9 @@ def parse(argv=None):
     if args.quick and args.lra:
         parser.error("--quick and --lra are two sizes; give one")
     out = cli.writable_folder(parser, args.out)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = cli.given_settings(args, Settings)
     size = QUICK if args.quick else LRA if args.lra else {}
-    settings = dataclasses.replace(defaults, **{**size, **given})
+    settings = dataclasses.replace(Settings(), **{**size, **given})
     _check(parser, settings)
     return args, out, settings
 

@@ -132,15 +132,8 @@ def _flag(name: str) -> str:
 def parse(argv=None):
     """``(args, out folder, settings, corpus)``; every flag and the corpus checked, nothing built."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = Settings()
-    for field in dataclasses.fields(Settings):
-        flag = "--" + field.name.replace("_", "-")
-        names = (flag, "--steps") if field.name == "train_steps" else (flag,)
-        kind = _TYPES.get(field.name, type(getattr(defaults, field.name)))
-        choices = models.CHOICES if field.name == "mixer" else None
-        default = getattr(defaults, field.name)
-        parser.add_argument(*names, type=kind, default=None, choices=choices,
-                            help=f"{_HELP.get(field.name, '')} (default {default})".lstrip())  # fmt: skip
+    cli.settings_flags(parser, Settings, types=_TYPES, helps=_HELP,
+                       choices={"mixer": models.CHOICES})  # fmt: skip
     parser.add_argument("--out", default="results/lm", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke size (a run: seconds)")
     parser.add_argument("--sweep", action="store_true",
@@ -148,8 +141,7 @@ def parse(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = cli.writable_folder(parser, args.out)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = cli.given_settings(args, Settings)
     if "train_steps" in given and "budget" in given:
         parser.error("--steps and --budget: give one of them, not both")
     if "text" in given and "max_chars" in given:
@@ -164,7 +156,7 @@ def parse(argv=None):
         fields["train_steps"] = None
     if "text" in given:
         fields["max_chars"] = None
-    settings = dataclasses.replace(defaults, **fields)
+    settings = dataclasses.replace(Settings(), **fields)
     _check(parser, settings)
     return args, out, settings, load_corpus(parser, settings)
 

@@ -63,14 +63,7 @@ class Settings:
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = Settings()
-    for field in dataclasses.fields(Settings):
-        flag = "--" + field.name.replace("_", "-")
-        names = (flag, "--steps") if field.name == "train_steps" else (flag,)
-        kind = type(getattr(defaults, field.name))
-        choices = models.CHOICES if field.name == "mixer" else None
-        parser.add_argument(*names, type=kind, default=None, choices=choices,
-                            help=f"default {getattr(defaults, field.name)}")  # fmt: skip
+    cli.settings_flags(parser, Settings, choices={"mixer": models.CHOICES})
     parser.add_argument("--out", default="results/mqar", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke size (a run: under a minute)")
     parser.add_argument("--sweep", action="store_true",
@@ -78,8 +71,7 @@ def parse(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = cli.writable_folder(parser, args.out)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = cli.given_settings(args, Settings)
     grid = {}
     if args.sweep:
         grid = dict(QUICK_SWEEP) if args.quick else dict(SWEEP)
@@ -89,7 +81,7 @@ def parse(argv=None):
         grid["d_models"] = (given["d_model"],) if "d_model" in given else grid["d_models"]
     base = {k: v for k, v in grid.items() if k not in ("seq_lens", "d_models")}
     fields = {**(QUICK if args.quick else {}), **base, **given}
-    settings = dataclasses.replace(defaults, **fields)
+    settings = dataclasses.replace(Settings(), **fields)
     args.grid = [
         (length, d) for length in grid.get("seq_lens", ()) for d in grid.get("d_models", ())
     ]
