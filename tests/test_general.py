@@ -31,7 +31,7 @@ def test_a_short_listops_run_writes_its_summary(tmp_path):
         (["--max-depth", "2", "--max-args", "2", "--min-length", "30"], "no expression has"),
         (["--min-length", "50", "--max-length", "40"], "--min-length must be <= --max-length"),
         (["--quick", "--lra"], "--quick and --lra are two sizes"),
-        (["--d-model", "30"], "--d-model must be a multiple of 2 × --n-heads"),
+        (["--params", "0"], "--params must be a positive integer"),
         (["--steps", "0"], "--train-steps must be a positive integer"),
         (["--mixer", "mamba"], "invalid choice"),
     ],
@@ -51,7 +51,7 @@ def test_listops_sweep_trains_every_mixer_continues_and_tabulates(tmp_path, monk
         acc = 0.1 * len(calls)
         out.mkdir(parents=True, exist_ok=True)
         return {"mixer": settings.mixer, "accuracy": acc, "train_accuracy": acc, "chance": 0.1,
-                "majority": 0.15, "mean_length": 20.0, "params": 100 * len(calls),
+                "majority": 0.15, "mean_length": 20.0, "params": 100 * len(calls), "d_model": 8,
                 "steps_per_second": 1.0, "wall_seconds": 1.0,
                 "settings": dataclasses.asdict(settings),
                 "history": [{"step": 0, "accuracy": 0.0}, {"step": 30, "accuracy": acc}]}  # fmt: skip
@@ -61,7 +61,7 @@ def test_listops_sweep_trains_every_mixer_continues_and_tabulates(tmp_path, monk
     summary = experiment.main(argv)
     assert calls == list(models.MIXERS) and len(summary["runs"]) == len(models.MIXERS)
     table = (tmp_path / "table.md").read_text()
-    assert "| gril | 10.0% | 10.0% | 100 |" in table and "| griffin | 50.0% |" in table
+    assert "| gril | 10.0% | 10.0% | 100 | 8 |" in table and "| griffin | 50.0% |" in table
     assert "Chance 10.0%, the majority class 15.0%" in table
     for name, accuracy in experiment.ANCHORS:  # the published numbers, with their settings
         assert f"| {name} | {accuracy:.1%} |" in table
@@ -75,9 +75,9 @@ def test_report_says_what_did_not_run(tmp_path):
     path = general.build(tmp_path, {}, "CPU")
     text = path.read_text()
     for name, title in general.TITLES.items():
-        assert (
-            f"## {title}" in text and f"_not run (`python -m experiments.{name} --sweep`)_" in text
-        )
+        assert f"## {title}" in text
+        assert f"_not run (`{general.command(name, 'CPU', tmp_path)}`)_" in text
+    assert "--d-model 64 --out" in general.command("mqar", "CPU", tmp_path)
 
 
 def test_quick_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
