@@ -6,7 +6,7 @@ generation time per token.
                                        [--batch 4] [--max-gb 8] [--repeats 5] [--mixers ...]
                                        [--quick]
 
-For each length L, every mixer of :data:`ssm_gd.models.MIXERS` (one layer, ``(B, L, d_model)`` in
+For each length L, every mixer of :data:`ssm_gd.seq.models.MIXERS` (one layer, ``(B, L, d_model)`` in
 and out, float32) is compiled twice: ``forward`` (the output) and ``forward+backward`` (the
 gradient of the output's mean square with respect to every parameter). Reported per program: the
 compile time, the steady-state time (the median of ``--repeats`` calls after
@@ -15,10 +15,10 @@ share the machine's load), tokens/s (``B·L`` per second) and the memory XLA ass
 compiled program (arguments + outputs + temporaries, ``Compiled.memory_analysis``). A program whose
 memory passes ``--max-gb`` is compiled but not run, and the JSON says so.
 
-Generation: a one-layer :class:`ssm_gd.models.Model` (vocabulary 256) around each mixer reads a
+Generation: a one-layer :class:`ssm_gd.seq.models.Model` (vocabulary 256) around each mixer reads a
 prompt of ``P`` tokens (``--positions``), then the time per generated token is measured over 32
 tokens. The recurrent mixers run :meth:`Model.step` (constant state). Attention has no
-recurrent form here (:func:`ssm_gd.models.generate` recomputes the causal forward pass over a
+recurrent form here (:func:`ssm_gd.seq.models.generate` recomputes the causal forward pass over a
 fixed buffer of prompt and new tokens at every step): it is timed as one forward pass over ``P``
 tokens per generated token, a lower bound on what ``generate`` spends (a KV cache would do better).
 
@@ -41,7 +41,9 @@ from matplotlib.figure import Figure
 
 from experiments import cli
 from experiments.bench import compile_program, device_name
-from ssm_gd import models, plots
+from ssm_gd import plots
+from ssm_gd.seq import mixers, models
+from ssm_gd.seq.generate import prefill
 
 QUICK = dict(lengths=[64, 128], positions=[64, 128], d_model=32, n_heads=2, repeats=2)
 GEN_TOKENS, GEN_VOCAB = 32, 256
@@ -57,8 +59,8 @@ def parse(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-gb", type=float, default=8.0, help="skip programs above this")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per program")
-    parser.add_argument("--mixers", nargs="+", default=list(models.MIXERS), choices=models.MIXERS,
-                        metavar="MIXER", help=f"default: all of {', '.join(models.MIXERS)}")  # fmt: skip
+    parser.add_argument("--mixers", nargs="+", default=list(mixers.MIXERS), choices=mixers.MIXERS,
+                        metavar="MIXER", help=f"default: all of {', '.join(mixers.MIXERS)}")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
     if parser.parse_known_args(argv)[0].quick:  # --quick sets defaults; flags given still win
         parser.set_defaults(**QUICK)
@@ -78,7 +80,7 @@ def parse(argv=None):
 
 def _mixer_programs(mixer, args, length):
     """``{program name: (fn, example args)}`` of one mixer layer at one length."""
-    module = models.make_mixer(mixer, args.d_model, n_heads=args.n_heads, rngs=nnx.Rngs(0))
+    module = mixers.make_mixer(mixer, args.d_model, n_heads=args.n_heads, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
     u = jax.random.normal(jax.random.key(1), (args.batch, length, args.d_model))
 
@@ -142,7 +144,7 @@ def _generation_program(mixer, args, position):
                          rngs=nnx.Rngs(0))  # fmt: skip
     graphdef, state = nnx.split(model)
     prompt = jax.random.randint(jax.random.key(2), (args.batch, position), 0, GEN_VOCAB)
-    if mixer not in models.RECURRENT:
+    if mixer not in mixers.RECURRENT:
 
         def last_logits(s, p):
             return nnx.merge(graphdef, s)(p)[:, -1]
@@ -153,7 +155,7 @@ def _generation_program(mixer, args, position):
             "forward pass over the tokens so far",
         )
 
-    carry = jax.jit(lambda s, p: models.prefill(nnx.merge(graphdef, s), p))(state, prompt)
+    carry = jax.jit(lambda s, p: prefill(nnx.merge(graphdef, s), p))(state, prompt)
 
     def decode(s, carry, token):
         model = nnx.merge(graphdef, s)

@@ -2,7 +2,7 @@
 
     python -m experiments.general [--results results] [--quick | --accelerator] [--only mqar listops lm]
 
-One process runs three sweeps over every mixer of :data:`ssm_gd.models.MIXERS`, each writing
+One process runs three sweeps over every mixer of :data:`ssm_gd.seq.models.MIXERS`, each writing
 its folder of :data:`FOLDERS` under ``<results>`` (``mqar-general``, ``listops``, ``lm``): multi-query associative recall (:mod:`experiments.mqar`, at d_model 64,
 L ∈ {32, 64} on the CPU: at d_model 32 no mixer left the plateau), ListOps
 (:mod:`experiments.listops`) and character-level language modelling (:mod:`experiments.lm`).
@@ -77,7 +77,7 @@ def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list
         samples = "\n".join(
             "#" * 2 + line if line.startswith("## ") else line for line in samples.splitlines()
         )  # a level under this section's
-        lines += ["", "### Samples (recurrent form, `models.generate`)", "", samples]  # fmt: skip
+        lines += ["", "### Samples (recurrent form, `generate`)", "", samples]  # fmt: skip
     return lines + [""]
 
 

@@ -3,12 +3,12 @@
     python -m experiments.listops [--mixer gril] [--max-length 128] [--max-depth 6] [--steps 1500]
                                   [--params 85000] [--out results/listops] [--quick] [--sweep]
 
-A :class:`ssm_gd.models.Model` of about ``--params`` parameters (``d_model`` from
-:func:`ssm_gd.models.match_d_model`, so every mixer has one size) with the classification head (the mean over each expression's own
+A :class:`ssm_gd.seq.models.Model` of about ``--params`` parameters (``d_model`` from
+:func:`ssm_gd.seq.models.match_d_model`, so every mixer has one size) with the classification head (the mean over each expression's own
 tokens: right padding is never read, every mixer being causal) is trained with AdamW to name the
-value 0–9 of a nested ``MIN``/``MAX``/``MED``/``SM`` expression (:mod:`ssm_gd.listops`). The
+value 0–9 of a nested ``MIN``/``MAX``/``MED``/``SM`` expression (:mod:`ssm_gd.seq.listops`). The
 training set is a fixed draw of ``--n-train`` expressions, the test set ``--n-test`` more from a
-separate seed (:func:`ssm_gd.listops.splits`); batches are drawn from the training set with
+separate seed (:func:`ssm_gd.seq.listops.splits`); batches are drawn from the training set with
 replacement. Writes ``summary.json`` (test ``accuracy``, the accuracy on 1,000 training
 expressions, chance and the majority class, ``params``, ``steps_per_second``, the settings, the
 history) and ``accuracy.png``.
@@ -23,7 +23,7 @@ training and 1,000 test expressions.
 accelerator. LRA's published test accuracies, at LRA's settings: Transformer 36.4%, S4 59.6%,
 S5 62.2% (:data:`ANCHORS`).
 
-``--sweep`` trains every mixer of :data:`ssm_gd.models.MIXERS` with the same data, steps, batch
+``--sweep`` trains every mixer of :data:`ssm_gd.seq.models.MIXERS` with the same data, steps, batch
 and learning rate, each in ``<out>/<mixer>`` (a finished run with the same settings is read, not
 retrained), and writes ``table.md``, ``accuracy.png`` (test accuracy against steps, a line per
 mixer) and ``summary.json``. ``--quick``: 300 expressions of 8–40 tokens, about 6,000
@@ -45,7 +45,8 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ssm_gd import listops, models, plots, trainer
+from ssm_gd import plots, trainer
+from ssm_gd.seq import listops, mixers, models
 
 ANCHORS = (  # LRA test accuracy at LRA's settings (max_depth 10, max_args 10, 500–2,000 tokens)
     ("Transformer (Tay et al. 2021)", 0.364),
@@ -80,7 +81,7 @@ class Settings:
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.settings_flags(parser, Settings, choices={"mixer": models.CHOICES})
+    cli.settings_flags(parser, Settings, choices={"mixer": mixers.CHOICES})
     parser.add_argument("--out", default="results/listops", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke size (seconds)")
     parser.add_argument("--lra", action="store_true",
@@ -127,7 +128,7 @@ def classify_loss(logits, labels):
 
 def run(settings: Settings, out, progress: bool = True, data=None) -> dict:
     """Train one classifier; return (and write under ``out``) its summary. ``data``: the
-    ``(train, test)`` sets of :func:`ssm_gd.listops.splits` for these settings, if already drawn."""
+    ``(train, test)`` sets of :func:`ssm_gd.seq.listops.splits` for these settings, if already drawn."""
     s = settings
     t0 = time.perf_counter()
     train_set, test_set = data or listops.splits(s.n_train, s.n_test, seed=s.seed,
@@ -245,7 +246,7 @@ def main(argv=None):
     if not args.sweep:
         runs = [(settings, out)]
     else:
-        runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in models.MIXERS]
+        runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in mixers.MIXERS]
     results, data = [], None
     for one, folder in runs:
         r = cli.finished_run(folder, one) if args.sweep else None

@@ -4,20 +4,20 @@
                              [--params 250000] [--context 128] [--batch-size 16] [--lr 3e-3]
                              [--temperature 0.8] [--out results/lm] [--quick] [--sweep]
 
-The corpus (:mod:`ssm_gd.text`): by default the Python standard library's own ``.py`` sources
-(:func:`ssm_gd.text.stdlib_corpus`, no download), split by file into a training and a held-out
+The corpus (:mod:`ssm_gd.seq.text`): by default the Python standard library's own ``.py`` sources
+(:func:`ssm_gd.seq.text.stdlib_corpus`, no download), split by file into a training and a held-out
 part (no held-out file is seen in training); ``--text PATH``: any UTF-8 file, its last 5 % held
 out. A missing, empty or non-UTF-8 file, a folder, or a part shorter than ``--context`` + 1
 characters ends the program with an ``error:`` line naming ``--text`` or ``--context`` before
 any model is built.
 
-A :class:`ssm_gd.models.Model` (``--n-layers`` blocks, ``--n-heads`` heads, next-token head, the
+A :class:`ssm_gd.seq.models.Model` (``--n-layers`` blocks, ``--n-heads`` heads, next-token head, the
 corpus's vocabulary) of about ``--params`` parameters (``d_model`` from
-:func:`ssm_gd.models.match_d_model`; the exact count and ``d_model`` are recorded) is trained with
+:func:`ssm_gd.seq.models.match_d_model`; the exact count and ``d_model`` are recorded) is trained with
 AdamW (warmup, then a cosine decay to 0 at the last step) on random crops of ``--context`` + 1
-characters of the training part (:func:`ssm_gd.text.windows`), to minimise the bits per character
+characters of the training part (:func:`ssm_gd.seq.text.windows`), to minimise the bits per character
 of the next character. Every ``--eval-every`` steps it is evaluated on ``--eval-windows`` fixed
-windows of the held-out part (:func:`ssm_gd.text.eval_windows`, the held-out text's start).
+windows of the held-out part (:func:`ssm_gd.seq.text.eval_windows`, the held-out text's start).
 
 ``--steps S`` trains S steps. ``--budget SECONDS`` trains for a wall-clock budget: the mixer's
 training step is compiled and timed first (:func:`calibrate`), then it is trained for ``budget ×
@@ -28,7 +28,7 @@ median, the first left out: it compiles; a budget run of one segment: the calibr
 ``train_seconds`` (each history row, the summary) is steps ÷ that rate.
 
 After training, ``--sample-chars`` characters are sampled (``--temperature``) with
-:func:`ssm_gd.models.generate` (the recurrent form for the recurrent mixers) after the held-out
+:func:`ssm_gd.seq.models.generate` (the recurrent form for the recurrent mixers) after the held-out
 text's first ``p = min(64, context // 2)`` characters. They are drawn in pieces of ``context − p``
 characters, each after the last ``p`` ones, so that no model reads more than ``--context``
 characters at a time, as in training (rotary attention does not extrapolate past its training
@@ -40,7 +40,7 @@ A run writes ``summary.json`` (``mixer``, ``bpc``, ``params``, ``d_model``, ``tr
 ``samples.txt`` and, from :func:`ssm_gd.trainer.fit`, ``config.json``, ``history.jsonl`` and
 the checkpoints.
 
-``--sweep`` trains every mixer of :data:`ssm_gd.models.MIXERS` on the same corpus at the same
+``--sweep`` trains every mixer of :data:`ssm_gd.seq.models.MIXERS` on the same corpus at the same
 parameter target, by default for the same training budget, :data:`SWEEP_BUDGET` seconds each
 (``--steps`` or ``--budget`` replace it), each in ``<out>/<mixer>/``; a run whose
 ``summary.json`` holds the same settings is read, not retrained, so a stopped sweep continues.
@@ -78,7 +78,9 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ssm_gd import models, plots, text, trainer
+from ssm_gd import plots, trainer
+from ssm_gd.seq import mixers, models, text
+from ssm_gd.seq.generate import generate
 
 #: The training budget of each mixer in a sweep, seconds (compilation and evaluation not counted).
 SWEEP_BUDGET = 240.0
@@ -133,7 +135,7 @@ def parse(argv=None):
     """``(args, out folder, settings, corpus)``; every flag and the corpus checked, nothing built."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.settings_flags(parser, Settings, types=_TYPES, helps=_HELP,
-                       choices={"mixer": models.CHOICES})  # fmt: skip
+                       choices={"mixer": mixers.CHOICES})  # fmt: skip
     parser.add_argument("--out", default="results/lm", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke size (a run: seconds)")
     parser.add_argument("--sweep", action="store_true",
@@ -238,14 +240,14 @@ def budget_steps(budget: float, steps_per_second: float, eval_every: int) -> int
 def sample_text(model, corpus: text.Corpus, s: Settings) -> tuple[str, str]:
     """``(prompt, sample)``: ``s.sample_chars`` characters sampled after the held-out part's first
     ``p = min(64, context // 2)`` characters, ``context − p`` at a time, each piece after the last
-    ``p`` characters (one compiled :func:`ssm_gd.models.generate`)."""
+    ``p`` characters (one compiled :func:`ssm_gd.seq.models.generate`)."""
     p = max(1, min(PROMPT_CHARS, s.context // 2))
     n = max(1, s.context - p)
     prompt = np.asarray(corpus.held_out[:p], np.int64)  # jnp: JAX's default int, every call
     window, pieces, drawn = prompt, [], 0
     key = jax.random.key(s.seed + 3)
     while drawn < s.sample_chars:
-        tokens, _ = models.generate(model, jnp.asarray(window)[None], n,
+        tokens, _ = generate(model, jnp.asarray(window)[None], n,
                                     jax.random.fold_in(key, len(pieces)), s.temperature)  # fmt: skip
         new = np.asarray(tokens[0, p:], np.int64)
         pieces.append(new)
@@ -338,7 +340,7 @@ def figure(results, path):
     a line per run (one run: its training batches' bits per character too, dashed)."""
     fig = Figure(figsize=(10, 3.8))
     by_step, by_time = fig.subplots(1, 2, sharey=True)
-    colours = dict(zip(models.CHOICES, [f"C{i}" for i in range(len(models.CHOICES))], strict=True))
+    colours = dict(zip(mixers.CHOICES, [f"C{i}" for i in range(len(mixers.CHOICES))], strict=True))
     for r in results:
         h, colour = r["history"], colours[r["mixer"]]
         label = f"{r['mixer']} ({r['params']:,} params, {r['bpc']:.3f})"
@@ -419,7 +421,7 @@ def main(argv=None):
     if not args.sweep:
         runs = [(settings, out)]
     else:
-        runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in models.MIXERS]
+        runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in mixers.MIXERS]
     results = []
     for one, folder in runs:
         r = cli.finished_run(folder, one) if args.sweep else None

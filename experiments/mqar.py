@@ -4,13 +4,13 @@
                                [--vocab 128] [--train-steps 1500] [--lr 1e-3] [--out results/mqar]
                                [--quick] [--sweep]
 
-A :class:`ssm_gd.models.Model` (2 layers, 4 heads, next-token head) is trained with AdamW on fresh
-:func:`ssm_gd.tasks.mqar` batches to name, at each query position, the value its key was paired
+A :class:`ssm_gd.seq.models.Model` (2 layers, 4 heads, next-token head) is trained with AdamW on fresh
+:func:`ssm_gd.seq.mqar.mqar` batches to name, at each query position, the value its key was paired
 with; accuracy is measured on the query positions of 512 fixed sequences. Writes
 ``summary.json`` (``accuracy``, ``params``, ``steps_per_second``, the settings and the history)
 and ``accuracy.png``.
 
-``--sweep`` trains every mixer of :data:`ssm_gd.models.MIXERS` at every point of a grid, with the
+``--sweep`` trains every mixer of :data:`ssm_gd.seq.models.MIXERS` at every point of a grid, with the
 same data, budget and learning rate: by default the CPU grid :data:`SWEEP` (L ∈ {32, 64}, d_model
 ∈ {32, 64}, 2 pairs, vocabulary 32, 1500 steps; the flags ``--seq-len`` / ``--d-model`` given
 replace a grid axis by one value, the other flags apply to every run). Each run writes its own
@@ -28,13 +28,14 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ssm_gd import models, plots, tasks, trainer
+from ssm_gd import plots, trainer
+from ssm_gd.seq import mixers, models
+from ssm_gd.seq.mqar import mqar, recall_loss
 
 QUICK = dict(seq_len=32, n_kv=2, d_model=32, vocab=32, train_steps=100, eval_every=50)
 # The CPU grid: softmax attention leaves the plateau at "one of the values in context" (accuracy
@@ -63,7 +64,7 @@ class Settings:
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.settings_flags(parser, Settings, choices={"mixer": models.CHOICES})
+    cli.settings_flags(parser, Settings, choices={"mixer": mixers.CHOICES})
     parser.add_argument("--out", default="results/mqar", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a smoke size (a run: under a minute)")
     parser.add_argument("--sweep", action="store_true",
@@ -105,20 +106,10 @@ def _check(parser, settings):
             f"{settings.d_model}"
         )
     try:  # the sampler's own checks (vocabulary, room for the queries), before any work
-        tasks.mqar(jax.random.key(0), batch=1, seq_len=settings.seq_len, n_kv=settings.n_kv,
+        mqar(jax.random.key(0), batch=1, seq_len=settings.seq_len, n_kv=settings.n_kv,
                    vocab=settings.vocab)  # fmt: skip
     except ValueError as error:
         parser.error(str(error).replace("seq_len", "--seq-len").replace("n_kv", "--n-kv"))
-
-
-def recall_loss(logits, targets):
-    """``(cross-entropy, accuracy)`` over the positions with a target (``targets ≥ 0``)."""
-    mask = targets >= 0
-    safe = jnp.where(mask, targets, 0)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), safe[..., None], axis=-1)[..., 0]
-    count = jnp.maximum(jnp.sum(mask), 1)
-    hits = (jnp.argmax(logits, -1) == targets) & mask
-    return -jnp.sum(jnp.where(mask, logp, 0.0)) / count, jnp.sum(hits) / count
 
 
 def run(settings: Settings, out, progress: bool = True) -> dict:
@@ -128,7 +119,7 @@ def run(settings: Settings, out, progress: bool = True) -> dict:
                          rngs=nnx.Rngs(s.seed))  # fmt: skip
 
     def sample(key, batch):
-        return tasks.mqar(key, batch=batch, seq_len=s.seq_len, n_kv=s.n_kv, vocab=s.vocab)
+        return mqar(key, batch=batch, seq_len=s.seq_len, n_kv=s.n_kv, vocab=s.vocab)
 
     eval_set = sample(jax.random.key(s.seed + 1), s.eval_size)
 
@@ -173,7 +164,7 @@ def figure(results, path):
     widths = sorted({p[1] for p in points})
     fig = Figure(figsize=(4.2 * len(widths) + 1.3, 3.3 * len(lengths)))
     axes = fig.subplots(len(lengths), len(widths), squeeze=False, sharex=True, sharey=True)
-    colours = dict(zip(models.CHOICES, [f"C{i}" for i in range(len(models.CHOICES))], strict=True))
+    colours = dict(zip(mixers.CHOICES, [f"C{i}" for i in range(len(mixers.CHOICES))], strict=True))
     s = results[0]["settings"]
     for r in results:
         length, d = r["settings"]["seq_len"], r["settings"]["d_model"]
@@ -203,7 +194,7 @@ def sweep_figure(results, path):
     axes = fig.subplots(1, len(lengths), squeeze=False)[0]
     s = results[0]["settings"]
     for ax, length in zip(axes, lengths, strict=True):
-        for mixer in models.MIXERS:
+        for mixer in mixers.MIXERS:
             pts = sorted((r["settings"]["d_model"], r["accuracy"]) for r in results
                          if r["mixer"] == mixer and r["settings"]["seq_len"] == length)  # fmt: skip
             ax.plot(*zip(*pts, strict=True), "o-", label=mixer)
@@ -225,13 +216,13 @@ def table(results) -> str:
         f"{s['lr']:g} for every mixer; accuracy on the queries of {s['eval_size']} held-out "
         f"sequences (parameters):",
         "",
-        "| L | d_model | " + " | ".join(models.MIXERS) + " |",
-        "| --- | --- |" + " --- |" * len(models.MIXERS),
+        "| L | d_model | " + " | ".join(mixers.MIXERS) + " |",
+        "| --- | --- |" + " --- |" * len(mixers.MIXERS),
     ]
     points = sorted({(r["settings"]["seq_len"], r["settings"]["d_model"]) for r in results})
     for length, d in points:
         cells = []
-        for mixer in models.MIXERS:
+        for mixer in mixers.MIXERS:
             match = [r for r in results if r["mixer"] == mixer
                      and (r["settings"]["seq_len"], r["settings"]["d_model"]) == (length, d)]  # fmt: skip
             cells.append(f"{match[0]['accuracy']:.3f} ({match[0]['params']:,})" if match else "–")
@@ -247,7 +238,7 @@ def main(argv=None):
     else:
         runs = [(dataclasses.replace(settings, seq_len=length, d_model=d, mixer=mixer),
                  out / f"L{length}-d{d}" / mixer)
-                for length, d in args.grid for mixer in models.MIXERS]  # fmt: skip
+                for length, d in args.grid for mixer in mixers.MIXERS]  # fmt: skip
     results = []
     for one, folder in runs:
         r = cli.finished_run(folder, one) if args.sweep else None

@@ -32,13 +32,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssm_gd import scan, validate
-from ssm_gd.initializers import Initializer, identity_init, ones_init
+from ssm_gd.initializers import Initializer, identity_init
 from ssm_gd.readout import auto_impl, chunked_readout, last_state_readout, window_factors
+from ssm_gd.recurrence import LAMBDA_INITS, PARAMETRIZATIONS, DiagonalRecurrence
 from ssm_gd.tokens import Tokens, check_layout, read_tokens, row_width, token_width
 
 __all__ = [
     "GDSSM",
     "GDSSMInit",
+    "LAMBDA_INITS",
+    "PARAMETRIZATIONS",
     "QUERY_MAPS",
     "DiagonalRecurrence",
     "LocalMixing",
@@ -196,72 +199,6 @@ class LocalMixing(_LocalWindow):
         shape = list(rows[0].shape)
         shape[features] = 1
         return (jnp.ones(shape, rows[0].dtype),), tuple(rows)
-
-
-LAMBDA_INITS = {"ones": ones_init}
-PARAMETRIZATIONS = ("direct", "bounded")
-
-
-class DiagonalRecurrence(nnx.Module):
-    """``S_t = Λ ⊙ S_{t−1} + U_t`` over axis 1 of ``U`` ``(B, T, *state)``, one ``Λ`` per state entry.
-
-    Args:
-      state_shape: the shape of ``Λ`` and of one state (e.g. ``(H, H)``).
-      lam_init: ``"ones"``, or an initializer ``(key, shape, dtype) → Λ`` such as
-        :func:`ssm_gd.initializers.fill_init` / :func:`ssm_gd.initializers.uniform_init`.
-      parametrization: ``"direct"`` (the parameter is ``Λ``) or ``"bounded"``
-        (``Λ = exp(−exp(ν))`` ∈ (0, 1), so ``|Λ| ≤ 1`` whatever the optimiser does; ``Λ = 1`` is
-        reached to float precision as ``ν → −∞`` and initialised as ``ν = −40``).
-      impl: the :func:`ssm_gd.scan.linear_recurrence` implementation.
-
-    Attributes: ``lam_param`` (``nnx.Param``), the parameter behind ``Λ``: ``Λ`` itself
-    (``"direct"``) or ``ν`` (``"bounded"``); :attr:`lam`, the decay ``Λ``.
-    """
-
-    def __init__(
-        self,
-        state_shape: tuple[int, ...],
-        *,
-        lam_init: str | Initializer = "ones",
-        parametrization: str = "direct",
-        impl: str = "associative",
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        if parametrization not in PARAMETRIZATIONS:
-            raise ValueError(
-                f"parametrization must be one of {PARAMETRIZATIONS}; got {parametrization!r}"
-            )
-        if impl not in scan.IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {sorted(scan.IMPLEMENTATIONS)}; got {impl!r}")
-        if isinstance(lam_init, str):
-            if lam_init not in LAMBDA_INITS:
-                raise ValueError(
-                    f"lam_init must be one of {sorted(LAMBDA_INITS)} or an initializer; "
-                    f"got {lam_init!r}"
-                )
-            lam_init = LAMBDA_INITS[lam_init]
-        self.parametrization = parametrization
-        self.impl = impl
-        lam = lam_init(rngs.params(), tuple(state_shape), param_dtype)
-        if parametrization == "bounded":
-            if not isinstance(lam, jax.core.Tracer) and not bool(jnp.all((lam > 0) & (lam <= 1))):
-                raise ValueError(
-                    "parametrization='bounded' keeps Λ in (0, 1]; lam_init gave values in "
-                    f"[{float(jnp.min(lam))}, {float(jnp.max(lam))}]"
-                )
-            # ν = log(−log Λ); Λ = 1 maps to a finite ν whose Λ rounds to 1 (exp(−e^{−40}) ≈ 1 − 4e−18).
-            lam = jnp.log(jnp.maximum(-jnp.log(jnp.clip(lam, 1e-30, 1.0)), jnp.exp(-40.0)))
-        self.lam_param = nnx.Param(lam)
-
-    @property
-    def lam(self) -> Array:
-        raw = self.lam_param[...]
-        return raw if self.parametrization == "direct" else jnp.exp(-jnp.exp(raw))
-
-    def __call__(self, u: Array) -> Array:
-        h, _ = scan.linear_recurrence(self.lam, u, impl=self.impl, axis=1)
-        return h
 
 
 @dataclasses.dataclass(frozen=True)

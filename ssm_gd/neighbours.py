@@ -43,9 +43,8 @@ from ssm_gd.initializers import (
     constant_init,
     fill_init,
     first_tap_init,
-    uniform_init,
 )
-from ssm_gd.layers import DiagonalRecurrence
+from ssm_gd.recurrence import DiagonalRecurrence, DiagonalSSM
 from ssm_gd.tokens import Tokens, check_layout, read_tokens, token_width
 
 __all__ = [
@@ -296,21 +295,12 @@ class H3(_PairsModel):
 
 
 class _SSMLayer(nnx.Module):
-    """``s_t = Λ ⊙ s_{t−1} + B u_t``, ``z_t = C s_t + d ⊙ u_t``: a diagonal SSM with a skip."""
+    """A :class:`ssm_gd.recurrence.DiagonalSSM` (``s_t = Λ ⊙ s_{t−1} + B u_t``,
+    ``z_t = C s_t + d ⊙ u_t``) read on two streams: the context and the next token."""
 
     def __init__(self, hidden: int, state: int, *, impl: str, param_dtype, rngs: nnx.Rngs):
-        normal = nnx.initializers.normal
-        self.b = nnx.Param(normal(hidden**-0.5)(rngs.params(), (state, hidden), param_dtype))
-        self.c = nnx.Param(normal(state**-0.5)(rngs.params(), (hidden, state), param_dtype))
-        self.d = nnx.Param(jnp.ones((hidden,), param_dtype))
-        self.recurrence = DiagonalRecurrence(
-            (state,),
-            lam_init=uniform_init(0.5, 0.99),
-            parametrization="bounded",
-            impl=impl,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+        self.ssm = DiagonalSSM(hidden, state=state, lam_low=0.5, lam_high=0.99, impl=impl,
+                               param_dtype=param_dtype, rngs=rngs)  # fmt: skip
 
     def __call__(self, u: Array, u_next: Array) -> tuple[Array, Array]:
         """The context stream ``u`` and the next-token stream ``u_next``, both ``(B, N, h)``.
@@ -318,13 +308,10 @@ class _SSMLayer(nnx.Module):
         Context: ``s_t`` after tokens ``1…t``. Next token: ``s̃_t = Λ ⊙ s_t + B ũ_t``, the state had
         the SSM read ``ũ_t`` (the input half of token ``t + 1``) after token ``t``.
         """
-        states = self.recurrence(jnp.einsum("sh,bth->bts", self.b[...], u))
-        ahead = self.recurrence.lam * states + jnp.einsum("sh,bth->bts", self.b[...], u_next)
-        c, d = self.c[...], self.d[...]
-        return (
-            jnp.einsum("hs,bts->bth", c, states) + d * u,
-            jnp.einsum("hs,bts->bth", c, ahead) + d * u_next,
-        )
+        ssm = self.ssm
+        states = ssm.states(u)
+        ahead = ssm.recurrence.lam * states + ssm.inputs(u_next)
+        return ssm.readout(states, u), ssm.readout(ahead, u_next)
 
 
 class PlainSSM(_PairsModel):

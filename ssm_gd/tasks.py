@@ -20,7 +20,6 @@ tokens whose one GD-SSM step gives the logits of one cross-entropy GD step
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import NamedTuple
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_gd import validate
+from ssm_gd.sampling import keyed_sampler as _sampler
 from ssm_gd.tokens import (
     ALL_LAYOUTS,
     LAYOUTS,
@@ -45,7 +45,6 @@ __all__ = [
     "ALL_LAYOUTS",
     "LAYOUTS",
     "LinearTask",
-    "RecallTask",
     "SineTask",
     "Tokens",
     "centred",
@@ -57,7 +56,6 @@ __all__ = [
     "input_covariance",
     "input_spectrum",
     "linear_regression",
-    "mqar",
     "rotation_matrix",
     "shifted_regression",
     "sine_regression",
@@ -66,27 +64,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-
-
-def _sampler(fn=None, *, dynamic: int = 1):
-    """Jit a sampler (sizes static) that traces threefry in its non-partitionable form.
-
-    On XLA:CPU (jaxlib 0.10) JAX's default, partitionable threefry takes 4-8 s to compile per
-    sampler and shape; this form takes 0.3 s. Both are pure functions of the key (only the stream
-    differs), and the setting is scoped to the sampler's own trace.
-
-    The first ``dynamic`` arguments (the key, then any numbers that may change without a new
-    compilation) are traced; the rest are static.
-    """
-    if fn is None:
-        return functools.partial(_sampler, dynamic=dynamic)
-
-    @functools.wraps(fn)
-    def traced(*args):
-        with jax.threefry_partitionable(False):
-            return fn(*args)
-
-    return jax.jit(traced, static_argnums=tuple(range(dynamic, fn.__code__.co_argcount)))
 
 
 class LinearTask(NamedTuple):
@@ -620,65 +597,18 @@ def centred(task: LinearTask) -> LinearTask:
     return task._replace(y=task.y - shift, y_query=task.y_query - shift)
 
 
-# ---------------------------------------------------------------- multi-query associative recall
+def __getattr__(name: str):
+    """``tasks.mqar`` and ``tasks.RecallTask`` moved to :mod:`ssm_gd.seq.mqar`; kept here, with a
+    warning, for one release (imported on first use: this module does not import ``ssm_gd.seq``)."""
+    if name in ("mqar", "RecallTask"):
+        import importlib
+        import warnings
 
-
-class RecallTask(NamedTuple):
-    """A batch of token sequences with answers at some positions.
-
-    Attributes:
-      tokens: integer inputs ``(B, L)``.
-      targets: the answer expected at each position ``(B, L)`` (``-1`` where nothing is asked).
-    """
-
-    tokens: Array
-    targets: Array
-
-
-def mqar(key: Array, *, batch: int, seq_len: int, n_kv: int, vocab: int) -> RecallTask:
-    """Multi-query associative recall (docs/design.md §14): ``n_kv`` key-value pairs, then each key
-    asked once at a random later position; the model must name the key's value there.
-
-    Token 0 is a filler; keys are drawn without replacement from ``1 … V/2 − 1``, values with
-    replacement from ``V/2 … V − 1``. The sequence is ``k_1 v_1 … k_n v_n`` followed by
-    ``seq_len − 2n`` positions holding the ``n`` keys (in a random order, at random distinct
-    positions) and fillers elsewhere. ``targets`` holds the value at each query position (the
-    next-token prediction made there) and ``-1`` elsewhere. Needs ``vocab ≥ 4``,
-    ``n_kv ≤ vocab/2 − 1`` (distinct keys) and ``seq_len ≥ 3 n_kv`` (room for the queries).
-    """
-    batch = validate.positive_int("batch", batch)
-    seq_len = validate.positive_int("seq_len", seq_len)
-    n_kv = validate.positive_int("n_kv", n_kv)
-    vocab = validate.positive_int("vocab", vocab)
-    half = vocab // 2
-    if vocab < 4 or n_kv > half - 1:
-        raise ValueError(
-            f"vocab must be >= 4 and hold n_kv distinct keys below vocab // 2 (n_kv <= "
-            f"{max(half - 1, 0)}); got vocab={vocab}, n_kv={n_kv}"
+        warnings.warn(
+            f"ssm_gd.tasks.{name} moved to ssm_gd.seq.mqar.{name}; the old name goes in the next "
+            "release",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    if seq_len < 3 * n_kv:
-        raise ValueError(
-            f"seq_len must be at least 3 * n_kv = {3 * n_kv} (the pairs and one query per key); "
-            f"got {seq_len}"
-        )
-    return _mqar(key, batch, seq_len, n_kv, vocab)
-
-
-@_sampler
-def _mqar(key, batch, seq_len, n_kv, vocab):
-    half, rest = vocab // 2, seq_len - 2 * n_kv
-
-    def one(key):
-        k_keys, k_values, k_order, k_where = jax.random.split(key, 4)
-        keys = (1 + jax.random.choice(k_keys, half - 1, (n_kv,), replace=False)).astype(jnp.int32)
-        values = jax.random.randint(k_values, (n_kv,), half, vocab, jnp.int32)
-        pairs = jnp.stack([keys, values], axis=1).reshape(-1)
-        order = jax.random.permutation(k_order, n_kv)
-        where = jax.random.choice(k_where, rest, (n_kv,), replace=False)
-        queries = jnp.zeros((rest,), jnp.int32).at[where].set(keys[order])
-        answers = jnp.full((rest,), -1, jnp.int32).at[where].set(values[order])
-        tokens = jnp.concatenate([pairs, queries])
-        targets = jnp.concatenate([jnp.full((2 * n_kv,), -1, jnp.int32), answers])
-        return tokens, targets
-
-    return RecallTask(*jax.vmap(one)(jax.random.split(key, batch)))
+        return getattr(importlib.import_module("ssm_gd.seq.mqar"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssm_gd import models, train, trainer
+from ssm_gd import train, trainer
+from ssm_gd.seq import mixers, models
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -46,7 +47,7 @@ def test_sequence_model_training_steps_export():
         loss=loss,
         evaluate=lambda model: {},
     )
-    for mixer in models.MIXERS:  # one process: the models share their compiled pieces
+    for mixer in mixers.MIXERS:  # one process: the models share their compiled pieces
         _export_and_check(models.Model(vocab, 8, 1, mixer=mixer, n_heads=2, rngs=nnx.Rngs(0)), task)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from experiments import general
 from experiments import listops as experiment
-from ssm_gd import models
+from ssm_gd.seq import mixers
 
 
 def test_a_short_listops_run_writes_its_summary(tmp_path):
@@ -59,16 +59,16 @@ def test_listops_sweep_trains_every_mixer_continues_and_tabulates(tmp_path, monk
     monkeypatch.setattr(experiment, "run", fake_run)
     argv = ["--sweep", "--quick", "--out", str(tmp_path), "--no-progress"]
     summary = experiment.main(argv)
-    assert calls == list(models.MIXERS) and len(summary["runs"]) == len(models.MIXERS)
+    assert calls == list(mixers.MIXERS) and len(summary["runs"]) == len(mixers.MIXERS)
     table = (tmp_path / "table.md").read_text()
     assert "| gril | 10.0% | 10.0% | 100 | 8 |" in table and "| griffin | 50.0% |" in table
     assert "Chance 10.0%, the majority class 15.0%" in table
     for name, accuracy in experiment.ANCHORS:  # the published numbers, with their settings
         assert f"| {name} | {accuracy:.1%} |" in table
     experiment.main(argv)  # every run finished: read back, none trained again
-    assert len(calls) == len(models.MIXERS)
+    assert len(calls) == len(mixers.MIXERS)
     experiment.main([*argv, "--steps", "20"])  # new settings: trained again
-    assert calls[len(models.MIXERS) :] == list(models.MIXERS)
+    assert calls[len(mixers.MIXERS) :] == list(mixers.MIXERS)
 
 
 def test_report_says_what_did_not_run(tmp_path):
@@ -88,8 +88,8 @@ def test_quick_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
     for name, title in general.TITLES.items():
         folder = general.FOLDERS[name]
         summary = json.loads((tmp_path / folder / "summary.json").read_text())
-        assert [r["mixer"] for r in summary["runs"]] == list(models.MIXERS) * (
-            len(summary["runs"]) // len(models.MIXERS)
+        assert [r["mixer"] for r in summary["runs"]] == list(mixers.MIXERS) * (
+            len(summary["runs"]) // len(mixers.MIXERS)
         )
         assert f"## {title}" in report
         assert (tmp_path / folder / "table.md").read_text().strip() in report

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from ssm_gd import construction, gd, tasks
-from ssm_gd.gril import DECAYS, GRILMixer
+from ssm_gd.seq.gril import DECAYS, GRILMixer
 
 F64 = jnp.float64
 B, L, D = 2, 11, 6  # an odd length; chunk=4 leaves a partial last chunk

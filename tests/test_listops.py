@@ -8,7 +8,7 @@ import collections
 import numpy as np
 import pytest
 
-from ssm_gd import listops
+from ssm_gd.seq import listops
 
 # A small setting that runs in well under a second and still nests (max 4 levels, 5 arguments).
 SMALL = {"max_depth": 4, "max_args": 5, "min_length": 20, "max_length": 100}

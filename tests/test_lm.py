@@ -8,7 +8,7 @@ import math
 import pytest
 
 from experiments import lm as experiment
-from ssm_gd import models
+from ssm_gd.seq import mixers
 
 
 def test_a_short_run_writes_its_summary_sample_and_curve(tmp_path):
@@ -93,7 +93,7 @@ def test_sweep_runs_every_mixer_continues_and_tabulates(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "run", fake_run)
     argv = ["--sweep", "--quick", "--out", str(tmp_path), "--no-progress"]
     summary = experiment.main(argv)
-    assert calls == list(models.MIXERS) and len(summary["runs"]) == len(models.MIXERS)
+    assert calls == list(mixers.MIXERS) and len(summary["runs"]) == len(mixers.MIXERS)
     assert all(r["settings"]["budget"] == experiment.QUICK_SWEEP["budget"] for r in summary["runs"])
     table = (tmp_path / "table.md").read_text()
     assert "| gril | 2.100 | 20,001 | 28 | 300 | 100.00 |" in table
@@ -102,6 +102,6 @@ def test_sweep_runs_every_mixer_continues_and_tabulates(tmp_path, monkeypatch):
     assert "## griffin" in samples and "````\n```\n    return x\n````" in samples
     assert (tmp_path / "curves.png").exists()
     experiment.main(argv)  # every run finished: read back, none trained again
-    assert len(calls) == len(models.MIXERS)
+    assert len(calls) == len(mixers.MIXERS)
     experiment.main([*argv, "--steps", "30"])  # new settings: trained again
-    assert calls[len(models.MIXERS) :] == list(models.MIXERS)
+    assert calls[len(mixers.MIXERS) :] == list(mixers.MIXERS)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssm_gd import models
+from ssm_gd.seq import mixers, models
+from ssm_gd.seq.generate import generate
 
 F64 = jnp.float64
 VOCAB, D, LAYERS, B = 11, 8, 2, 2
@@ -22,7 +23,7 @@ def _tokens(length=9, seed=0):
     return jax.random.randint(jax.random.key(seed), (B, length), 0, VOCAB)
 
 
-@pytest.mark.parametrize("mixer", models.CHOICES)
+@pytest.mark.parametrize("mixer", mixers.CHOICES)
 def test_next_token_model_is_causal(mixer):
     model, tokens = _model(mixer), _tokens()
     logits = model(tokens)
@@ -33,10 +34,10 @@ def test_next_token_model_is_causal(mixer):
     assert np.abs(other[:, 6:] - logits[:, 6:]).max() > 1e-6
 
 
-@pytest.mark.parametrize("mixer", models.CHOICES)
+@pytest.mark.parametrize("mixer", mixers.CHOICES)
 def test_generation_logits_equal_the_parallel_form(mixer):
     model, prompt = _model(mixer), _tokens(4)
-    out, logits = models.generate(model, prompt, 5, jax.random.key(1), temperature=1.0)
+    out, logits = generate(model, prompt, 5, jax.random.key(1), temperature=1.0)
     assert out.shape == (B, 9) and logits.shape == (B, 5, VOCAB)
     np.testing.assert_array_equal(out[:, :4], prompt)
     # Teacher forcing on the generated tokens: position t's logits drew token t + 1.
@@ -49,11 +50,11 @@ def test_generation_logits_equal_the_parallel_form(mixer):
 
 def test_greedy_generation_takes_the_most_likely_token():
     model = _model("gril")
-    out, logits = models.generate(model, _tokens(3), 4, jax.random.key(0), temperature=0.0)
+    out, logits = generate(model, _tokens(3), 4, jax.random.key(0), temperature=0.0)
     np.testing.assert_array_equal(out[:, 3:], jnp.argmax(logits, -1))
 
 
-@pytest.mark.parametrize("mixer", models.MIXERS)
+@pytest.mark.parametrize("mixer", mixers.MIXERS)
 def test_classifier_pools_the_unpadded_positions(mixer):
     model, tokens = _model(mixer, head="classify", n_classes=4), _tokens()
     lengths = jnp.array([5, 9])
@@ -68,7 +69,7 @@ def test_classifier_pools_the_unpadded_positions(mixer):
 
 
 def test_parameter_counts():
-    counts = {m: models.parameter_count(_model(m)) for m in models.MIXERS}
+    counts = {m: models.parameter_count(_model(m)) for m in mixers.MIXERS}
     shared = (
         VOCAB * D + LAYERS * (2 * D + 3 * 2 * D * D) + D + D * VOCAB
     )  # embed, norms, MLPs, head
@@ -82,7 +83,7 @@ def test_parameter_counts():
         # gates (h blocks of dh × dh, biases) and its decay parameter.
         "griffin": 3 * (D * D + D) + 4 * D + D + 2 * (h * dh * dh + D) + D,
     }
-    for m in models.MIXERS:
+    for m in mixers.MIXERS:
         assert counts[m] == shared + LAYERS * per_mixer[m], m
 
 
@@ -107,18 +108,18 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="has no recurrent form"):
         _model("attention").init_state(2)
     with pytest.raises(ValueError, match="prompt must be integer tokens"):
-        models.generate(_model("gril"), jnp.zeros((2, 3)), 2, jax.random.key(0))
+        generate(_model("gril"), jnp.zeros((2, 3)), 2, jax.random.key(0))
     with pytest.raises(ValueError, match="n_tokens must be a positive integer"):
-        models.generate(_model("gril"), _tokens(3), 0, jax.random.key(0))
+        generate(_model("gril"), _tokens(3), 0, jax.random.key(0))
 
 
 def test_rotary_scores_depend_on_the_offset_alone():
     dh, length = 6, 7
     q = jnp.broadcast_to(jax.random.normal(jax.random.key(0), (dh,), F64), (1, length, 1, dh))
     k = jnp.broadcast_to(jax.random.normal(jax.random.key(1), (dh,), F64), (1, length, 1, dh))
-    scores = jnp.einsum("te,se->ts", models.rotary(q)[0, :, 0], models.rotary(k)[0, :, 0])
+    scores = jnp.einsum("te,se->ts", mixers.rotary(q)[0, :, 0], mixers.rotary(k)[0, :, 0])
     for offset in range(-3, 4):  # q_t · k_s is a function of t − s (rotations compose)
         diagonal = jnp.diagonal(scores, offset)
         np.testing.assert_allclose(diagonal, diagonal[0], rtol=0, atol=1e-13)
-    np.testing.assert_allclose(models.rotary(q)[0, 0], q[0, 0], rtol=0, atol=0)  # t = 0: no turn
+    np.testing.assert_allclose(mixers.rotary(q)[0, 0], q[0, 0], rtol=0, atol=0)  # t = 0: no turn
     assert float(jnp.ptp(jnp.diagonal(scores, 0) - scores[0])) > 1e-3  # and it does turn

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from experiments import mqar as experiment
-from ssm_gd import models, tasks
+from ssm_gd.seq import mixers, mqar
 
 
 def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
     seq_len, n_kv, vocab = 24, 5, 40
-    t = tasks.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
+    t = mqar.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
     tokens, targets = np.asarray(t.tokens), np.asarray(t.targets)
     assert tokens.shape == targets.shape == (16, seq_len)
     for seq, tgt in zip(tokens, targets, strict=True):
@@ -29,7 +29,7 @@ def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
         assert all(tgt[p] == pairs[seq[p]] for p in asked)  # the answer is the key's value
         rest = np.setdiff1d(np.arange(2 * n_kv, seq_len), asked)
         assert (seq[rest] == 0).all()  # fillers elsewhere
-    again = tasks.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
+    again = mqar.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
     np.testing.assert_array_equal(again.tokens, t.tokens)
 
 
@@ -45,13 +45,13 @@ def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
 def test_mqar_bad_arguments_are_named(kwargs, message):
     args = dict(batch=2, seq_len=16, n_kv=4, vocab=32) | kwargs
     with pytest.raises(ValueError, match=message):
-        tasks.mqar(jax.random.key(0), **args)
+        mqar.mqar(jax.random.key(0), **args)
 
 
 def test_recall_loss_counts_the_asked_positions_only():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]]))
     targets = jnp.array([[0, 1, -1]])
-    loss, accuracy = experiment.recall_loss(logits, targets)
+    loss, accuracy = mqar.recall_loss(logits, targets)
     np.testing.assert_allclose(loss, -(np.log(0.5) + np.log(0.1)) / 2, rtol=1e-6)
     assert float(accuracy) == 0.5
 
@@ -88,7 +88,7 @@ def test_sweep_runs_the_grid_continues_and_tabulates(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "run", fake_run)
     argv = ["--sweep", "--quick", "--out", str(tmp_path), "--no-progress"]
     summary = experiment.main(argv)
-    grid = [(m, 32, d) for d in (16, 32) for m in models.MIXERS]
+    grid = [(m, 32, d) for d in (16, 32) for m in mixers.MIXERS]
     assert calls == grid and len(summary["runs"]) == len(grid)
     assert all(r["settings"]["train_steps"] == 100 for r in summary["runs"])
     table = (tmp_path / "table.md").read_text()
@@ -97,4 +97,4 @@ def test_sweep_runs_the_grid_continues_and_tabulates(tmp_path, monkeypatch):
     experiment.main(argv)  # every run finished: read back, none trained again
     assert len(calls) == len(grid)
     experiment.main([*argv, "--train-steps", "50", "--d-model", "16"])  # new settings: trained
-    assert calls[len(grid) :] == [(m, 32, 16) for m in models.MIXERS]
+    assert calls[len(grid) :] == [(m, 32, 16) for m in mixers.MIXERS]

@@ -180,13 +180,14 @@ def test_plain_ssm_last_output_is_the_stack_read_at_the_query_token():
     for i, layer in enumerate(model.layers):
         if i:
             u = np.asarray(jax.nn.gelu(u))
-        lam, b, c, d = (np.asarray(v) for v in (layer.recurrence.lam, layer.b[...],
-                                                 layer.c[...], layer.d[...]))  # fmt: skip
-        s = np.zeros((u.shape[0], b.shape[0]))
+        ssm = layer.ssm
+        lam, b, c, d = (np.asarray(v) for v in (ssm.recurrence.lam, ssm.b[...], ssm.c[...],
+                                                 ssm.d[...]))  # fmt: skip
+        s = np.zeros((u.shape[0], b.shape[1]))
         z = np.zeros_like(u)
         for t in range(u.shape[1]):
-            s = lam * s + u[:, t] @ b.T
-            z[:, t] = s @ c.T + d * u[:, t]
+            s = lam * s + u[:, t] @ b
+            z[:, t] = s @ c + d * u[:, t]
         u = z
     want = u[:, -1] @ np.asarray(model.w_out[...]).T
     np.testing.assert_allclose(query_only(model, tokens), want, rtol=1e-12, atol=1e-14)

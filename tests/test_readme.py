@@ -53,7 +53,7 @@ def test_readme_gril_example_steps_as_it_trains():
 
 
 def test_readme_model_example_generates_what_the_model_predicts():
-    (code,) = [c for c in _examples() if "models.generate(" in c]
+    (code,) = [c for c in _examples() if "generate(" in c]
     namespace = {}
     exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
     model, tokens, step_logits = namespace["model"], namespace["tokens"], namespace["step_logits"]

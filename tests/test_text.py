@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssm_gd import text
+from ssm_gd.seq import text
 
 
 @pytest.fixture(scope="module")
