@@ -20,12 +20,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ssm_gd import gd, plots, tasks, trainer
+from ssm_gd import gd, optim, plots, tasks, trainer
 from ssm_gd.initializers import identity_init
 from ssm_gd.layers import GDSSM, GDSSMInit
 
@@ -136,23 +135,26 @@ def parse(argv=None):
     parser.add_argument("--n-context", type=int, default=20)
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument(
-        "--train-steps", "--steps", type=int, default=3000,
-        help="training steps (--steps: an alias kept for one release)",
+        "--train-steps", "--steps", type=int, default=None,
+        help="training steps (default 3000, 300 with --quick; --steps: an alias kept for one "
+        "release)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="300 steps")
+    parser.add_argument("--quick", action="store_true", help="300 steps (flags win)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = cli.writable_folder(parser, args.out)  # before any work
+    if args.train_steps is None:
+        args.train_steps = 300 if args.quick else 3000
     for name in ("n_context", "features", "train_steps", "batch_size", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if not args.lr > 0:
         parser.error(f"--lr must be positive; got {args.lr}")
-    steps = 300 if args.quick else args.train_steps
+    steps = args.train_steps
     every = min(args.eval_every, steps)
     return args, out, steps, every
 
@@ -166,8 +168,7 @@ def main(argv=None):
         return tasks.sine_regression(key, batch=batch, n_context=args.n_context)
 
     model = FeatureGDSSM(args.features, rngs=nnx.Rngs(args.seed))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(100, steps // 5), steps)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    optimizer = optim.adamw(args.lr, steps, warmup=min(100, steps // 5))  # no weight decay: Adam
     key_train, key_eval, key_tune = jax.random.split(jax.random.key(args.seed + 1), 3)
     eval_task = sample(key_eval, 4096)
 

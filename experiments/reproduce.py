@@ -4,7 +4,9 @@
 
 One Python process runs them in turn (imports and compiled functions are shared), each writing
 ``<results>/<name>/``; ``experiments.report`` then gathers them in ``<results>/REPORT.md``.
-``--quick`` runs each at smoke size (a few minutes in all on a 2-core CPU).
+``--quick`` runs each at a small size (a few minutes in all on a 2-core CPU); ``--smoke``, the test
+suite's size, runs each experiment's code path at a handful of steps (its numbers mean nothing) and
+the variants that only change flags (``linear_scalar``, ``linear_constructed``) not at all.
 """
 
 from __future__ import annotations
@@ -49,16 +51,37 @@ EXPERIMENTS = {
 }
 
 
+# The flags a smoke run adds to each experiment's quick ones (later flags win): a handful of steps and
+# small evaluation sets; what stays is compilation, one program per shape.
+_TINY = ["--train-steps", "4", "--eval-every", "2", "--batch-size", "32", "--eval-size", "256",
+         "--sens-size", "32", "--warmup-steps", "1"]  # fmt: skip
+SMOKE = {
+    "linear": _TINY,
+    "plateau": [],
+    "construction": [],
+    "multistep": ["--train-steps", "4"],
+    "nonlinear": ["--train-steps", "4", "--eval-every", "2", "--batch-size", "32"],
+    "ood": _TINY,
+    "sweep": ["--train-steps", "4", "--batch-size", "32"],
+    "neighbours": ["--train-steps", "4"],
+    "classification": ["--train-steps", "4"],
+    "minibatch": ["--train-steps", "4"],
+}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", help="folder for every experiment's output")
-    parser.add_argument("--quick", action="store_true", help="every experiment at smoke size")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="every experiment at a small size")
+    size.add_argument("--smoke", action="store_true",
+                      help="the test suite's size: every code path, a handful of steps")  # fmt: skip
     parser.add_argument(
         "--only", nargs="+", default=None, metavar="NAME", help=f"a subset of {list(EXPERIMENTS)}"
     )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they come
-    names = args.only or list(EXPERIMENTS)
+    names = args.only or list(SMOKE if args.smoke else EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"--only: unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}")
@@ -69,7 +92,9 @@ def main(argv=None):
         entry, flags, quick = EXPERIMENTS[name]
         print(f"\n== {name} ==", flush=True)
         begin = time.perf_counter()
-        entry(flags + (quick if args.quick else []) + ["--out", str(results / name)])
+        if args.quick or args.smoke:
+            flags = flags + quick + (SMOKE.get(name, []) if args.smoke else [])
+        entry(flags + ["--out", str(results / name)])
         seconds[name] = time.perf_counter() - begin
     report.main(["--results", str(results)])
     total = time.perf_counter() - start

@@ -1,4 +1,7 @@
-"""``make reproduce QUICK=1``: every experiment at smoke size, then the report."""
+"""``python -m experiments.reproduce --smoke``: every experiment's code path at a handful of steps,
+then the report. The plumbing is checked here (every file, every section, every row, the references,
+which do not depend on training); the science is checked by the experiments at their own sizes and
+by the committed reports."""
 
 import json
 
@@ -8,12 +11,13 @@ import pytest
 from experiments import reproduce
 
 
-def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
-    # One run (a few minutes) serves every check below; each experiment's own checks follow.
-    seconds = reproduce.main(["--quick", "--results", str(tmp_path)])
-    assert list(seconds) == list(reproduce.EXPERIMENTS)
+def test_smoke_reproduce_writes_every_experiment_and_the_report(tmp_path):
+    # One run serves every check below; each experiment's own checks follow.
+    seconds = reproduce.main(["--smoke", "--results", str(tmp_path)])
+    assert list(seconds) == list(reproduce.SMOKE)
+    assert set(reproduce.SMOKE) <= set(reproduce.EXPERIMENTS)
     text = (tmp_path / "REPORT.md").read_text()
-    for name in reproduce.EXPERIMENTS:
+    for name in reproduce.SMOKE:
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary, name
         for figure in (tmp_path / name).glob("*.png"):
@@ -23,9 +27,8 @@ def test_quick_reproduce_writes_every_experiment_and_the_report(tmp_path):
                     "Size sweep", "Non-linear", "construction equals",
                     "The neighbours", "In-context classification", "Minibatch windows"):  # fmt: skip
         assert heading in text
-    # A quick run still learns: the default linear run is near GD after 300 steps.
     linear = _summary(tmp_path, "linear")
-    assert linear["val_loss"] / linear["gd_loss"] < 1.05 and linear["model_cos"] > 0.99
+    assert linear["train_steps"] == 4 and np.isfinite(linear["val_loss"])
     check_multistep_runs_each_k(tmp_path)
     check_ood_evaluates_every_shift(tmp_path)
     check_sweep_runs_each_size(tmp_path)
@@ -120,8 +123,6 @@ def check_classification_reports_every_reference(quick):
         assert r["chance_accuracy"] == 1 / r["classes"]
         for key in ("accuracy", "gd_accuracy", "sq_gd_accuracy", "logistic_accuracy"):
             assert 0 <= r[key] <= 1, key
-        # Even 200 steps of training beat chance on the query.
-        assert r["accuracy"] > r["chance_accuracy"]
     curves = summary["accuracy_vs_examples"]
     n = summary["focus"]["n_context"]
     assert "GD-SSM (trained)" in curves and "logistic regression" in curves
