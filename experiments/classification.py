@@ -29,6 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import cli
+from experiments.tables import text_table
 from ssm_gd import gd, metrics, plots, tasks, train
 
 BASE = dict(
@@ -131,18 +132,13 @@ def _accuracy(logits, target) -> list[float]:
 
 
 def table(rows) -> str:
-    head = (f"{'K':>3} {'N':>3} {'steps':>5} {'seed':>4} {'acc':>7} {'CE-GD':>7} {'sq-GD':>7} {'logreg':>7} "
-            f"{'chance':>7} {'loss':>7} {'GD loss':>7} {'ratio':>7} {'cos':>7} {'match':>6}")  # fmt: skip
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"{r['classes']:>3} {r['n_context']:>3} {r['n_steps']:>5} {r['seed']:>4} "
-            f"{r['accuracy']:>7.4f} "
-            f"{r['gd_accuracy']:>7.4f} {r['sq_gd_accuracy']:>7.4f} {r['logistic_accuracy']:>7.4f} "
-            f"{r['chance_accuracy']:>7.4f} {r['val_loss']:>7.4f} {r['gd_loss']:>7.4f} "
-            f"{r['loss_ratio']:>7.4f} {r['model_cos']:>7.4f} {r['param_match_error']:>6.3f}"
-        )
-    return "\n".join(lines)
+    return text_table(rows, [
+        ("K", "classes", ""), ("N", "n_context", ""), ("steps", "n_steps", ""), ("seed", "seed", ""),
+        ("acc", "accuracy", ".4f"), ("CE-GD", "gd_accuracy", ".4f"), ("sq-GD", "sq_gd_accuracy", ".4f"),
+        ("logreg", "logistic_accuracy", ".4f"), ("chance", "chance_accuracy", ".4f"),
+        ("loss", "val_loss", ".4f"), ("GD loss", "gd_loss", ".4f"), ("ratio", "loss_ratio", ".4f"),
+        ("cos", "model_cos", ".4f"), ("match", "param_match_error", ".3f"),
+    ])  # fmt: skip
 
 
 def figures(rows, curves, focus_result, out, config) -> list[str]:

@@ -31,6 +31,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
+from experiments.tables import text_table
 from ssm_gd import construction, plots, tasks, train
 
 MINIBATCHES = (1, 2, 5)
@@ -143,20 +144,18 @@ def main(argv=None):
 
 
 def table(rows, drift) -> str:
-    lines = [f"{'m':>2} {'windows':>7} {'ratio':>7} {'cos':>8} {'match':>6} {'train/s':>8} "
-             f"{'query ms':>9} {'all ms':>8}"]  # fmt: skip
-    for r in rows:
-        f = r["forward_seconds"]
-        lines.append(
-            f"{r['minibatch']:>2} {r['windows']:>7} {r['loss_ratio']:>7.4f} {r['model_cos']:>8.5f} "
-            f"{r['param_match_error']:>6.3f} {r['train_steps_per_second']:>8.0f} "
-            f"{1e3 * f['query']:>9.2f} {1e3 * f['all_windows']:>8.2f}"
-        )
-    lines.append(f"{'m':>2} {'learned λ':>10} {'best λ':>7} {'loss':>7} {'best loss':>9}")
-    for d in drift:
-        lines.append(f"{d['minibatch']:>2} {d['learned_lambda']['mean']:>10.4f} "
-                     f"{d['wgd_decay']:>7.4f} {d['val_loss']:>7.4f} {d['wgd_loss']:>9.4f}")  # fmt: skip
-    return "\n".join(lines)
+    first = text_table(rows, [
+        ("m", "minibatch", ""), ("windows", "windows", ""), ("ratio", "loss_ratio", ".4f"),
+        ("cos", "model_cos", ".5f"), ("match", "param_match_error", ".3f"),
+        ("train/s", "train_steps_per_second", ".0f"),
+        ("query ms", lambda r: 1e3 * r["forward_seconds"]["query"], ".2f"),
+        ("all ms", lambda r: 1e3 * r["forward_seconds"]["all_windows"], ".2f"),
+    ])  # fmt: skip
+    second = text_table(drift, [
+        ("m", "minibatch", ""), ("learned λ", lambda d: d["learned_lambda"]["mean"], ".4f"),
+        ("best λ", "wgd_decay", ".4f"), ("loss", "val_loss", ".4f"), ("best loss", "wgd_loss", ".4f"),
+    ])  # fmt: skip
+    return first + "\n" + second
 
 
 def figure(rows, drift, path):

@@ -47,6 +47,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import cli
+from experiments.tables import text_table
 from ssm_gd import plots, train
 
 #: model name → the Config fields that select it.
@@ -239,17 +240,13 @@ def figures(rows: list[dict], out: pathlib.Path) -> list[str]:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'task':<12} {'model':<17} {'loss':>7} {'GD':>7} {'PGD':>7} {'WGD':>7} {'/GD':>6} "
-            f"{'/PGD':>6} {'/WGD':>6} {'cos GD':>7} {'cos PGD':>7} {'cos WGD':>7}")  # fmt: skip
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"{r['task']:<12} {r['model']:<17} {r['val_loss']:>7.4f} {r['gd_loss']:>7.4f} "
-            f"{r['pgd_loss']:>7.4f} {r['wgd_loss']:>7.4f} {r['loss_ratio']:>6.3f} "
-            f"{r['loss_ratio_pgd']:>6.3f} {r['loss_ratio_wgd']:>6.3f} {r['model_cos']:>7.4f} "
-            f"{r['model_cos_pgd']:>7.4f} {r['model_cos_wgd']:>7.4f}"
-        )
-    return "\n".join(lines)
+    return text_table(rows, [
+        ("task", "task", "<"), ("model", "model", "<"), ("loss", "val_loss", ".4f"),
+        ("GD", "gd_loss", ".4f"), ("PGD", "pgd_loss", ".4f"), ("WGD", "wgd_loss", ".4f"),
+        ("/GD", "loss_ratio", ".3f"), ("/PGD", "loss_ratio_pgd", ".3f"),
+        ("/WGD", "loss_ratio_wgd", ".3f"), ("cos GD", "model_cos", ".4f"),
+        ("cos PGD", "model_cos_pgd", ".4f"), ("cos WGD", "model_cos_wgd", ".4f"),
+    ])  # fmt: skip
 
 
 def main(argv=None):
