@@ -107,7 +107,7 @@ def test_bad_arguments_are_named():
         _model("gril", head="pool")
     with pytest.raises(ValueError, match="has no recurrent form"):
         _model("attention").init_state(2)
-    with pytest.raises(ValueError, match="prompt must be integer tokens"):
+    with pytest.raises(ValueError, match=r"prompt must be integer token ids \(B, L\)"):
         generate(_model("gril"), jnp.zeros((2, 3)), 2, jax.random.key(0))
     with pytest.raises(ValueError, match="n_tokens must be a positive integer"):
         generate(_model("gril"), _tokens(3), 0, jax.random.key(0))

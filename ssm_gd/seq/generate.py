@@ -11,11 +11,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ssm_gd import validate
 from ssm_gd.seq.mixers import RECURRENT
-from ssm_gd.seq.models import Model
+from ssm_gd.seq.models import Model, check_tokens
 
 __all__ = ["generate", "prefill"]
 
@@ -24,22 +25,44 @@ Array = jax.Array
 
 def generate(model: Model, prompt: Array, n_tokens: int, key, temperature: float = 1.0):
     """Sample ``n_tokens`` after ``prompt`` ``(B, P)``: ``(tokens (B, P + n), logits (B, n, V))``,
-    the logits each sampled token was drawn from (``temperature`` 0: the most likely token)."""
+    the logits each sampled token was drawn from (``temperature`` 0: the most likely token).
+
+    Raises ``ValueError`` for a prompt that is not integer ids ``(B, P)`` in ``[0, vocab)``, and
+    ``FloatingPointError`` when a step's logits are not finite (NaN or inf, e.g. from diverged
+    parameters): no token drawn from them is returned.
+    """
     if not isinstance(model, Model) or model.head_kind != "next_token":
         raise ValueError("generate needs a Model with head='next_token'")
     n_tokens = validate.positive_int("n_tokens", n_tokens)
     temperature = validate.non_negative_number("temperature", temperature)
-    prompt = jnp.asarray(prompt)
-    if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
-        raise ValueError(f"prompt must be integer tokens (B, P), P >= 1; got {prompt.shape}")
+    prompt = _check_prompt(model, prompt)
     graphdef, params = nnx.split(model)
-    return _generate(graphdef, params, prompt, n_tokens, key, temperature)
+    tokens, logits = _generate(graphdef, params, prompt, n_tokens, key, temperature)
+    if not validate.is_traced(logits):
+        finite = np.asarray(jnp.all(jnp.isfinite(logits), axis=(0, 2)))
+        if not finite.all():
+            first = int(np.argmin(finite))
+            raise FloatingPointError(
+                f"generate: the logits of generated token {first} (of {n_tokens}) are not finite "
+                "(NaN or inf; are the parameters finite?), so nothing was sampled from them"
+            )
+    return tokens, logits
+
+
+def _check_prompt(model: Model, prompt) -> Array:
+    prompt = check_tokens("prompt", prompt, model.embed.num_embeddings, ndim=2)
+    if prompt.shape[1] < 1:
+        raise ValueError(f"prompt must hold at least one token (B, P), P >= 1; got {prompt.shape}")
+    return prompt
 
 
 def prefill(model: Model, prompt: Array):
-    """The recurrent state after reading ``prompt`` ``(B, P)`` a token at a time (a ``lax.scan``
-    of :meth:`Model.step`: one compiled step whatever ``P``)."""
+    """The recurrent state after reading ``prompt`` ``(B, P)`` (integer ids in ``[0, vocab)``) a
+    token at a time (a ``lax.scan`` of :meth:`Model.step`: one compiled step whatever ``P``)."""
+    return _prefill(model, _check_prompt(model, prompt))
 
+
+def _prefill(model: Model, prompt: Array):
     def body(state, token):
         return model.step(state, token)[0], None
 
@@ -58,7 +81,7 @@ def _generate(graphdef, params, prompt, n_tokens, key, temperature):
     batch, p = prompt.shape
     keys = jax.random.split(key, n_tokens)
     if model.mixer_name in RECURRENT:
-        state = prefill(model, prompt[:, :-1])
+        state = _prefill(model, prompt[:, :-1])
         state, logits = model.step(state, prompt[:, -1])
 
         def body(carry, k):

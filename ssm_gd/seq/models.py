@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ssm_gd import validate
 from ssm_gd.seq.mixers import CHOICES, RECURRENT, make_mixer
 
-__all__ = ["HEADS", "Block", "Model", "match_d_model", "parameter_count"]
+__all__ = ["HEADS", "Block", "Model", "check_lengths", "check_tokens", "match_d_model",
+           "parameter_count"]  # fmt: skip
 
 Array = jax.Array
 HEADS = ("next_token", "classify")
@@ -27,12 +29,52 @@ def _normal(rngs, scale, shape, dtype):
     return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
 
+def check_tokens(name: str, tokens, vocab: int, *, ndim: int) -> Array:
+    """``tokens`` as an integer array of ``ndim`` axes whose ids lie in ``[0, vocab)``.
+
+    Out-of-range ids would be read silently otherwise (an id ``≥ vocab`` embeds as NaN, a negative
+    one wraps around to the end of the table): the values are checked when they are concrete;
+    a traced array (inside ``jit``) has its dtype and shape checked only.
+    """
+    array = jnp.asarray(tokens)
+    if array.ndim != ndim or not jnp.issubdtype(array.dtype, jnp.integer):
+        shape = "(B, L)" if ndim == 2 else "(B,)"
+        raise ValueError(
+            f"{name} must be integer token ids {shape}; got {array.dtype} {array.shape}"
+        )
+    if not validate.is_traced(array) and array.size:
+        low, high = int(jnp.min(array)), int(jnp.max(array))
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"{name} must hold token ids in [0, vocab={vocab}); got ids in [{low}, {high}]"
+            )
+    return array
+
+
+def check_lengths(lengths, batch: int, length: int) -> Array:
+    """``lengths`` ``(B,)`` of whole numbers in ``[1, L]`` (checked when concrete)."""
+    array = jnp.asarray(lengths)
+    if array.shape != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = ({batch},); got {array.shape}")
+    if validate.is_traced(array):
+        return array
+    values = np.asarray(array, np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        raise ValueError(f"lengths must be whole numbers in [1, L={length}]; got {values.tolist()}")
+    if values.min() < 1 or values.max() > length:
+        raise ValueError(
+            f"lengths must be in [1, L={length}] (each row's unpadded positions); got values in "
+            f"[{values.min():g}, {values.max():g}]"
+        )
+    return array.astype(jnp.int32)
+
+
 class Block(nnx.Module):
     """``x + mixer(norm(x))``, then ``x + W_down(gelu(W_gate x̂) ⊙ W_up x̂)``, ``x̂ = norm(x)``."""
 
     def __init__(self, d_model: int, mixer: nnx.Module, *, mlp_ratio: int = 2,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
-        hidden = mlp_ratio * d_model
+        hidden = validate.positive_int("mlp_ratio", mlp_ratio) * d_model
         self.norm1 = nnx.RMSNorm(d_model, param_dtype=param_dtype, rngs=rngs)
         self.norm2 = nnx.RMSNorm(d_model, param_dtype=param_dtype, rngs=rngs)
         self.mixer = mixer
@@ -61,6 +103,8 @@ class Model(nnx.Module):
         vocab = validate.positive_int("vocab", vocab)
         d_model = validate.positive_int("d_model", d_model)
         validate.positive_int("n_layers", n_layers)
+        validate.positive_int("n_heads", n_heads)
+        validate.positive_int("mlp_ratio", mlp_ratio)
         self.mixer_name, self.head_kind = validate.one_of("mixer", mixer, CHOICES), head
         validate.one_of("head", head, HEADS)
         if head == "classify":
@@ -81,6 +125,9 @@ class Model(nnx.Module):
         the mean over all positions, or over the first ``lengths`` ``(B,)`` of each row)."""
         if lengths is not None and self.head_kind != "classify":
             raise ValueError("lengths is for head='classify' (the pooled positions)")
+        tokens = check_tokens("tokens", tokens, self.embed.num_embeddings, ndim=2)
+        if lengths is not None:
+            lengths = check_lengths(lengths, *tokens.shape)
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
@@ -89,7 +136,7 @@ class Model(nnx.Module):
             if lengths is None:
                 x = jnp.mean(x, axis=1)
             else:
-                mask = jnp.arange(x.shape[1]) < jnp.asarray(lengths)[:, None]  # (B, L)
+                mask = jnp.arange(x.shape[1]) < lengths[:, None]  # (B, L)
                 count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(x.dtype)
                 x = jnp.einsum("bl,bld->bd", mask.astype(x.dtype), x) / count
         return x @ self.w_head[...]
@@ -100,13 +147,30 @@ class Model(nnx.Module):
         return [block.mixer.init_state(batch) for block in self.blocks]
 
     def step(self, state, token: Array):
-        """One token ``(B,)`` → ``(state, next-token logits (B, V))`` in the recurrent form."""
+        """One token ``(B,)`` → ``(state, next-token logits (B, V))`` in the recurrent form;
+        ``state`` from :meth:`init_state` (one entry per block, batch ``B``) or an earlier step."""
+        token = check_tokens("token", token, self.embed.num_embeddings, ndim=1)
+        self._check_state(state, token.shape[0])
         x = self.embed(token)
         new = []
         for block, s in zip(self.blocks, state, strict=True):
             s, x = block.step(s, x)
             new.append(s)
         return new, self.norm(x) @ self.w_head[...]
+
+    def _check_state(self, state, batch: int) -> None:
+        if not isinstance(state, list | tuple) or len(state) != len(self.blocks):
+            raise ValueError(
+                f"state must be the list of {len(self.blocks)} block states that init_state(batch) "
+                f"returns; got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, list | tuple) else "")
+            )
+        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(state) if getattr(leaf, "ndim", 0)}
+        if sizes != {batch}:
+            raise ValueError(
+                f"state must be for a batch of {batch} (the token's); its arrays have leading "
+                f"sizes {sorted(sizes)}: use init_state({batch})"
+            )
 
 
 def parameter_count(model: nnx.Module) -> int:
