@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_gd import gd, tasks, validate
+from ssm_gd.gd import check_context
 from ssm_gd.layers import GDSSM
 from ssm_gd.tokens import check_task
 
@@ -140,7 +141,7 @@ def evaluate(
 def _check(task, steps, gd_lr, sens_size, max_batch) -> tuple:
     """The checked arguments of :func:`evaluate` and :func:`evaluate_classification`."""
     check_task(task)
-    gd._check_context(task.x, task.y, task.x_query, task.y_query)
+    check_context(task.x, task.y, task.x_query, task.y_query)
     optional = (None if v is None else validate.positive_int(k, v)
                 for k, v in (("sens_size", sens_size), ("max_batch", max_batch)))  # fmt: skip
     return (validate.positive_int("steps", steps), validate.positive_number("gd_lr", gd_lr),
