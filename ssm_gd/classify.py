@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from ssm_gd import construction, gd, metrics, tasks, trainer
+from ssm_gd.config import Config, array_dtype
 
 __all__ = [
     "LOGISTIC_REG_GRID",
@@ -41,7 +42,7 @@ LOGISTIC_TASKS = 1024
 LOGISTIC_REG_GRID = np.logspace(-3, 0, 7)
 
 
-def sample(config, key, batch: int):
+def sample(config: Config, key, batch: int):
     """``batch`` classification tasks as ``config`` says: ``d_out`` classes, ``N(0, I)`` inputs,
     labels ``argmax W x`` (``temperature=0``) or drawn from ``softmax(W x / temperature)``."""
     return tasks.classification(
@@ -52,7 +53,7 @@ def sample(config, key, batch: int):
         n_classes=config.d_out,
         temperature=config.temperature or None,
         w_scale=config.w_scale,
-        dtype=jnp.dtype(config.dtype),
+        dtype=array_dtype(config),
     )
 
 
@@ -81,7 +82,7 @@ def _squared_loss_gd(task, steps: int) -> dict[str, float]:
     }
 
 
-def references(config, eval_task) -> dict[str, Any]:
+def references(config: Config, eval_task) -> dict[str, Any]:
     """The references on ``eval_task`` (module docstring), as plain numbers."""
     args = (eval_task.x, eval_task.y, eval_task.x_query, eval_task.y_query)
     steps = config.n_steps
@@ -117,12 +118,12 @@ def references(config, eval_task) -> dict[str, Any]:
     return refs
 
 
-def classification_task(config, key_eval, *, progress: bool = False):
+def classification_task(config: Config, key_eval, *, progress: bool = False):
     """In-context classification as a :class:`ssm_gd.trainer.Task`, and its references.
 
     Samples the evaluation set (``eval_size`` tasks from ``key_eval``, sharded over the devices),
     computes :func:`references` and the construction the parameter match compares with, and
-    returns ``(task, refs)`` as :func:`ssm_gd.train.regression_task` does.
+    returns ``(task, refs)`` as :func:`ssm_gd.regression.regression_task` does.
     """
     trainer.say(progress, f"sampling the evaluation set ({config.eval_size} tasks), the references")
     eval_task = jax.device_put(sample(config, key_eval, config.eval_size), trainer.batch_sharding())
@@ -141,7 +142,7 @@ def classification_task(config, key_eval, *, progress: bool = False):
         steps=config.n_steps,
         impl=config.impl,
         minibatch=config.minibatch,
-        dtype=jnp.dtype(config.dtype),
+        dtype=array_dtype(config),
     )
     sens_size = min(config.sens_size, config.eval_size)
 
@@ -191,3 +192,7 @@ def summary(final: dict[str, Any], refs: dict[str, Any]) -> dict[str, Any]:
     keys = ("val_loss", "accuracy", "gd_loss", "gd_accuracy", "loss_ratio", "preds_diff",
             "model_diff", "model_cos", "param_match_error", "param_match")  # fmt: skip
     return {**{k: final[k] for k in keys}, **{k: v for k, v in refs.items() if k != "constructed"}}
+
+
+#: The task-kind interface :func:`ssm_gd.train.task_kind` relies on: ``sample``, ``task``, ``summary``.
+task = classification_task

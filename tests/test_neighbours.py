@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssm_gd import gd, neighbours, tasks, train
+from ssm_gd import gd, neighbours, regression, tasks, train
 from ssm_gd.tokens import Tokens
 
 EPS64 = np.finfo(np.float64).eps
@@ -302,7 +302,7 @@ def test_gdssm_with_a_matrix_query_map_matches_the_preconditioned_construction()
     )
     gamma = train.reference_preconditioner(config, 1.0)
     refs = {"pgd_gamma": gamma}
-    model = train._construction(config, 1.0, refs)
+    model = regression._construction(config, 1.0, refs)
     t = train.sample(config, jax.random.key(0), 32)
     want = gd.preconditioned_predict(t.x, t.y, t.x_query, gamma=gamma)
     # The construction runs in float32 (the config's dtype): ~1e-6 relative.
