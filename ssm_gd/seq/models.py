@@ -33,32 +33,34 @@ def check_tokens(name: str, tokens, vocab: int, *, ndim: int) -> Array:
     """``tokens`` as an integer array of ``ndim`` axes whose ids lie in ``[0, vocab)``.
 
     Out-of-range ids would be read silently otherwise (an id ``≥ vocab`` embeds as NaN, a negative
-    one wraps around to the end of the table): the values are checked when they are concrete;
-    a traced array (inside ``jit``) has its dtype and shape checked only.
+    one wraps around to the end of the table): the values are checked, on the host, whenever they
+    are concrete (constants of a traced program too); a tracer has its dtype and shape checked.
     """
-    array = jnp.asarray(tokens)
+    traced = validate.is_traced(tokens)
+    array = tokens if traced else np.asarray(tokens)
     if array.ndim != ndim or not jnp.issubdtype(array.dtype, jnp.integer):
         shape = "(B, L)" if ndim == 2 else "(B,)"
         raise ValueError(
             f"{name} must be integer token ids {shape}; got {array.dtype} {array.shape}"
         )
-    if not validate.is_traced(array) and array.size:
-        low, high = int(jnp.min(array)), int(jnp.max(array))
+    if not traced and array.size:
+        low, high = int(array.min()), int(array.max())
         if low < 0 or high >= vocab:
             raise ValueError(
                 f"{name} must hold token ids in [0, vocab={vocab}); got ids in [{low}, {high}]"
             )
-    return array
+    return jnp.asarray(tokens)
 
 
 def check_lengths(lengths, batch: int, length: int) -> Array:
-    """``lengths`` ``(B,)`` of whole numbers in ``[1, L]`` (checked when concrete)."""
-    array = jnp.asarray(lengths)
-    if array.shape != (batch,):
-        raise ValueError(f"lengths must have shape (B,) = ({batch},); got {array.shape}")
-    if validate.is_traced(array):
-        return array
-    values = np.asarray(array, np.float64)
+    """``lengths`` ``(B,)`` of whole numbers in ``[1, L]`` (values checked when concrete)."""
+    traced = validate.is_traced(lengths)
+    shape = lengths.shape if traced else np.shape(lengths)
+    if shape != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = ({batch},); got {shape}")
+    if traced:
+        return lengths
+    values = np.asarray(lengths, np.float64)
     if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
         raise ValueError(f"lengths must be whole numbers in [1, L={length}]; got {values.tolist()}")
     if values.min() < 1 or values.max() > length:
@@ -66,7 +68,7 @@ def check_lengths(lengths, batch: int, length: int) -> Array:
             f"lengths must be in [1, L={length}] (each row's unpadded positions); got values in "
             f"[{values.min():g}, {values.max():g}]"
         )
-    return array.astype(jnp.int32)
+    return jnp.asarray(values, jnp.int32)
 
 
 class Block(nnx.Module):
