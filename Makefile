@@ -18,14 +18,16 @@ $(STAMP): pyproject.toml
 test: install
 	JAX_PLATFORMS=cpu $(PY) -m pytest
 
-# Every experiment, then results/REPORT.md (experiments/reproduce.py); QUICK=1: smoke size.
+# Every experiment, then results/REPORT.md (experiments/reproduce.py); QUICK=1: a small size, in
+# results/quick/ (never over the committed results).
 reproduce: install
-	$(PY) -m experiments.reproduce --results results $(if $(QUICK),--quick)
+	$(PY) -m experiments.reproduce $(if $(QUICK),--quick)
 
 # MQAR, ListOps and language modelling over every mixer, then results/REPORT-general.md
-# (experiments/general.py); QUICK=1: smoke size; ACCELERATOR=1: the published sizes (GPU/TPU).
+# (experiments/general.py); QUICK=1: a small size, in results/quick/; ACCELERATOR=1: the published
+# sizes (GPU/TPU).
 reproduce-general: install
-	$(PY) -m experiments.general --results results $(if $(QUICK),--quick)$(if $(ACCELERATOR), --accelerator)
+	$(PY) -m experiments.general $(if $(QUICK),--quick)$(if $(ACCELERATOR),--accelerator)
 
 lint: install
 	$(VENV)/bin/ruff check ssm_gd experiments tests

@@ -1,4 +1,13 @@
-"""Command-line helpers shared by the experiments."""
+"""The experiments' shared harness: command lines, output folders, runs and sweeps.
+
+The paper's experiments use :func:`writable_folder`, :func:`grid_runs` and :func:`base_config`.
+The sequence experiments (``mqar``, ``listops``, ``lm``) share one command line
+(:func:`experiment_parser`: a flag per settings field, ``--out``, ``--quick``, ``--sweep``,
+``--mixers``, ``--resume``, ``--no-progress``), one rule for output folders (:func:`output_folder`:
+a ``--quick`` run never writes over full-size results), one check of the settings
+(:func:`check_settings`) and one loop over runs (:func:`run_all`: a sweep reads back the runs an
+earlier call finished with the same settings).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +16,28 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
+
+from ssm_gd import flags, validate
 
 __all__ = [
+    "QUICK_ROOT",
     "base_config",
+    "check_settings",
+    "experiment_parser",
     "finished_run",
     "given_settings",
     "grid_runs",
+    "output_folder",
+    "run_all",
     "settings_flags",
+    "sweep_runs",
     "writable_folder",
+    "write_summary",
 ]
+
+#: Where ``--quick`` runs write by default: apart from the committed full-size results.
+QUICK_ROOT = pathlib.Path("results") / "quick"
 
 
 def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") -> pathlib.Path:
@@ -36,26 +58,108 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
     return folder
 
 
-def settings_flags(parser, settings_class, *, types=None, helps=None, choices=None) -> None:
+def settings_flags(parser, settings_class, *, helps=None, choices=None) -> None:
     """A flag per field of the dataclass ``settings_class`` (``--seq-len`` for ``seq_len``;
     ``train_steps`` also as ``--steps``), each defaulting to ``None`` so that
-    :func:`given_settings` tells what was given. ``types``: the types of the fields whose default
-    is ``None``; ``helps`` and ``choices``: per field."""
-    defaults = settings_class()
-    types, helps, choices = types or {}, helps or {}, choices or {}
-    for field in dataclasses.fields(settings_class):
-        flag = "--" + field.name.replace("_", "-")
-        names = (flag, "--steps") if field.name == "train_steps" else (flag,)
-        default = getattr(defaults, field.name)
-        parser.add_argument(*names, type=types.get(field.name, type(default)), default=None,
-                            choices=choices.get(field.name),
-                            help=f"{helps.get(field.name, '')} (default {default})".lstrip())  # fmt: skip
+    :func:`given_settings` tells what was given (:func:`ssm_gd.flags.add_flags`)."""
+    flags.add_flags(parser, settings_class, helps=helps, choices=choices,
+                    aliases={"train_steps": ("--steps",)}, unset=True)  # fmt: skip
 
 
 def given_settings(args, settings_class) -> dict:
     """The fields of ``settings_class`` given on the command line (:func:`settings_flags`)."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)}
-    return {k: v for k, v in given.items() if v is not None}
+    return flags.given(args, settings_class)
+
+
+def experiment_parser(description: str, settings_class, *, helps=None, choices=None):
+    """The command line of a sequence experiment: a flag per field of ``settings_class`` and
+    ``--out``, ``--quick``, ``--sweep``, ``--mixers`` (the sweep's mixers), ``--resume`` and
+    ``--no-progress``."""
+    parser = argparse.ArgumentParser(description=description)
+    settings_flags(parser, settings_class, helps=helps, choices=choices)
+    parser.add_argument("--out", default=None,
+                        help="output folder (default results/<name>; with --quick "
+                             "results/quick/<name>)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="a smoke size (seconds to minutes)")
+    parser.add_argument("--sweep", action="store_true", help="every mixer (--mixer is not used)")
+    parser.add_argument("--mixers", nargs="+", default=None, metavar="MIXER",
+                        choices=(choices or {}).get("mixer"),
+                        help="the mixers of a sweep (default: every mixer)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run(s) in --out from their checkpoints")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def output_folder(parser, args, name: str) -> pathlib.Path:
+    """The run's folder, checked before any work: ``--out``, or ``results/<name>``
+    (``results/quick/<name>`` with ``--quick``). A ``--quick`` run never writes over full-size
+    results: a folder whose ``summary.json`` is not a quick run's is refused, with the reason."""
+    default = (QUICK_ROOT if args.quick else pathlib.Path("results")) / name
+    out = pathlib.Path(args.out) if args.out is not None else default
+    if args.quick:
+        try:
+            summary = json.loads((out / "summary.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
+            summary = None
+        if summary is not None and summary.get("quick") is not True:
+            parser.error(
+                f"--out {str(out)!r} holds full-size results (its summary.json is not a --quick "
+                f"run's): a --quick run writes elsewhere (default {str(default)!r})"
+            )
+    return writable_folder(parser, out)
+
+
+def check_settings(parser, settings, *, spellings=None) -> None:
+    """Every number of ``settings`` (a dataclass) checked before any work, as an ``error:`` line
+    that names the flag: integers positive (``seed``: non-negative), floats finite and positive
+    (``temperature``: non-negative); ``None`` (unset) passes. ``spellings``: a field's flag where
+    it is not ``--field-name``."""
+    spellings = spellings or {}
+    for name, value in dataclasses.asdict(settings).items():
+        if value is None or isinstance(value, str | bool):
+            continue
+        check = (validate.non_negative_int if name == "seed" else validate.positive_int
+                 if isinstance(value, int) else validate.non_negative_number
+                 if name == "temperature" else validate.positive_number)  # fmt: skip
+        try:
+            check(name, value)
+        except (ValueError, TypeError) as error:
+            flag = spellings.get(name, flags.flag(name))
+            parser.error(str(error).replace(name, flag, 1))
+
+
+def sweep_runs(settings, out: pathlib.Path, mixers, *, folder=lambda s: s.mixer):
+    """``(settings, folder)`` of each mixer of a sweep: ``settings`` with ``mixer`` replaced, in
+    ``out / folder(settings)``."""
+    runs = [dataclasses.replace(settings, mixer=m) for m in mixers]
+    return [(s, out / folder(s)) for s in runs]
+
+
+def run_all(runs, train_one, *, sweep: bool, say) -> list[dict]:
+    """Each ``(settings, folder)`` of ``runs`` trained by ``train_one(settings, folder)``, or, in a
+    sweep, read back from ``folder/summary.json`` when an earlier call finished it with the same
+    settings (:func:`finished_run`); ``say(settings, result)`` prints a line per run."""
+    from ssm_gd.checkpoints import ResumeError  # imported here: this module stays light
+
+    results = []
+    for one, folder in runs:
+        r = finished_run(folder, one) if sweep else None
+        if r is None:
+            try:
+                r = train_one(one, folder)
+            except ResumeError as error:  # one line, exit status 1: not a traceback
+                sys.exit(f"error: --resume: {error}")
+            if sweep:
+                write_summary(folder, r)
+        results.append(r)
+        say(one, r)
+    return results
+
+
+def write_summary(folder: pathlib.Path, summary: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def finished_run(folder: pathlib.Path, settings) -> dict | None:
@@ -81,19 +185,19 @@ def grid_runs(description: str, out: str, argv=None):
 
 
 def base_config(parser, args, base: dict, quick: dict, variants=({},)):
-    """The :class:`ssm_gd.train.Config` every run starts from: ``base``, with ``quick`` on top for
+    """The :class:`ssm_gd.config.Config` every run starts from: ``base``, with ``quick`` on top for
     ``--quick``, ``--train-steps`` and ``--seed``; it and each of ``variants`` (the fields a run
     changes) are checked now, so a bad flag ends the program before the first run."""
-    from ssm_gd import train  # the experiments' own import; this module stays light
+    from ssm_gd import config as run_config  # the experiments' own import; this module stays light
 
     fields = {**base, **(quick if args.quick else {}), "seed": args.seed}
     if args.train_steps is not None:
         fields["train_steps"] = args.train_steps
         fields["eval_every"] = min(fields["eval_every"], args.train_steps)
     try:
-        config = train.Config(**fields)
+        config = run_config.Config(**fields)
         for variant in variants:
             dataclasses.replace(config, **variant)
     except (ValueError, TypeError) as error:
-        parser.error(train._with_flags(str(error)))
+        parser.error(run_config.with_flags(str(error)))
     return config

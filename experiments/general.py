@@ -21,21 +21,31 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import sys
 import time
 
 from experiments import listops, lm, mqar
 
+#: The mixers of a smoke run (the test suite's size): one recurrent, one attention.
+SMOKE_MIXERS = ("linear_attention", "attention")
 # name: (entry point, {size: its flags}), each run with --sweep --no-progress --out <results>/<name>
 EXPERIMENTS = {
     "mqar": (mqar.main, {
         "CPU": ["--d-model", "64"],
         "quick": ["--quick", "--d-model", "16"],
+        "smoke": ["--quick", "--d-model", "16", "--steps", "2", "--eval-every", "1",
+                  "--eval-size", "8", "--mixers", *SMOKE_MIXERS],
         "accelerator": ["--n-kv", "4", "--vocab", "128", "--steps", "5000"],
     }),
-    "listops": (listops.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--lra"]}),
+    "listops": (listops.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--lra"],
+                               "smoke": ["--quick", "--steps", "2", "--eval-every", "1",
+                                         "--n-train", "40", "--n-test", "10",
+                                         "--mixers", *SMOKE_MIXERS]}),
     "lm": (lm.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--params", "1000000", "--context", "256",
-                                                          "--batch-size", "32", "--budget", "900"]}),
+                                                          "--batch-size", "32", "--budget", "900"],
+                     "smoke": ["--quick", "--budget", "0.2", "--eval-every", "1", "--eval-windows", "2",
+                               "--sample-chars", "8", "--max-chars", "5000", "--mixers", *SMOKE_MIXERS]}),
 }  # fmt: skip
 # Each sweep's folder under --results: MQAR's is its own, apart from the full grid's results/mqar.
 FOLDERS = {"mqar": "mqar-general", "listops": "listops", "lm": "lm"}
@@ -93,9 +103,10 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
         "",
         f"`make reproduce-general` ({mode} sizes): this call took {total / 60:.1f} min; its runs, "
         f"each timed when it was trained (a finished run is read back, not trained again), "
-        f"{trained / 60:.1f} min in all. Every mixer has the same data, training steps (the language model: the same "
-        "wall-clock training budget), batch and learning rate within a task; parameters are "
-        "stated beside each number.",
+        f"{trained / 60:.1f} min in all. Every mixer has the same data, training steps, batch and "
+        "learning rate within a task (the language model: the same budget of training seconds, "
+        "turned into each mixer's steps by its rate timed before training; its table gives the "
+        "seconds each mixer trained); parameters are stated beside each number.",
         "",
     ]
     for name in EXPERIMENTS:
@@ -107,16 +118,21 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results", help="folder for every sweep's output")
+    parser.add_argument("--results", default=None,
+                        help="folder for every sweep's output and the report (default results; "
+                             "with --quick or --smoke results/quick)")  # fmt: skip
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="every sweep at smoke size")
+    size.add_argument("--quick", action="store_true", help="every sweep at a small size")
+    size.add_argument("--smoke", action="store_true",
+                      help="the test suite's size: two mixers, a handful of steps")  # fmt: skip
     size.add_argument("--accelerator", action="store_true", help="the published sizes (GPU/TPU)")
     parser.add_argument("--only", nargs="+", default=None, choices=list(EXPERIMENTS),
                         metavar="NAME", help=f"a subset of {list(EXPERIMENTS)}")  # fmt: skip
     args = parser.parse_args(argv)
+    mode = ("quick" if args.quick else "smoke" if args.smoke else "accelerator"
+            if args.accelerator else "CPU")  # fmt: skip
+    results = _results_folder(parser, args.results, mode)
     sys.stdout.reconfigure(line_buffering=True)
-    results = pathlib.Path(args.results)
-    mode = "quick" if args.quick else "accelerator" if args.accelerator else "CPU"
     seconds = {}
     for name in args.only or list(EXPERIMENTS):
         entry, sizes = EXPERIMENTS[name]
@@ -128,6 +144,31 @@ def main(argv=None):
     print("\n" + "  ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))
     print(f"wrote {path} ({sum(seconds.values()) / 60:.1f} min)")
     return seconds
+
+
+def _results_folder(parser, given, mode: str) -> pathlib.Path:
+    """``--results`` checked before any sweep: a writable folder (an ``error:`` naming
+    ``--results`` otherwise), and never one whose report is of another size: a quick or smoke
+    call does not write over full-size results, nor a full-size call over smoke-size ones."""
+    small = mode in ("quick", "smoke")
+    results = pathlib.Path(given or ("results/quick" if small else "results"))
+    if results.exists() and not results.is_dir():
+        parser.error(f"--results {str(results)!r} is not a folder")
+    report = results / "REPORT-general.md"
+    if report.exists():
+        sizes = re.search(r"\(([a-zA-Z]+) sizes\)", report.read_text())
+        found = sizes.group(1) if sizes else "CPU"
+        if (found in ("quick", "smoke")) != small:
+            parser.error(
+                f"--results {str(results)!r} holds a report of {found} sizes; a {mode}-size call "
+                f"writes elsewhere (the default for it: "
+                f"{'results/quick' if small else 'results'})"
+            )
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--results {str(results)!r} is not a writable folder: {error.strerror}")
+    return results
 
 
 if __name__ == "__main__":

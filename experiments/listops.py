@@ -32,9 +32,7 @@ parameters, 30 steps.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 
 import jax
@@ -45,7 +43,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ssm_gd import plots, trainer
+from ssm_gd import flags, optim, plots, trainer
 from ssm_gd.seq import listops, mixers, models
 
 ANCHORS = (  # LRA test accuracy at LRA's settings (max_depth 10, max_args 10, 500–2,000 tokens)
@@ -80,18 +78,14 @@ class Settings:
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.settings_flags(parser, Settings, choices={"mixer": mixers.CHOICES})
-    parser.add_argument("--out", default="results/listops", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smoke size (seconds)")
+    parser = cli.experiment_parser(__doc__.splitlines()[0], Settings,
+                                   choices={"mixer": mixers.CHOICES})  # fmt: skip
     parser.add_argument("--lra", action="store_true",
                         help="LRA's data settings: depth 10, 10 arguments, 500-2000 tokens")  # fmt: skip
-    parser.add_argument("--sweep", action="store_true", help="every mixer (--mixer is not used)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.quick and args.lra:
         parser.error("--quick and --lra are two sizes; give one")
-    out = cli.writable_folder(parser, args.out)
+    out = cli.output_folder(parser, args, "listops")
     given = cli.given_settings(args, Settings)
     size = QUICK if args.quick else LRA if args.lra else {}
     settings = dataclasses.replace(Settings(), **{**size, **given})
@@ -100,19 +94,12 @@ def parse(argv=None):
 
 
 def _check(parser, s: Settings):
-    for name, value in dataclasses.asdict(s).items():
-        if isinstance(value, int) and name != "seed" and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
-    if s.seed < 0:
-        parser.error(f"--seed must be a non-negative integer; got {s.seed}")
-    if not s.lr > 0:
-        parser.error(f"--lr must be positive; got {s.lr}")
+    cli.check_settings(parser, s)
     try:  # the generator's own checks (bounds, depth, arguments), on one expression
         listops.dataset(1, seed=0, **_data_kwargs(s))
     except ValueError as error:
-        parser.error(str(error).replace("max_length", "--max-length")
-                     .replace("min_length", "--min-length").replace("max_depth", "--max-depth")
-                     .replace("max_args", "--max-args"))  # fmt: skip
+        parser.error(flags.with_flags(str(error), ["max_length", "min_length", "max_depth",
+                                                   "max_args"]))  # fmt: skip
 
 
 def _data_kwargs(s: Settings) -> dict:
@@ -126,9 +113,10 @@ def classify_loss(logits, labels):
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def run(settings: Settings, out, progress: bool = True, data=None) -> dict:
-    """Train one classifier; return (and write under ``out``) its summary. ``data``: the
-    ``(train, test)`` sets of :func:`ssm_gd.seq.listops.splits` for these settings, if already drawn."""
+def run(settings: Settings, out, progress: bool = True, data=None, resume: bool = False) -> dict:
+    """Train one classifier (``resume``: continue the run in ``out``); return its summary.
+    ``data``: the ``(train, test)`` sets of :func:`ssm_gd.seq.listops.splits` for these settings,
+    if already drawn."""
     s = settings
     t0 = time.perf_counter()
     train_set, test_set = data or listops.splits(s.n_train, s.n_test, seed=s.seed,
@@ -168,13 +156,12 @@ def run(settings: Settings, out, progress: bool = True, data=None) -> dict:
 
     task = trainer.Task(sample=sample, loss=loss, evaluate=evaluate_row,
                         postfix=lambda row: {"acc": f"{row['accuracy']:.3f}"})  # fmt: skip
-    schedule = optax.warmup_cosine_decay_schedule(0.0, s.lr, min(100, s.train_steps // 10),
-                                                  s.train_steps)  # fmt: skip
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.1))
+    optimizer = optim.adamw(s.lr, s.train_steps, warmup=min(100, s.train_steps // 10),
+                            weight_decay=0.1)  # fmt: skip
     fitted = trainer.fit(
         model, optimizer, task, train_steps=s.train_steps, batch_size=s.batch_size,
         eval_every=min(s.eval_every, s.train_steps), key=jax.random.key(s.seed + 2), out=out,
-        config=dataclasses.asdict(s), progress=progress,
+        config=dataclasses.asdict(s), progress=progress, resume=resume,
     )  # fmt: skip
     counts = np.bincount(test_set.labels, minlength=N_CLASSES)
     train_majority = int(np.argmax(np.bincount(train_set.labels, minlength=N_CLASSES)))
@@ -243,22 +230,21 @@ def table(results) -> str:
 def main(argv=None):
     args, out, settings = parse(argv)
     start = time.perf_counter()
-    if not args.sweep:
-        runs = [(settings, out)]
-    else:
-        runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in mixers.MIXERS]
-    results, data = [], None
-    for one, folder in runs:
-        r = cli.finished_run(folder, one) if args.sweep else None
-        if r is None:
-            if data is None:
-                data = listops.splits(one.n_train, one.n_test, seed=one.seed, **_data_kwargs(one))
-            r = run(one, folder, progress=not args.no_progress, data=data)
-            if args.sweep:
-                (folder / "summary.json").write_text(json.dumps(r, indent=2))
-        results.append(r)
+    runs = (cli.sweep_runs(settings, out, args.mixers or mixers.MIXERS) if args.sweep
+            else [(settings, out)])  # fmt: skip
+    data = []  # drawn once, for the first run that trains: every mixer sees the same sets
+
+    def train_one(one, folder):
+        if not data:
+            data.append(listops.splits(one.n_train, one.n_test, seed=one.seed,
+                                       **_data_kwargs(one)))  # fmt: skip
+        return run(one, folder, progress=not args.no_progress, data=data[0], resume=args.resume)
+
+    def say(one, r):
         print(f"{one.mixer}: test accuracy {r['accuracy']:.3f} (train {r['train_accuracy']:.3f}), "
               f"{r['params']:,} params, {r['steps_per_second']:.1f} steps/s", flush=True)  # fmt: skip
+
+    results = cli.run_all(runs, train_one, sweep=args.sweep, say=say)
     wall = time.perf_counter() - start
     figure(results, out / "accuracy.png")
     if args.sweep:
@@ -267,7 +253,7 @@ def main(argv=None):
                    "table": "table.md", "anchors": dict(ANCHORS)}  # fmt: skip
     else:
         summary = {**results[0], "wall_seconds": wall, "figures": ["accuracy.png"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    cli.write_summary(out, {**summary, "quick": args.quick})
     print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
     return summary
 

@@ -63,10 +63,10 @@ mixer, an evaluation every 100 steps).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
+import pathlib
 import re
 import time
 
@@ -78,7 +78,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ssm_gd import plots, trainer
+from ssm_gd import checkpoints, optim, plots, trainer
 from ssm_gd.seq import mixers, models, text
 from ssm_gd.seq.generate import generate
 
@@ -115,7 +115,6 @@ class Settings:
     seed: int = 0
 
 
-_TYPES = dict(text=str, max_chars=int, budget=float)  # the fields whose default is None
 _HELP = dict(
     text="a UTF-8 text file (default: the Python standard library's sources, split by file)",
     max_chars="cap each part of the standard library corpus at this many characters",
@@ -127,22 +126,12 @@ _HELP = dict(
 )
 
 
-def _flag(name: str) -> str:
-    return "--steps" if name == "train_steps" else "--" + name.replace("_", "-")
-
-
 def parse(argv=None):
     """``(args, out folder, settings, corpus)``; every flag and the corpus checked, nothing built."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.settings_flags(parser, Settings, types=_TYPES, helps=_HELP,
-                       choices={"mixer": mixers.CHOICES})  # fmt: skip
-    parser.add_argument("--out", default="results/lm", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smoke size (a run: seconds)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="every mixer, the same budget (--mixer is not used)")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser = cli.experiment_parser(__doc__.splitlines()[0], Settings, helps=_HELP,
+                                   choices={"mixer": mixers.CHOICES})  # fmt: skip
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)
+    out = cli.output_folder(parser, args, "lm")
     given = cli.given_settings(args, Settings)
     if "train_steps" in given and "budget" in given:
         parser.error("--steps and --budget: give one of them, not both")
@@ -159,24 +148,12 @@ def parse(argv=None):
     if "text" in given:
         fields["max_chars"] = None
     settings = dataclasses.replace(Settings(), **fields)
-    _check(parser, settings)
-    return args, out, settings, load_corpus(parser, settings)
-
-
-def _check(parser, s: Settings) -> None:
-    for name, value in dataclasses.asdict(s).items():
-        if isinstance(value, int) and name != "seed" and value <= 0:
-            parser.error(f"{_flag(name)} must be a positive integer; got {value}")
-    for name in ("lr", "budget"):
-        value = getattr(s, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            parser.error(f"--{name} must be a positive number; got {value}")
-    if not (math.isfinite(s.temperature) and s.temperature >= 0):
-        parser.error(f"--temperature must be a number >= 0; got {s.temperature}")
+    cli.check_settings(parser, settings, spellings={"train_steps": "--steps"})
     try:
-        trainer.check_divisible(batch_size=s.batch_size)
+        trainer.check_divisible(batch_size=settings.batch_size)
     except ValueError as error:
         parser.error(str(error).replace("batch_size", "--batch-size"))
+    return args, out, settings, load_corpus(parser, settings)
 
 
 def load_corpus(parser, s: Settings) -> text.Corpus:
@@ -201,9 +178,19 @@ def load_corpus(parser, s: Settings) -> text.Corpus:
 
 def optimizer(s: Settings, train_steps: int) -> optax.GradientTransformation:
     """AdamW (weight decay 0.1, gradients clipped at norm 1), warmup then cosine to 0."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, s.lr, min(100, train_steps // 10),
-                                                  train_steps)  # fmt: skip
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.1))
+    return optim.adamw(s.lr, train_steps, warmup=min(100, train_steps // 10), weight_decay=0.1)
+
+
+def _stored_steps(out) -> int:
+    """The step count an interrupted budget run in ``out`` was given (its ``config.json``)."""
+    try:
+        return int(
+            json.loads((pathlib.Path(out) / "config.json").read_text())["resolved_train_steps"]
+        )
+    except (OSError, KeyError, ValueError) as error:
+        raise checkpoints.ResumeError(
+            f"{out} holds no budget run to resume (config.json without its step count: {error})"
+        ) from error
 
 
 def calibrate(model, task: trainer.Task, s: Settings, key) -> dict:
@@ -257,9 +244,11 @@ def sample_text(model, corpus: text.Corpus, s: Settings) -> tuple[str, str]:
     return text.decode(prompt, corpus.chars), text.decode(sample, corpus.chars)
 
 
-def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True) -> dict:
+def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
+        resume: bool = False) -> dict:  # fmt: skip
     """Train one model (under ``out``: fit's files, ``curve.png``, ``samples.txt``); return its
-    summary."""
+    summary. ``resume``: continue the run in ``out``; a budget run keeps the step count its first
+    calibration set (``config.json``), so the resumed run is the interrupted one."""
     start = time.perf_counter()
     s = settings
     d_model = models.match_d_model(s.mixer, s.params, vocab=corpus.vocab, n_layers=s.n_layers,
@@ -286,7 +275,9 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True) -> 
     key = jax.random.key(s.seed + 2)
     calibration = {"steps_per_second": None, "seconds": None}
     train_steps = s.train_steps
-    if s.budget is not None:
+    if s.budget is not None and resume:
+        train_steps = _stored_steps(out)
+    elif s.budget is not None:
         trainer.say(progress, f"{s.mixer}: compiling and timing the training step")
         calibration = calibrate(model, task, s, key)
         train_steps = budget_steps(s.budget, calibration["steps_per_second"], s.eval_every)
@@ -295,7 +286,8 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True) -> 
     fitted = trainer.fit(
         model, optimizer(s, train_steps), task, train_steps=train_steps, batch_size=s.batch_size,
         eval_every=min(s.eval_every, train_steps), key=key, out=out,
-        config=dataclasses.asdict(s), progress=progress,
+        config={**dataclasses.asdict(s), "resolved_train_steps": train_steps}, progress=progress,
+        resume=resume,
     )  # fmt: skip
     rate = fitted.train_steps_per_second
     if calibration["steps_per_second"] is not None and train_steps <= s.eval_every:
@@ -367,8 +359,10 @@ def figure(results, path):
 
 def _budget_words(s: dict) -> str:
     if s["budget"] is not None:
-        return (f"{s['budget']:g} seconds of training for every mixer (steps = budget × its "
-                f"measured steps/s; compilation and evaluation not counted)")  # fmt: skip
+        return (f"a budget of {s['budget']:g} seconds of training for every mixer, turned into "
+                f"steps by the rate timed before training (compilation and evaluation not "
+                f"counted); the seconds each mixer then trained differ from the budget as its "
+                f"rate in training differs from the timed one")  # fmt: skip
     return f"{s['train_steps']} steps for every mixer"
 
 
@@ -384,12 +378,15 @@ def table(results) -> str:
         f"{_budget_words(s)}; bits per character on {first['corpus']['eval_chars']:,} held-out "
         f"characters:",
         "",
-        "| mixer | held-out bpc | parameters | d_model | steps | steps/s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| mixer | held-out bpc | parameters | d_model | steps | seconds of training | "
+        "steps/s in training | steps/s timed before (set the steps) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
+        timed = r.get("calibrated_steps_per_second")
         lines.append(f"| {r['mixer']} | {r['bpc']:.3f} | {r['params']:,} | {r['d_model']} | "
-                     f"{r['train_steps']:,} | {r['steps_per_second']:.2f} |")  # fmt: skip
+                     f"{r['train_steps']:,} | {r['train_seconds']:.1f} | "
+                     f"{r['steps_per_second']:.2f} | {'–' if timed is None else f'{timed:.2f}'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -418,22 +415,18 @@ def samples_markdown(results) -> str:
 def main(argv=None):
     args, out, settings, corpus = parse(argv)
     start = time.perf_counter()
-    if not args.sweep:
-        runs = [(settings, out)]
-    else:
-        runs = [(dataclasses.replace(settings, mixer=m), out / m) for m in mixers.MIXERS]
-    results = []
-    for one, folder in runs:
-        r = cli.finished_run(folder, one) if args.sweep else None
-        if r is None:
-            r = run(one, corpus, folder, progress=not args.no_progress)
-            if args.sweep:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "summary.json").write_text(json.dumps(r, indent=2))
-        results.append(r)
+    runs = (cli.sweep_runs(settings, out, args.mixers or mixers.MIXERS) if args.sweep
+            else [(settings, out)])  # fmt: skip
+
+    def say(one, r):
         print(f"{one.mixer}: held-out {r['bpc']:.3f} bits per character, {r['params']:,} params "
-              f"(d_model {r['d_model']}), {r['train_steps']} steps, {r['steps_per_second']:.2f} "
-              f"steps/s", flush=True)  # fmt: skip
+              f"(d_model {r['d_model']}), {r['train_steps']} steps in {r['train_seconds']:.1f} s "
+              f"of training", flush=True)  # fmt: skip
+
+    results = cli.run_all(
+        runs, lambda one, folder: run(one, corpus, folder, not args.no_progress, args.resume),
+        sweep=args.sweep, say=say,
+    )  # fmt: skip
     wall = time.perf_counter() - start
     if args.sweep:
         summary = {"runs": results, "wall_seconds": wall, "figures": ["curves.png"],
@@ -443,7 +436,7 @@ def main(argv=None):
         figure(results, out / "curves.png")
     else:
         summary = {**results[0], "wall_seconds": wall, "figures": ["curve.png"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    cli.write_summary(out, {**summary, "quick": args.quick})
     print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
     return summary
 

@@ -22,18 +22,15 @@ read, not retrained, so a stopped sweep continues. The sweep writes ``table.md``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 
 import jax
-import optax
 from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ssm_gd import plots, trainer
+from ssm_gd import flags, optim, plots, trainer
 from ssm_gd.seq import mixers, models
 from ssm_gd.seq.mqar import mqar, recall_loss
 
@@ -63,15 +60,10 @@ class Settings:
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.settings_flags(parser, Settings, choices={"mixer": mixers.CHOICES})
-    parser.add_argument("--out", default="results/mqar", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smoke size (a run: under a minute)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="every mixer over the grid of L and d_model (--mixer is not used)")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser = cli.experiment_parser(__doc__.splitlines()[0], Settings,
+                                   choices={"mixer": mixers.CHOICES})  # fmt: skip
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)
+    out = cli.output_folder(parser, args, "mqar")
     given = cli.given_settings(args, Settings)
     grid = {}
     if args.sweep:
@@ -95,11 +87,7 @@ def parse(argv=None):
 
 
 def _check(parser, settings):
-    for name, value in dataclasses.asdict(settings).items():
-        if isinstance(value, int) and name != "seed" and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
-    if not settings.lr > 0:
-        parser.error(f"--lr must be positive; got {settings.lr}")
+    cli.check_settings(parser, settings)
     if settings.d_model % (2 * settings.n_heads):
         parser.error(
             f"--d-model must be a multiple of 2 × --n-heads (attention's rotary pairs); got "
@@ -107,13 +95,13 @@ def _check(parser, settings):
         )
     try:  # the sampler's own checks (vocabulary, room for the queries), before any work
         mqar(jax.random.key(0), batch=1, seq_len=settings.seq_len, n_kv=settings.n_kv,
-                   vocab=settings.vocab)  # fmt: skip
+             vocab=settings.vocab)  # fmt: skip
     except ValueError as error:
-        parser.error(str(error).replace("seq_len", "--seq-len").replace("n_kv", "--n-kv"))
+        parser.error(flags.with_flags(str(error), ["seq_len", "n_kv", "vocab"]))
 
 
-def run(settings: Settings, out, progress: bool = True) -> dict:
-    """Train one model; return (and write under ``out``) its summary."""
+def run(settings: Settings, out, progress: bool = True, resume: bool = False) -> dict:
+    """Train one model (``resume``: continue the run in ``out``); return its summary."""
     s = settings
     model = models.Model(s.vocab, s.d_model, s.n_layers, mixer=s.mixer, n_heads=s.n_heads,
                          rngs=nnx.Rngs(s.seed))  # fmt: skip
@@ -137,13 +125,12 @@ def run(settings: Settings, out, progress: bool = True) -> dict:
         evaluate=evaluate_row,
         postfix=lambda row: {"acc": f"{row['accuracy']:.3f}"},
     )
-    schedule = optax.warmup_cosine_decay_schedule(0.0, s.lr, min(100, s.train_steps // 10),
-                                                  s.train_steps)  # fmt: skip
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.1))
+    optimizer = optim.adamw(s.lr, s.train_steps, warmup=min(100, s.train_steps // 10),
+                            weight_decay=0.1)  # fmt: skip
     fitted = trainer.fit(
         model, optimizer, task, train_steps=s.train_steps, batch_size=s.batch_size,
         eval_every=min(s.eval_every, s.train_steps), key=jax.random.key(s.seed + 2), out=out,
-        config=dataclasses.asdict(s), progress=progress,
+        config=dataclasses.asdict(s), progress=progress, resume=resume,
     )  # fmt: skip
     return {
         "mixer": s.mixer,
@@ -187,6 +174,11 @@ def figure(results, path):
     plots.save(fig, path)
 
 
+def _mixers(results) -> list[str]:
+    """The mixers of ``results``, in the order of their first run."""
+    return list(dict.fromkeys(r["mixer"] for r in results))
+
+
 def sweep_figure(results, path):
     """Final accuracy against d_model: a line per mixer, a panel per L."""
     lengths = sorted({r["settings"]["seq_len"] for r in results})
@@ -194,7 +186,7 @@ def sweep_figure(results, path):
     axes = fig.subplots(1, len(lengths), squeeze=False)[0]
     s = results[0]["settings"]
     for ax, length in zip(axes, lengths, strict=True):
-        for mixer in mixers.MIXERS:
+        for mixer in _mixers(results):
             pts = sorted((r["settings"]["d_model"], r["accuracy"]) for r in results
                          if r["mixer"] == mixer and r["settings"]["seq_len"] == length)  # fmt: skip
             ax.plot(*zip(*pts, strict=True), "o-", label=mixer)
@@ -216,13 +208,13 @@ def table(results) -> str:
         f"{s['lr']:g} for every mixer; accuracy on the queries of {s['eval_size']} held-out "
         f"sequences (parameters):",
         "",
-        "| L | d_model | " + " | ".join(mixers.MIXERS) + " |",
-        "| --- | --- |" + " --- |" * len(mixers.MIXERS),
+        "| L | d_model | " + " | ".join(_mixers(results)) + " |",
+        "| --- | --- |" + " --- |" * len(_mixers(results)),
     ]
     points = sorted({(r["settings"]["seq_len"], r["settings"]["d_model"]) for r in results})
     for length, d in points:
         cells = []
-        for mixer in mixers.MIXERS:
+        for mixer in _mixers(results):
             match = [r for r in results if r["mixer"] == mixer
                      and (r["settings"]["seq_len"], r["settings"]["d_model"]) == (length, d)]  # fmt: skip
             cells.append(f"{match[0]['accuracy']:.3f} ({match[0]['params']:,})" if match else "–")
@@ -236,20 +228,19 @@ def main(argv=None):
     if not args.sweep:
         runs = [(settings, out)]
     else:
-        runs = [(dataclasses.replace(settings, seq_len=length, d_model=d, mixer=mixer),
-                 out / f"L{length}-d{d}" / mixer)
-                for length, d in args.grid for mixer in mixers.MIXERS]  # fmt: skip
-    results = []
-    for one, folder in runs:
-        r = cli.finished_run(folder, one) if args.sweep else None
-        if r is None:
-            r = run(one, folder, progress=not args.no_progress)
-            if args.sweep:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "summary.json").write_text(json.dumps(r, indent=2))
-        results.append(r)
+        runs = [pair for length, d in args.grid for pair in cli.sweep_runs(
+            dataclasses.replace(settings, seq_len=length, d_model=d), out,
+            args.mixers or mixers.MIXERS, folder=lambda s: f"L{s.seq_len}-d{s.d_model}/{s.mixer}",
+        )]  # fmt: skip
+
+    def say(one, r):
         print(f"{one.mixer} (L {one.seq_len}, d_model {one.d_model}): accuracy {r['accuracy']:.3f}, "
               f"{r['params']:,} params, {r['steps_per_second']:.1f} steps/s", flush=True)  # fmt: skip
+
+    results = cli.run_all(
+        runs, lambda one, folder: run(one, folder, not args.no_progress, args.resume),
+        sweep=args.sweep, say=say,
+    )  # fmt: skip
     wall = time.perf_counter() - start
     if args.sweep:
         summary = {"runs": results, "wall_seconds": wall,
@@ -260,7 +251,7 @@ def main(argv=None):
     else:
         summary = {**results[0], "wall_seconds": wall, "figures": ["accuracy.png"]}
         figure(results, out / "accuracy.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    cli.write_summary(out, {**summary, "quick": args.quick})
     print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
     return summary
 

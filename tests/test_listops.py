@@ -281,3 +281,12 @@ def test_other_entry_points_reject_bad_arguments():
         listops.splits(5, 0, seed=0)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         listops.split_seeds(-2)
+
+
+def test_a_learning_rate_of_inf_is_refused_by_flag(tmp_path, capsys):
+    from experiments import listops as experiment
+
+    with pytest.raises(SystemExit) as info:
+        experiment.main(["--lr", "inf", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "error: --lr must be a positive finite number" in capsys.readouterr().err

@@ -52,8 +52,8 @@ def test_data_errors_name_the_flag_before_any_model(capsys, tmp_path):
 def test_bad_flags_exit_2(capsys, tmp_path):
     out = ["--out", str(tmp_path)]
     for argv, message in ((["--steps", "10", "--budget", "5"], "--steps and --budget"),
-                          (["--budget", "0"], "--budget must be a positive number"),
-                          (["--lr", "nan"], "--lr must be a positive number"),
+                          (["--budget", "0"], "--budget must be a positive finite number"),
+                          (["--lr", "nan"], "--lr must be a positive finite number"),
                           (["--steps", "0"], "--steps must be a positive integer"),
                           (["--context", "-1"], "--context must be a positive integer"),
                           (["--temperature", "-1"], "--temperature"),
@@ -78,11 +78,14 @@ def test_settings_of_a_budget_and_of_the_sweep(tmp_path):
 def test_sweep_runs_every_mixer_continues_and_tabulates(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(settings, corpus, out, progress=True):  # the sweep's bookkeeping, no training
+    def fake_run(
+        settings, corpus, out, progress=True, resume=False
+    ):  # the sweep's bookkeeping, no training
         calls.append(settings.mixer)
         bpc = 2.0 + 0.1 * len(calls)
         return {"mixer": settings.mixer, "bpc": bpc, "params": 20_000 + len(calls), "d_model": 28,
                 "vocab": corpus.vocab, "train_steps": 300, "steps_per_second": 100.0,
+                "train_seconds": 3.0, "calibrated_steps_per_second": 110.0,
                 "corpus": {"train_chars": len(corpus.train), "eval_chars": 512},
                 "settings": dataclasses.asdict(settings), "prompt": "def f(x):",
                 "sample": "```\n    return x" if settings.mixer == "ssm" else "pass",
@@ -96,8 +99,9 @@ def test_sweep_runs_every_mixer_continues_and_tabulates(tmp_path, monkeypatch):
     assert calls == list(mixers.MIXERS) and len(summary["runs"]) == len(mixers.MIXERS)
     assert all(r["settings"]["budget"] == experiment.QUICK_SWEEP["budget"] for r in summary["runs"])
     table = (tmp_path / "table.md").read_text()
-    assert "| gril | 2.100 | 20,001 | 28 | 300 | 100.00 |" in table
-    assert "3 seconds of training for every mixer" in table
+    # the seconds each mixer trained, its rate in training and the timed rate that set its steps
+    assert "| gril | 2.100 | 20,001 | 28 | 300 | 3.0 | 100.00 | 110.00 |" in table
+    assert "a budget of 3 seconds of training for every mixer" in table
     samples = (tmp_path / "samples.md").read_text()
     assert "## griffin" in samples and "````\n```\n    return x\n````" in samples
     assert (tmp_path / "curves.png").exists()
@@ -105,3 +109,11 @@ def test_sweep_runs_every_mixer_continues_and_tabulates(tmp_path, monkeypatch):
     assert len(calls) == len(mixers.MIXERS)
     experiment.main([*argv, "--steps", "30"])  # new settings: trained again
     assert calls[len(mixers.MIXERS) :] == list(mixers.MIXERS)
+
+
+@pytest.mark.parametrize("flag", ["--lr=inf", "--budget=nan", "--temperature=-1", "--steps=0"])
+def test_numbers_out_of_range_are_refused_by_flag(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        experiment.main([flag, "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert f"error: {flag.split('=')[0]} must be" in capsys.readouterr().err

@@ -3,6 +3,8 @@ sweep's grid, continuation and table."""
 
 import dataclasses
 import json
+import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +79,9 @@ def test_bad_flags_exit_2(capsys, tmp_path):
 def test_sweep_runs_the_grid_continues_and_tabulates(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(settings, out, progress=True):  # the sweep's bookkeeping, without training
+    def fake_run(
+        settings, out, progress=True, resume=False
+    ):  # the sweep's bookkeeping, without training
         calls.append((settings.mixer, settings.seq_len, settings.d_model))
         acc = 0.1 * len(calls)
         return {"mixer": settings.mixer, "accuracy": acc, "val_loss": 1.0, "params": 100 * len(calls),
@@ -98,3 +102,47 @@ def test_sweep_runs_the_grid_continues_and_tabulates(tmp_path, monkeypatch):
     assert len(calls) == len(grid)
     experiment.main([*argv, "--train-steps", "50", "--d-model", "16"])  # new settings: trained
     assert calls[len(grid) :] == [(m, 32, 16) for m in mixers.MIXERS]
+
+
+ARGV = ["--quick", "--mixer", "linear_attention", "--steps", "4", "--eval-every", "2",
+        "--eval-size", "8", "--no-progress"]  # fmt: skip
+
+
+def test_resume_continues_an_interrupted_run_exactly(tmp_path):
+    full = experiment.main([*ARGV, "--out", str(tmp_path / "full")])
+    # An interruption after the step-2 checkpoint: the step-4 checkpoint never got written.
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "4")
+    resumed = experiment.main([*ARGV, "--out", str(tmp_path / "cut"), "--resume"])
+
+    def numbers(history):
+        return [{k: v for k, v in r.items() if k != "elapsed"} for r in history]
+
+    assert numbers(resumed["history"]) == numbers(full["history"])  # exactly
+
+
+def test_resume_without_a_run_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="error: --resume: .*checkpoint"):
+        experiment.main([*ARGV, "--out", str(tmp_path), "--resume"])
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1e-3"])
+def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        experiment.main([f"--lr={value}", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "error: --lr must be a positive finite number" in capsys.readouterr().err
+
+
+def test_quick_runs_write_apart_from_full_size_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args, out, _ = experiment.parse(["--quick"])
+    assert out == pathlib.Path("results/quick/mqar")
+    assert experiment.parse([])[1] == pathlib.Path("results/mqar")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "summary.json").write_text(json.dumps({"accuracy": 0.9, "settings": {}}))
+    with pytest.raises(SystemExit) as info:  # a full-size run's folder: refused, untouched
+        experiment.parse(["--quick", "--out", str(full)])
+    assert info.value.code == 2 and "holds full-size results" in capsys.readouterr().err
+    assert json.loads((full / "summary.json").read_text())["accuracy"] == 0.9
