@@ -343,7 +343,7 @@ def main(argv=None):
     )
     parser.add_argument("--quick", action="store_true", help="N ∈ {10, 100}, d = 10, B = 64")
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
     for name in ("n", "d", "batch"):
         if any(v <= 0 for v in getattr(args, name)):
             parser.error(f"--{name} must be positive integers; got {getattr(args, name)}")

@@ -75,7 +75,7 @@ def parse(argv=None):
         parser.error("--d-model must be a multiple of 2 × --n-heads (attention's rotary pairs)")
     if not args.max_gb > 0:
         parser.error(f"--max-gb must be positive; got {args.max_gb}")
-    return args, cli.writable_folder(parser, args.out)
+    return args, cli.run_folder(parser, args)
 
 
 def _mixer_programs(mixer, args, length):

@@ -29,7 +29,11 @@ __all__ = [
     "given_settings",
     "grid_runs",
     "output_folder",
+    "SMALL_MARK",
+    "report_parser",
+    "results_folder",
     "run_all",
+    "run_folder",
     "settings_flags",
     "sweep_runs",
     "writable_folder",
@@ -56,6 +60,57 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
         reason = error.strerror or str(error)
         parser.error(f"{flag} {str(path)!r} is not a writable folder: {reason}")
     return folder
+
+
+def run_folder(parser, args) -> pathlib.Path:
+    """A paper experiment's ``--out``, checked (:func:`writable_folder`): with ``--quick`` and the
+    default ``results/<name>``, ``results/quick/<name>`` instead (``args.out`` updated), so that a
+    quick run never writes over the committed full-size results."""
+    if getattr(args, "quick", False) and args.out == parser.get_default("out"):
+        args.out = str(QUICK_ROOT / pathlib.Path(args.out).name)
+    return writable_folder(parser, args.out)
+
+
+#: The first line of a small-size call's report (``--quick``, ``--smoke``): a full-size call
+#: never writes over it, nor a small one over a report without it.
+SMALL_MARK = "_A small-size run (`--quick` or `--smoke`): its numbers are not the results._"
+
+
+def report_parser(description: str, names, *, what: str, smoke: str, accelerator: bool = False):
+    """The command line of a call that runs several experiments and writes a report:
+    ``--results``, the sizes (``--quick``, ``--smoke``, optionally ``--accelerator``) and
+    ``--only``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--results", default=None,
+                        help=f"folder for every {what}'s output and the report (default results; "
+                             "with --quick or --smoke results/quick)")  # fmt: skip
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help=f"every {what} at a small size")
+    size.add_argument("--smoke", action="store_true", help=f"the test suite's size: {smoke}")
+    if accelerator:
+        size.add_argument("--accelerator", action="store_true",
+                          help="the published sizes (GPU/TPU)")  # fmt: skip
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help=f"a subset of {list(names)}")  # fmt: skip
+    return parser
+
+
+def results_folder(parser, given, *, small: bool, report: str) -> pathlib.Path:
+    """``--results`` checked before any run: a folder (made if missing), and never one whose
+    ``report`` is of another size (:data:`SMALL_MARK`): a quick or smoke call does not write over
+    the full-size results, nor a full-size call over small ones."""
+    results = pathlib.Path(given or (QUICK_ROOT if small else "results"))
+    if results.exists() and not results.is_dir():
+        parser.error(f"--results {str(results)!r} is not a folder")
+    path = results / report
+    if path.exists() and (SMALL_MARK in path.read_text()) != small:
+        found = "a full-size" if small else "a small-size"
+        parser.error(
+            f"--results {str(results)!r} holds {found} {report}; this call writes elsewhere "
+            f"(the default for it: {str(QUICK_ROOT) if small else 'results'})"
+        )
+    writable_folder(parser, results, "--results")
+    return results
 
 
 def settings_flags(parser, settings_class, *, helps=None, choices=None) -> None:
@@ -181,7 +236,7 @@ def grid_runs(description: str, out: str, argv=None):
     parser.add_argument("--train-steps", type=int, default=None, help="training steps per run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    return parser, args, writable_folder(parser, args.out)  # before any work
+    return parser, args, run_folder(parser, args)  # before any work
 
 
 def base_config(parser, args, base: dict, quick: dict, variants=({},)):

@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=5, help="check K = 1…max-steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
 
     start = time.perf_counter()
     rows = []

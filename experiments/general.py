@@ -18,14 +18,12 @@ or TPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
-import re
 import sys
 import time
 
-from experiments import listops, lm, mqar
+from experiments import cli, listops, lm, mqar
 
 #: The mixers of a smoke run (the test suite's size): one recurrent, one attention.
 SMOKE_MIXERS = ("linear_attention", "attention")
@@ -99,6 +97,7 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
     trained = sum(r.get("wall_seconds", 0.0) for s in summaries if s and "runs" in s
                   for r in s["runs"])  # fmt: skip
     lines = [
+        *([cli.SMALL_MARK, ""] if mode in ("quick", "smoke") else []),
         "# GRIL on general tasks",
         "",
         f"`make reproduce-general` ({mode} sizes): this call took {total / 60:.1f} min; its runs, "
@@ -117,21 +116,16 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default=None,
-                        help="folder for every sweep's output and the report (default results; "
-                             "with --quick or --smoke results/quick)")  # fmt: skip
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="every sweep at a small size")
-    size.add_argument("--smoke", action="store_true",
-                      help="the test suite's size: two mixers, a handful of steps")  # fmt: skip
-    size.add_argument("--accelerator", action="store_true", help="the published sizes (GPU/TPU)")
-    parser.add_argument("--only", nargs="+", default=None, choices=list(EXPERIMENTS),
-                        metavar="NAME", help=f"a subset of {list(EXPERIMENTS)}")  # fmt: skip
+    parser = cli.report_parser(__doc__.splitlines()[0], EXPERIMENTS, what="sweep",
+                               smoke="two mixers, a handful of steps", accelerator=True)  # fmt: skip
     args = parser.parse_args(argv)
     mode = ("quick" if args.quick else "smoke" if args.smoke else "accelerator"
             if args.accelerator else "CPU")  # fmt: skip
-    results = _results_folder(parser, args.results, mode)
+    unknown = [n for n in args.only or () if n not in EXPERIMENTS]
+    if unknown:
+        parser.error(f"--only: unknown sweep(s) {unknown}; choose from {list(EXPERIMENTS)}")
+    results = cli.results_folder(parser, args.results, small=mode in ("quick", "smoke"),
+                                 report="REPORT-general.md")  # fmt: skip
     sys.stdout.reconfigure(line_buffering=True)
     seconds = {}
     for name in args.only or list(EXPERIMENTS):
@@ -144,31 +138,6 @@ def main(argv=None):
     print("\n" + "  ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))
     print(f"wrote {path} ({sum(seconds.values()) / 60:.1f} min)")
     return seconds
-
-
-def _results_folder(parser, given, mode: str) -> pathlib.Path:
-    """``--results`` checked before any sweep: a writable folder (an ``error:`` naming
-    ``--results`` otherwise), and never one whose report is of another size: a quick or smoke
-    call does not write over full-size results, nor a full-size call over smoke-size ones."""
-    small = mode in ("quick", "smoke")
-    results = pathlib.Path(given or ("results/quick" if small else "results"))
-    if results.exists() and not results.is_dir():
-        parser.error(f"--results {str(results)!r} is not a folder")
-    report = results / "REPORT-general.md"
-    if report.exists():
-        sizes = re.search(r"\(([a-zA-Z]+) sizes\)", report.read_text())
-        found = sizes.group(1) if sizes else "CPU"
-        if (found in ("quick", "smoke")) != small:
-            parser.error(
-                f"--results {str(results)!r} holds a report of {found} sizes; a {mode}-size call "
-                f"writes elsewhere (the default for it: "
-                f"{'results/quick' if small else 'results'})"
-            )
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"--results {str(results)!r} is not a writable folder: {error.strerror}")
-    return results
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def parse(argv=None, *, out="results/linear", description=None):
     config, args = train.config_from_args(argv, defaults=defaults, parser=parser)
     if config.task == "classification":  # its figures and references are another experiment's
         parser.error("--task classification is run by python -m experiments.classification")
-    cli.writable_folder(parser, args.out)
+    cli.run_folder(parser, args)
     return config, args
 
 

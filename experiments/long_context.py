@@ -67,7 +67,7 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--out", default="results/long_context")
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
     if args.tokens < 3 or args.d <= 0 or args.batch <= 0 or args.chunk <= 0:
         parser.error(
             "--tokens must be at least 3 and --d, --batch, --chunk positive; got "

@@ -29,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="K ≤ 2, 200 training steps")
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
     if args.max_steps < 1:
         parser.error(f"--max-steps must be a positive integer; got {args.max_steps}")
     base = train.Config(d_out=1, seed=args.seed, eval_size=16_384, sens_size=2048)

@@ -262,7 +262,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
     for name, given, known in (("--models", args.models, MODELS), ("--tasks", args.tasks, TASKS)):
         unknown = [g for g in given if g not in known]
         if unknown:

@@ -146,7 +146,7 @@ def parse(argv=None):
     parser.add_argument("--quick", action="store_true", help="300 steps (flags win)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
     if args.train_steps is None:
         args.train_steps = 300 if args.quick else 3000
     for name in ("n_context", "features", "train_steps", "batch_size", "eval_every"):

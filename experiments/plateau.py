@@ -37,7 +37,7 @@ def main(argv=None):
         "--lr", type=float, default=None, help="peak learning rate (default: Config's)"
     )
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
     seeds = 1 if args.quick else args.seeds
     # Leaving the plateau happens in the first few hundred steps: 1500 are plenty to tell.
     base = train.Config(eval_size=4096, sens_size=1024, train_steps=1500)

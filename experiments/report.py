@@ -6,6 +6,7 @@ python -m experiments.report [--results results]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 
@@ -23,6 +24,21 @@ RUNS = {
     "linear_scalar": "scalar labels (`--d-out 1`)",
     "linear_constructed": "constructed tokens (`--layout constructed --d-out 1`)",
 }
+
+
+def _from_summary(name: str):
+    """A section drawn from ``<results>/<name>/summary.json`` (``fn(summary)``): nothing where
+    that experiment has not run."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def section(results: pathlib.Path) -> list[str]:
+            summary = _load(results / name / "summary.json")
+            return [] if summary is None else fn(summary)
+
+        return section
+
+    return wrap
 
 
 def linear_section(results: pathlib.Path) -> list[str]:
@@ -81,10 +97,8 @@ def linear_section(results: pathlib.Path) -> list[str]:
     return lines
 
 
-def construction_section(results: pathlib.Path) -> list[str]:
-    s = _load(results / "construction" / "summary.json")
-    if s is None:
-        return []
+@_from_summary("construction")
+def construction_section(s: dict) -> list[str]:
     lines = [
         "## The construction equals K-step GD",
         "",
@@ -102,10 +116,8 @@ def construction_section(results: pathlib.Path) -> list[str]:
     return lines + [""]
 
 
-def plateau_section(results: pathlib.Path) -> list[str]:
-    s = _load(results / "plateau" / "summary.json")
-    if s is None:
-        return []
+@_from_summary("plateau")
+def plateau_section(s: dict) -> list[str]:
     n = s["seeds"]
     lines = [
         "## Leaving the plateau: initialisation",
@@ -199,11 +211,9 @@ def _rounded(tree, digits=4):
     return round(tree, digits) if isinstance(tree, float) else tree
 
 
-def neighbours_section(results: pathlib.Path) -> list[str]:
+@_from_summary("neighbours")
+def neighbours_section(s: dict) -> list[str]:
     """The neighbours (``experiments.neighbours``): one table per task, the targets, the figures."""
-    s = _load(results / "neighbours" / "summary.json")
-    if s is None:
-        return []
     c = s["config"]
     lines = [
         "## The neighbours: linear attention, H3, a plain SSM (`python -m experiments.neighbours`)",
@@ -251,11 +261,9 @@ def neighbours_section(results: pathlib.Path) -> list[str]:
     return lines
 
 
-def classification_section(results: pathlib.Path) -> list[str]:
+@_from_summary("classification")
+def classification_section(s: dict) -> list[str]:
     """In-context classification (``experiments.classification``): the table, the figures."""
-    s = _load(results / "classification" / "summary.json")
-    if s is None:
-        return []
     c, focus = s["config"], s["focus"]
     lines = [
         "## In-context classification with the cross-entropy "
@@ -293,11 +301,9 @@ def classification_section(results: pathlib.Path) -> list[str]:
     return lines + [f"![{f}](classification/{f})" for f in s["figures"]] + [""]
 
 
-def minibatch_section(results: pathlib.Path) -> list[str]:
+@_from_summary("minibatch")
+def minibatch_section(s: dict) -> list[str]:
     """Minibatch windows (``experiments.minibatch``): accuracy to GD, cost, the drifting task."""
-    s = _load(results / "minibatch" / "summary.json")
-    if s is None:
-        return []
     c = s["config"]
     lines = [
         "## Minibatch windows (`python -m experiments.minibatch`)",

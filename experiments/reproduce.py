@@ -11,13 +11,12 @@ the variants that only change flags (``linear_scalar``, ``linear_constructed``) 
 
 from __future__ import annotations
 
-import argparse
-import pathlib
 import sys
 import time
 
 from experiments import (
     classification,
+    cli,
     construction,
     linear,
     minibatch,
@@ -51,9 +50,6 @@ EXPERIMENTS = {
 }
 
 
-#: The first line of a quick or smoke call's report.
-SMALL_MARK = "_A small-size run (`--quick` or `--smoke`): its numbers are not the results._"
-
 # The flags a smoke run adds to each experiment's quick ones (later flags win): a handful of steps and
 # small evaluation sets; what stays is compilation, one program per shape.
 _TINY = ["--train-steps", "4", "--eval-every", "2", "--batch-size", "32", "--eval-size", "256",
@@ -72,40 +68,17 @@ SMOKE = {
 }
 
 
-def _results_folder(parser, given, *, small: bool) -> pathlib.Path:
-    """``--results`` checked before any experiment: a folder, and never one whose report is of
-    another size (a quick or smoke call does not write over the full-size results)."""
-    results = pathlib.Path(given or ("results/quick" if small else "results"))
-    if results.exists() and not results.is_dir():
-        parser.error(f"--results {str(results)!r} is not a folder")
-    report = results / "REPORT.md"
-    if report.exists() and (SMALL_MARK in report.read_text()) != small:
-        parser.error(
-            f"--results {str(results)!r} holds a report of another size; this call writes "
-            f"elsewhere (the default for it: {'results/quick' if small else 'results'})"
-        )
-    return results
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default=None,
-                        help="folder for every experiment's output (default results; with "
-                             "--quick or --smoke results/quick)")  # fmt: skip
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="every experiment at a small size")
-    size.add_argument("--smoke", action="store_true",
-                      help="the test suite's size: every code path, a handful of steps")  # fmt: skip
-    parser.add_argument(
-        "--only", nargs="+", default=None, metavar="NAME", help=f"a subset of {list(EXPERIMENTS)}"
-    )
+    parser = cli.report_parser(__doc__.splitlines()[0], EXPERIMENTS, what="experiment",
+                               smoke="every code path, a handful of steps")  # fmt: skip
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they come
     names = args.only or list(SMOKE if args.smoke else EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"--only: unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}")
-    results = _results_folder(parser, args.results, small=args.quick or args.smoke)
+    results = cli.results_folder(parser, args.results, small=args.quick or args.smoke,
+                                 report="REPORT.md")  # fmt: skip
     start = time.perf_counter()
     seconds = {}
     for name in names:
@@ -119,7 +92,7 @@ def main(argv=None):
     report.main(["--results", str(results)])
     if args.quick or args.smoke:  # marked, so that a full-size call never writes over it
         path = results / "REPORT.md"
-        path.write_text(f"{SMALL_MARK}\n\n" + path.read_text())
+        path.write_text(f"{cli.SMALL_MARK}\n\n" + path.read_text())
     total = time.perf_counter() - start
     print("\n" + "  ".join(f"{n} {s:.0f} s" for n, s in seconds.items()))
     print(f"reproduced {len(names)} experiment(s) in {total / 60:.1f} min")

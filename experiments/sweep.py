@@ -30,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="d = 5, 200 steps")
     args = parser.parse_args(argv)
-    out = cli.writable_folder(parser, args.out)  # before any work
+    out = cli.run_folder(parser, args)  # before any work
     dims = [5] if args.quick else args.dims
     steps = 200 if args.quick else args.train_steps
     for name, values in (

@@ -160,3 +160,10 @@ def test_bench_mixers_times_side_by_side_and_skips_what_passes_the_memory_limit(
     assert all(
         "skipped" in r and "seconds" not in r for r in tiny["throughput"] + tiny["generation"]
     )
+
+
+def test_quick_runs_of_the_paper_write_apart_from_the_committed_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert linear.parse(["--quick"])[1].out == "results/quick/linear"
+    assert linear.parse([])[1].out == "results/linear"
+    assert linear.parse(["--quick", "--out", "mine"])[1].out == "mine"  # a folder given: used

@@ -124,9 +124,9 @@ def test_a_small_call_never_writes_over_full_size_results(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             general.main([*argv, "--results", str(full)])
         assert info.value.code == 2
-        assert "holds a report of CPU sizes" in capsys.readouterr().err
+        assert "holds a full-size REPORT-general.md" in capsys.readouterr().err
     assert (full / "REPORT-general.md").read_text() == before
     general.build(small, {}, "quick")
     with pytest.raises(SystemExit):  # nor a full-size call over a small one
         general.main(["--only", "listops", "--results", str(small)])
-    assert "holds a report of quick sizes" in capsys.readouterr().err
+    assert "holds a small-size REPORT-general.md" in capsys.readouterr().err

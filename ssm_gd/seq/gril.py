@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm_gd import scan, validate
-from ssm_gd.readout import chunked_readout
+from ssm_gd import validate
+from ssm_gd.seq import gril_forms as forms
 
 __all__ = ["DECAYS", "IMPLS", "GRILMixer", "causal_windows"]
 
@@ -69,9 +69,7 @@ class GRILMixer(nnx.Module):
         the states kept for the backward pass, one per chunk).
       impl: one of :data:`IMPLS`, the training form's implementation. The chunks' products with
         one decay per state entry do ``chunk · d_k · d_v`` work per update and head, which XLA:CPU
-        runs slower than the plain recurrence: on a 2-core CPU, fwd+bwd of one mixer (d_model 128,
-        4 heads, batch 32, L 256) takes 1.29 s chunked and 0.52 s as the scan (0.126 s and 0.067 s
-        at d_model 64, batch 64, L 32), so ``"auto"`` picks the scan on a CPU.
+        runs slower than the plain recurrence, so ``"auto"`` picks the scan on a CPU.
 
     Parameters: ``w_q``, ``w_k`` ``(D, H, d_k)``, ``w_v`` ``(D, H, d_v)``, ``q_mix`` ``(H, w, w)``
     (initialised to the current position's ``k_t v_tᵀ`` plus noise), ``d_mix`` ``(H, w)`` (the
@@ -138,65 +136,20 @@ class GRILMixer(nnx.Module):
     # ------------------------------------------------------------------------------ the forms
 
     def __call__(self, u: Array) -> Array:
-        """The training form: chunks of ``chunk`` updates and one state carried across chunks.
-        ``impl="chunked"``: inside a chunk, masked products weighted by ``Λ^{t−i}``
-        (:func:`ssm_gd.readout.chunked_readout`, per head, on the transposed state ``S_tᵀ``);
-        ``impl="scan"``: inside a chunk, the recurrence a step at a time (the chunk recomputed in
-        the backward pass). Memory ``O(B·L·w·D)`` plus a state per chunk, either way."""
+        """The training form: chunks of ``chunk`` updates and one state carried across chunks,
+        :func:`~ssm_gd.seq.gril_forms.chunked` or :func:`~ssm_gd.seq.gril_forms.scan` (``impl``).
+        Memory ``O(B·L·w·D)`` plus a state per chunk, either way."""
         impl = self.impl
         if impl == "auto":
             impl = "scan" if jax.default_backend() == "cpu" else "chunked"
-        if impl == "scan":
-            return self._at_updates(u, self._scan_readout)
-
-        def head(lam, q_mix, k, v, query):  # one head; k (B, T, w, d_k), v (B, T, w, d_v)
-            def make_b(kv):  # U_tᵀ = Σ_ab Q_ab v_b k_aᵀ, a chunk at a time
-                return jnp.einsum("bcak,ae,bcev->bcvk", kv[0], q_mix, kv[1])
-
-            return chunked_readout(lam, make_b, (k, v), query, chunk=self.chunk)
-
-        def readout(k, v, query):
-            lam_t = jnp.swapaxes(self.lam, 1, 2)  # (H, d_v, d_k): the state Sᵀ
-            heads = jax.vmap(head, in_axes=(0, 0, 3, 3, 2), out_axes=2)
-            return heads(lam_t, self.q_mix[...], k, v, query)
-
-        return self._at_updates(u, readout)
-
-    def _scan_readout(self, k, v, query):
-        """``o_t = S_tᵀ q̃_t`` by the recurrence, ``chunk`` steps per checkpointed segment."""
-        batch, length = k.shape[:2]
-        c = min(self.chunk, length)
-        n = -(-length // c)
-        lam = self.lam.astype(k.dtype)
-        qv = jnp.einsum("hae,btehv->btahv", self.q_mix[...], v)  # U_t = Σ_a k_a (Σ_b Q_ab v_b)ᵀ
-
-        def to_chunks(x):  # (B, T, …) → (n, c, B, …); zero keys past the end: no update there
-            x = jnp.pad(x, [(0, 0), (0, n * c - length)] + [(0, 0)] * (x.ndim - 2))
-            return jnp.moveaxis(x.reshape(batch, n, c, *x.shape[2:]), (1, 2), (0, 1))
-
-        def step(s, x):
-            k_t, qv_t, q_t = x
-            s = lam * s + jnp.einsum("bahk,bahv->bhkv", k_t, qv_t)
-            return s, jnp.einsum("bhkv,bhk->bhv", s, q_t)
-
-        @jax.checkpoint
-        def segment(s, xs):
-            return jax.lax.scan(step, s, xs)
-
-        s0 = jnp.zeros((batch, self.n_heads, self.d_key, self.d_value), jnp.result_type(k, lam))
-        _, o = jax.lax.scan(segment, s0, tuple(map(to_chunks, (k, qv, query))))
-        o = o.reshape(n * c, *o.shape[2:])[:length]  # (T, B, H, d_v)
-        return jnp.moveaxis(o, 0, 1)
+        form = forms.scan if impl == "scan" else forms.chunked
+        return self._at_updates(u, lambda *kvq: form(self.lam, self.q_mix[...], *kvq,
+                                                      chunk=self.chunk))  # fmt: skip
 
     def scan_states(self, u: Array) -> Array:
-        """The reference form: every state ``S_t`` ``(B, T, H, d_k, d_v)`` by an associative scan."""
-
-        def readout(k, v, query):
-            updates = jnp.einsum("btahk,hae,btehv->bthkv", k, self.q_mix[...], v)
-            states, _ = scan.linear_recurrence(self.lam, updates, axis=1)
-            return jnp.einsum("bthkv,bthk->bthv", states, query)
-
-        return self._at_updates(u, readout)
+        """The reference form: every state by an associative scan (:func:`~ssm_gd.seq.gril_forms.
+        every_state`)."""
+        return self._at_updates(u, lambda *kvq: forms.every_state(self.lam, self.q_mix[...], *kvq))
 
     def _at_updates(self, u: Array, readout) -> Array:
         """``readout(k, v, q̃) → o`` ``(B, T, H, d_v)`` on the windows of the positions where the
@@ -218,12 +171,8 @@ class GRILMixer(nnx.Module):
         return jnp.zeros((y.shape[0], length, y.shape[-1]), y.dtype).at[:, active].set(y)
 
     def _normed(self, o: Array) -> Array:
-        """``norm=True``: each head's output ``(…, H, d_v)`` divided by its root mean square
-        (``+ 1e-6``), times ``o_scale``; else ``o`` as it is."""
-        if not self.norm:
-            return o
-        rms = jnp.sqrt(jnp.mean(jnp.square(o), axis=-1, keepdims=True) + 1e-6)
-        return o / rms * self.o_scale[...]
+        """``norm=True``: :func:`~ssm_gd.seq.gril_forms.head_norm`; else ``o`` as it is."""
+        return forms.head_norm(o, self.o_scale[...]) if self.norm else o
 
     def init_state(self, batch: int) -> dict[str, Array]:
         """The recurrent form's state before the first token: ``S = 0``, the window's last
@@ -249,11 +198,9 @@ class GRILMixer(nnx.Module):
             )
             for name, weight in (("k", self.w_k), ("v", self.w_v), ("q", self.w_q))
         }  # each (B, w, H, d): the window ending at t
-        update = jnp.einsum("bahk,hae,behv->bhkv", new["k"], self.q_mix[...], new["v"])
         active = (state["t"] - (self.window - 1)) % self.stride == 0
-        s = jnp.where(active, self.lam * state["s"] + update, state["s"])
-        query = jnp.einsum("bahk,ha->bhk", new["q"], self.d_mix[...])
-        o = jnp.where(active, jnp.einsum("bhkv,bhk->bhv", s, query), 0.0)
+        s, o = forms.step(self.lam, self.q_mix[...], self.d_mix[...], state["s"], new["k"],
+                          new["v"], new["q"], active)  # fmt: skip
         y = jnp.einsum("bhv,hvd->bd", self._normed(o), self.w_o[...])
         state = {name: x[:, 1:] for name, x in new.items()} | {"s": s, "t": state["t"] + 1}
         return state, y
