@@ -415,6 +415,6 @@ def test_bad_input_to_the_references(call, match, monkeypatch):
         raise AssertionError("reached a compiled body")
 
     for name in ("_ce_weights", "_ce_one_step_lr", "_logistic_fit"):
-        monkeypatch.setattr(gd, name, traced)
+        monkeypatch.setattr(gd.classification, name, traced)
     with pytest.raises(ValueError, match=match):
         call(t)

@@ -8,7 +8,7 @@ import subprocess
 import matplotlib
 import pytest
 
-NOTEBOOK = pathlib.Path(__file__).parent.parent / "notebooks" / "colab_tpu.ipynb"
+NOTEBOOK = pathlib.Path(__file__).parents[2] / "notebooks" / "colab_tpu.ipynb"
 
 
 def _code_cells():
