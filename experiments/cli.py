@@ -63,11 +63,13 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
 
 
 def run_folder(parser, args) -> pathlib.Path:
-    """A paper experiment's ``--out``, checked (:func:`writable_folder`): with ``--quick`` and the
-    default ``results/<name>``, ``results/quick/<name>`` instead (``args.out`` updated), so that a
-    quick run never writes over the committed full-size results."""
-    if getattr(args, "quick", False) and args.out == parser.get_default("out"):
-        args.out = str(QUICK_ROOT / pathlib.Path(args.out).name)
+    """A paper experiment's ``--out``, checked (:func:`writable_folder`) and stored in
+    ``args.out``: the folder given, or by default ``args.default_out`` (``results/<name>``) — with
+    ``--quick`` ``results/quick/<name>``, so that a quick run never writes over the committed
+    full-size results."""
+    if args.out is None:
+        default = pathlib.Path(args.default_out)
+        args.out = str(QUICK_ROOT / default.name if getattr(args, "quick", False) else default)
     return writable_folder(parser, args.out)
 
 
@@ -231,7 +233,12 @@ def grid_runs(description: str, out: str, argv=None):
     """The flags of an experiment that trains a grid of runs: ``--out``, ``--quick``,
     ``--train-steps``, ``--seed``. Returns ``(parser, args, out folder)``, the folder checked."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out", default=out, help="output folder")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default {out}; with --quick under results/quick/)",
+    )
+    parser.set_defaults(default_out=out)
     parser.add_argument("--quick", action="store_true", help="a smoke run (a minute or two)")
     parser.add_argument("--train-steps", type=int, default=None, help="training steps per run")
     parser.add_argument("--seed", type=int, default=0)
