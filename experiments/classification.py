@@ -65,9 +65,12 @@ def parse(argv=None):
     return args, out, base
 
 
-def grid(quick: bool, seed: int):
+def grid(quick: bool, seed: int, smoke: bool = False):
     """``(classes, context, n_steps, seed)`` of every run: one-layer runs, then the focus
-    setting's other seeds (:data:`EXTRA_SEEDS` after ``seed``), then the multi-layer runs."""
+    setting's other seeds (:data:`EXTRA_SEEDS` after ``seed``), then the multi-layer runs
+    (``smoke``: one of each)."""
+    if smoke:
+        return [(5, 10, 1, seed), (5, 10, 2, seed)]
     if quick:
         return [(k, 10, 1, seed) for k in (2, 5)] + [(5, 10, 2, seed)]
     runs = [(k, n, 1, seed) for n in CONTEXTS for k in CLASSES]
@@ -187,7 +190,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows, focus = [], {}
-    runs = grid(args.quick, args.seed)
+    runs = grid(args.quick, args.seed, args.smoke)
     focus_setting = (runs[-1][0], runs[-1][1])
     for classes, n_context, n_steps, seed in runs:
         config = dataclasses.replace(

@@ -239,10 +239,14 @@ def grid_runs(description: str, out: str, argv=None):
         help=f"output folder (default {out}; with --quick under results/quick/)",
     )
     parser.set_defaults(default_out=out)
-    parser.add_argument("--quick", action="store_true", help="a smoke run (a minute or two)")
+    parser.add_argument("--quick", action="store_true", help="a small run (a minute or two)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the test suite's size: --quick with the smallest grid that runs "
+                             "every code path")  # fmt: skip
     parser.add_argument("--train-steps", type=int, default=None, help="training steps per run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.quick = args.quick or args.smoke
     return parser, args, run_folder(parser, args)  # before any work
 
 

@@ -35,6 +35,8 @@ from experiments.tables import text_table
 from ssm_gd import construction, plots, tasks, train
 
 MINIBATCHES = (1, 2, 5)
+#: ``--smoke``: the smallest set that compares a minibatch with m = 1.
+SMOKE_MINIBATCHES = (1, 2)
 BASE = dict(
     n_context=40,
     d_in=10,
@@ -57,10 +59,13 @@ def parse(argv=None):
     base = cli.base_config(
         parser, args, BASE, QUICK, variants=[{"minibatch": m, **DRIFT} for m in MINIBATCHES]
     )
+    args.minibatches = SMOKE_MINIBATCHES if args.smoke else MINIBATCHES
     return args, out, base
 
 
-def forward_times(config: train.Config, batch: int, rounds: int = 7) -> dict[int, dict]:
+def forward_times(
+    config: train.Config, batch: int, rounds: int = 7, minibatches=MINIBATCHES
+) -> dict[int, dict]:
     """Seconds per call of the query's prediction and of every window's prediction, per m: the
     minibatch constructions (float32) on one batch of tasks, every m once per round."""
     task = tasks.linear_regression(
@@ -69,7 +74,7 @@ def forward_times(config: train.Config, batch: int, rounds: int = 7) -> dict[int
     )  # fmt: skip
     toks = tasks.tokens(task)
     calls = {}
-    for m in MINIBATCHES:
+    for m in minibatches:
         model = construction.gd_ssm(
             d_in=config.d_in, d_out=config.d_out, n_context=config.n_context, lr=1.0, minibatch=m
         )
@@ -78,9 +83,9 @@ def forward_times(config: train.Config, batch: int, rounds: int = 7) -> dict[int
                     "all_windows": lambda e=every, mod=model: e(mod, toks)}  # fmt: skip
         for call in calls[m].values():
             jax.block_until_ready(call())  # compile
-    times = {m: {name: [] for name in calls[m]} for m in MINIBATCHES}
+    times = {m: {name: [] for name in calls[m]} for m in minibatches}
     for _ in range(rounds):
-        for m in MINIBATCHES:
+        for m in minibatches:
             for name, call in calls[m].items():
                 begin = time.perf_counter()
                 jax.block_until_ready(call())
@@ -100,12 +105,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows, drift = [], []
-    for m in MINIBATCHES:
+    for m in args.minibatches:
         s = train.train(dataclasses.replace(base, minibatch=m), None, progress=False).summary
         rows.append({"minibatch": m, "windows": base.n_context // m, **{k: s[k] for k in KEYS}})
         print(f"m={m}: ratio {s['loss_ratio']:.4f}, cos {s['model_cos']:.5f}, match "
               f"{s['param_match_error']:.3f}, {s['train_steps_per_second']:.0f} steps/s", flush=True)  # fmt: skip
-    for m in MINIBATCHES:
+    for m in args.minibatches:
         result = train.train(dataclasses.replace(base, minibatch=m, **DRIFT), None, progress=False)
         s = result.summary
         drift.append({
@@ -117,7 +122,7 @@ def main(argv=None):
         print(f"drift m={m}: learned λ {drift[-1]['learned_lambda']['mean']:.4f}, best per-window "
               f"λ {s['wgd_decay']:.4f}; loss {s['val_loss']:.4f} vs {s['wgd_loss']:.4f}", flush=True)  # fmt: skip
     batch = 256 if args.quick else 2048
-    times = forward_times(base, batch, rounds=3 if args.quick else 7)
+    times = forward_times(base, batch, rounds=3 if args.quick else 7, minibatches=args.minibatches)
     for row in rows:
         row["forward_seconds"] = times[row["minibatch"]]
         row["forward_ratio_to_m1"] = {

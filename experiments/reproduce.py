@@ -63,8 +63,8 @@ SMOKE = {
     "ood": _TINY,
     "sweep": ["--train-steps", "4", "--batch-size", "32"],
     "neighbours": ["--train-steps", "4"],
-    "classification": ["--train-steps", "4"],
-    "minibatch": ["--train-steps", "4"],
+    "classification": ["--smoke", "--train-steps", "4"],
+    "minibatch": ["--smoke", "--train-steps", "4"],
 }
 
 

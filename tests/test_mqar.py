@@ -104,7 +104,7 @@ def test_sweep_runs_the_grid_continues_and_tabulates(tmp_path, monkeypatch):
     assert calls[len(grid) :] == [(m, 32, 16) for m in mixers.MIXERS]
 
 
-ARGV = ["--quick", "--mixer", "linear_attention", "--steps", "4", "--eval-every", "2",
+ARGV = ["--quick", "--mixer", "ssm", "--n-layers", "1", "--steps", "4", "--eval-every", "2",
         "--eval-size", "8", "--no-progress"]  # fmt: skip
 
 

@@ -128,7 +128,7 @@ def check_classification_reports_every_reference(quick):
     from experiments import classification
 
     summary = _summary(quick, "classification")
-    runs = classification.grid(True, 0)
+    runs = classification.grid(True, 0, smoke=True)
     assert [(r["classes"], r["n_context"], r["n_steps"]) for r in summary["rows"]] == [
         run[:3] for run in runs
     ]
@@ -148,7 +148,7 @@ def check_minibatch_runs_each_m(quick):
 
     summary = _summary(quick, "minibatch")
     ms = [r["minibatch"] for r in summary["rows"]]
-    assert ms == list(minibatch.MINIBATCHES) == [d["minibatch"] for d in summary["drift"]]
+    assert ms == list(minibatch.SMOKE_MINIBATCHES) == [d["minibatch"] for d in summary["drift"]]
     for r in summary["rows"]:
         assert r["windows"] == summary["config"]["n_context"] // r["minibatch"]
         assert r["forward_seconds"]["query"] > 0 and r["forward_seconds"]["all_windows"] > 0
