@@ -316,12 +316,7 @@ def _figure(points, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/bench; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/bench")
+    cli.out_flag(parser, "results/bench")
     parser.add_argument("--n", type=int, nargs="+", default=[10, 100, 1000, 10_000, 100_000])
     parser.add_argument("--d", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 2048])

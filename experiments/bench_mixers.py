@@ -51,12 +51,7 @@ GEN_TOKENS, GEN_VOCAB = 32, 256
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/bench; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/bench")
+    cli.out_flag(parser, "results/bench")
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     parser.add_argument("--positions", type=int, nargs="+", default=[1024, 16384])
     parser.add_argument("--d-model", type=int, default=128)

@@ -28,6 +28,7 @@ __all__ = [
     "finished_run",
     "given_settings",
     "grid_runs",
+    "out_flag",
     "output_folder",
     "SMALL_MARK",
     "report_parser",
@@ -60,6 +61,14 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
         reason = error.strerror or str(error)
         parser.error(f"{flag} {str(path)!r} is not a writable folder: {reason}")
     return folder
+
+
+def out_flag(parser, default: str) -> None:
+    """``--out``: the output folder, ``default`` (``results/<name>``) unless given; with
+    ``--quick`` ``results/quick/<name>`` (:func:`run_folder` resolves it)."""
+    parser.add_argument("--out", default=None,
+                        help=f"output folder (default {default}; with --quick under {QUICK_ROOT})")  # fmt: skip
+    parser.set_defaults(default_out=default)
 
 
 def run_folder(parser, args) -> pathlib.Path:
@@ -233,12 +242,7 @@ def grid_runs(description: str, out: str, argv=None):
     """The flags of an experiment that trains a grid of runs: ``--out``, ``--quick``,
     ``--train-steps``, ``--seed``. Returns ``(parser, args, out folder)``, the folder checked."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--out",
-        default=None,
-        help=f"output folder (default {out}; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out=out)
+    out_flag(parser, out)
     parser.add_argument("--quick", action="store_true", help="a small run (a minute or two)")
     parser.add_argument("--smoke", action="store_true",
                         help="the test suite's size: --quick with the smallest grid that runs "

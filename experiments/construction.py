@@ -59,12 +59,7 @@ def check(*, steps: int, layout: str, n_context: int, d_in: int, d_out: int, bat
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/construction; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/construction")
+    cli.out_flag(parser, "results/construction")
     parser.add_argument("--n-context", type=int, default=10)
     parser.add_argument("--d-in", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1024)

@@ -34,12 +34,7 @@ def parse(argv=None, *, out="results/linear", description=None):
     quick = pre.parse_known_args(argv)[0].quick
     defaults = dataclasses.replace(train.Config(), **QUICK) if quick else train.Config()
     parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help=f"output folder (default {out}; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out=out)
+    cli.out_flag(parser, out)
     parser.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
     parser.add_argument("--resume", action="store_true", help="resume from --out's checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

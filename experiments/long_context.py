@@ -65,12 +65,7 @@ def main(argv=None):
     parser.add_argument("--d", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=64)
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/long_context; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/long_context")
+    cli.out_flag(parser, "results/long_context")
     args = parser.parse_args(argv)
     out = cli.run_folder(parser, args)  # before any work
     if args.tokens < 3 or args.d <= 0 or args.batch <= 0 or args.chunk <= 0:

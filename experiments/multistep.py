@@ -23,12 +23,7 @@ from ssm_gd import plots, train
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/multistep; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/multistep")
+    cli.out_flag(parser, "results/multistep")
     parser.add_argument("--max-steps", type=int, default=4, help="K = 1…max-steps")
     parser.add_argument("--train-steps", type=int, default=None, help="training steps per K")
     parser.add_argument("--seed", type=int, default=0)

@@ -251,12 +251,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/neighbours; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/neighbours")
+    cli.out_flag(parser, "results/neighbours")
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same grid")
     parser.add_argument(
         "--train-steps", "--steps", type=int, default=None,

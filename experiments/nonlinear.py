@@ -131,12 +131,7 @@ def figures(model, e, per_t, out):
 def parse(argv=None):
     """``(args, out, steps, eval_every)`` from the command line, every value checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/nonlinear; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/nonlinear")
+    cli.out_flag(parser, "results/nonlinear")
     parser.add_argument("--n-context", type=int, default=20)
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument(

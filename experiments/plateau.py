@@ -30,12 +30,7 @@ def reached_gd(summary) -> bool:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/plateau; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/plateau")
+    cli.out_flag(parser, "results/plateau")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="1 seed, 200 steps")
     parser.add_argument(

@@ -21,12 +21,7 @@ from ssm_gd import plots, train
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default results/sweep; with --quick under results/quick/)",
-    )
-    parser.set_defaults(default_out="results/sweep")
+    cli.out_flag(parser, "results/sweep")
     parser.add_argument("--dims", type=int, nargs="+", default=[5, 10, 20, 35, 50])
     parser.add_argument("--ratios", type=int, nargs="+", default=[1, 2], help="N = ratio · d")
     parser.add_argument("--layout", default="constructed", choices=["constructed", "interleaved"])
