@@ -6,7 +6,7 @@ Trains a randomly initialised GD-SSM on freshly sampled tasks (the paper's setti
 N = d = 10, vector labels, interleaved tokens) and compares it with GD at its best step size and with
 the constructed model. Writes under ``--out``: ``summary.json``, ``history.jsonl``, checkpoints and
 figures (``loss.png``, ``alignment.png``, ``parameters.png``, ``icl_curve.png``). Every
-:class:`ssm_gd.train.Config` field is a flag (``--batch-size``, ``--layout``, ``--init``, ...).
+:class:`ssm_gd.config.Config` field is a flag (``--batch-size``, ``--layout``, ``--init``, ...).
 """
 
 from __future__ import annotations

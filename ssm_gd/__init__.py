@@ -10,23 +10,22 @@ The package is a set of submodules, each imported the first time it is used, so 
     task = ssm_gd.tasks.linear_regression(key, batch=64, n_context=10, d_in=10)  # imports tasks
     model = ssm_gd.construction.gd_ssm(d_in=10, d_out=1, n_context=10, lr=1.0)
 
-``from ssm_gd import gd, layers`` works as usual. The submodules, bottom-up (each imports only
-those above it; the design notes, docs/design.md §9, say more):
+``from ssm_gd import gd, layers`` works as usual. Two worlds on one core (docs/design.md opens
+with the tree; tests/test_layout.py holds the rules):
 
-* :mod:`~ssm_gd.validate` — argument checks with one message format;
-* :mod:`~ssm_gd.scan` — diagonal linear recurrences, one entry point;
-* :mod:`~ssm_gd.readout` — readouts that never build every state, and the rules that choose them;
-* :mod:`~ssm_gd.tokens`, :mod:`~ssm_gd.tasks` — token layouts; pure, keyed task samplers;
-* :mod:`~ssm_gd.gd` — the references: explicit GD, least squares, best step size, GD variants;
-* :mod:`~ssm_gd.initializers`, :mod:`~ssm_gd.layers` — the GD-SSM layer (flax.nnx);
-* :mod:`~ssm_gd.gril` — the layer as a sequence mixer for any token stream (GRIL);
-* :mod:`~ssm_gd.models` — blocks and models around GRIL or a baseline mixer, generation;
-* :mod:`~ssm_gd.construction` — the closed-form parameters that make it K-step GD;
-* :mod:`~ssm_gd.neighbours` — linear self-attention, H3 and a plain SSM;
-* :mod:`~ssm_gd.metrics` — losses, sensitivities, alignment, parameter match;
-* :mod:`~ssm_gd.checkpoints`, :mod:`~ssm_gd.trainer`, :mod:`~ssm_gd.classify`,
-  :mod:`~ssm_gd.train` — training: the loop, classification and regression as tasks;
-* :mod:`~ssm_gd.plots` — figures (matplotlib, no backend chosen).
+* the core, which imports neither world: :mod:`~ssm_gd.validate`, :mod:`~ssm_gd.initializers`,
+  :mod:`~ssm_gd.sampling`, :mod:`~ssm_gd.scan`, :mod:`~ssm_gd.readout`,
+  :mod:`~ssm_gd.recurrence` (the diagonal recurrence and SSM), :mod:`~ssm_gd.optim`,
+  :mod:`~ssm_gd.flags`, :mod:`~ssm_gd.checkpoints`, :mod:`~ssm_gd.trainer`, :mod:`~ssm_gd.plots`;
+* the paper: :mod:`~ssm_gd.tokens`, :mod:`~ssm_gd.tasks`, :mod:`~ssm_gd.gd` (the references),
+  :mod:`~ssm_gd.layers` (the GD-SSM), :mod:`~ssm_gd.construction`, :mod:`~ssm_gd.neighbours`,
+  :mod:`~ssm_gd.metrics`, :mod:`~ssm_gd.config`, :mod:`~ssm_gd.regression`,
+  :mod:`~ssm_gd.classify`, :mod:`~ssm_gd.train`;
+* :mod:`ssm_gd.seq`: GRIL as a sequence mixer beside its baselines, on general sequence tasks
+  (it imports only the core).
+
+The old paths ``ssm_gd.gril``, ``ssm_gd.models``, ``ssm_gd.listops`` and ``ssm_gd.text`` alias
+their new places in :mod:`ssm_gd.seq` for one release.
 """
 
 from __future__ import annotations
@@ -39,18 +38,27 @@ __all__ = [
     "__version__",
     "checkpoints",
     "classify",
+    "config",
     "construction",
+    "flags",
     "gd",
     "gril",
     "initializers",
     "layers",
+    "listops",
     "metrics",
     "models",
     "neighbours",
+    "optim",
     "plots",
     "readout",
+    "recurrence",
+    "regression",
+    "sampling",
     "scan",
+    "seq",
     "tasks",
+    "text",
     "tokens",
     "train",
     "trainer",
@@ -68,17 +76,22 @@ if typing.TYPE_CHECKING:  # the names as static analysers and editors should see
     from ssm_gd import (  # noqa: F401
         checkpoints,
         classify,
+        config,
         construction,
+        flags,
         gd,
-        gril,
         initializers,
         layers,
         metrics,
-        models,
         neighbours,
+        optim,
         plots,
         readout,
+        recurrence,
+        regression,
+        sampling,
         scan,
+        seq,
         tasks,
         tokens,
         train,

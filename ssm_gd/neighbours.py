@@ -62,7 +62,7 @@ __all__ = [
 
 Array = jax.Array
 
-#: The models of this module, by the name :func:`make` (and ``ssm_gd.train.Config.model``) takes.
+#: The models of this module, by the name :func:`make` (and ``ssm_gd.config.Config.model``) takes.
 MODELS = ("linear_attention", "h3", "plain_ssm")
 
 
