@@ -113,3 +113,49 @@ def test_step_and_prefill_check_shapes(lm):
         prefill(lm, jnp.ones((2, 0), jnp.int32))
     with pytest.raises(ValueError, match=r"prompt must be integer token ids \(B, L\)"):
         prefill(lm, jnp.ones((2,), jnp.int32))
+
+
+def test_step_refuses_a_state_from_another_model(lm):
+    token = jnp.ones((2,), jnp.int32)
+    wider = models.Model(VOCAB, 12, 1, mixer="linear_attention", n_heads=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"state\[0\]\['k'\] must have shape \(2, 0, 2, 4\)"):
+        lm.step(wider.init_state(2), token)  # heads of 6 channels, not 4
+    ssm = models.Model(VOCAB, 8, 1, mixer="ssm", n_heads=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"state\[0\] must be block 0's state from this model"):
+        lm.step(ssm.init_state(2), token)
+    state, _ = lm.step(lm.init_state(2), token)  # a step's state is a state of the model
+    assert len(lm.step(tuple(state), token)[0]) == 1
+
+
+def test_lists_are_arrays_in_prefill_and_the_mixer(lm):
+    prompt = [[1, 2, 3], [4, 5, 6]]
+    for got, want in zip(jax.tree.leaves(prefill(lm, prompt)),
+                         jax.tree.leaves(prefill(lm, jnp.asarray(prompt))), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(got, want)
+    mixer = lm.blocks[0].mixer
+    u = np.linspace(-1.0, 1.0, 2 * 3 * 8).reshape(2, 3, 8)  # float64, as the list's numbers
+    np.testing.assert_array_equal(mixer(u.tolist()), mixer(jnp.asarray(u)))
+
+
+def test_vmapped_model_on_traced_tokens(lm):
+    # vmap over a leading axis: inside, the tokens are traced (B, L): shapes checked, values not.
+    tokens = jax.random.randint(jax.random.key(3), (3, 2, 5), 0, VOCAB)
+    graphdef, state = nnx.split(lm)
+    batched = jax.vmap(lambda t: nnx.merge(graphdef, state)(t))(tokens)
+    for i in range(3):  # same program per slice: float32 rounding of the same sums (eps 1.2e-7)
+        np.testing.assert_allclose(batched[i], lm(tokens[i]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mixer", ["gril", "attention"])
+def test_generate_names_the_first_step_with_non_finite_logits(mixer):
+    # A NaN embedding for one token id that greedy decoding emits at generated position k: the
+    # logits read after it (those of generated token k + 1) are the first non-finite ones.
+    model = models.Model(VOCAB, 8, 1, mixer=mixer, n_heads=2, rngs=nnx.Rngs(0))
+    prompt, n = jnp.zeros((1, 3), jnp.int32), 6
+    out, _ = generate(model, prompt, n, jax.random.key(0), temperature=0.0)
+    assert out.dtype == prompt.dtype  # sampled ids are cast to the prompt's integer type
+    generated = np.asarray(out[0, 3:])
+    k = next(i for i in range(n - 1) if generated[i] != 0)  # an id the prompt does not hold
+    model.embed.embedding[...] = model.embed.embedding[...].at[generated[k]].set(jnp.nan)
+    with pytest.raises(FloatingPointError, match=f"logits of generated token {k + 1} \\(of 6\\)"):
+        generate(model, prompt, n, jax.random.key(0), temperature=0.0)

@@ -86,7 +86,7 @@ def _generate(graphdef, params, prompt, n_tokens, key, temperature):
 
         def body(carry, k):
             state, logits = carry
-            token = _sample(logits, k, temperature)
+            token = _sample(logits, k, temperature).astype(prompt.dtype)
             state, next_logits = model.step(state, token)
             return (state, next_logits), (token, logits)
 
@@ -97,7 +97,7 @@ def _generate(graphdef, params, prompt, n_tokens, key, temperature):
         def body(buffer, inputs):
             t, k = inputs
             logits = jax.lax.dynamic_index_in_dim(model(buffer), t - 1, axis=1, keepdims=False)
-            token = _sample(logits, k, temperature)
+            token = _sample(logits, k, temperature).astype(prompt.dtype)
             return buffer.at[:, t].set(token), (token, logits)
 
         _, (tokens, logits) = jax.lax.scan(body, buffer, (p + jnp.arange(n_tokens), keys))

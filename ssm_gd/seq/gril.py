@@ -154,6 +154,7 @@ class GRILMixer(nnx.Module):
     def _at_updates(self, u: Array, readout) -> Array:
         """``readout(k, v, q̃) → o`` ``(B, T, H, d_v)`` on the windows of the positions where the
         state is updated (``p ≡ w − 1 (mod s)``), projected out; zero at the other positions."""
+        u = jnp.asarray(u)  # a nested list of numbers too
         if u.ndim != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"u must be (B, L, d_model={self.d_model}); got shape {u.shape}")
         length = u.shape[1]
@@ -190,6 +191,7 @@ class GRILMixer(nnx.Module):
 
     def step(self, state: dict[str, Array], u_t: Array) -> tuple[dict[str, Array], Array]:
         """One token ``u_t`` ``(B, D)`` → ``(state, y_t (B, D))``, in constant memory and time."""
+        u_t = jnp.asarray(u_t)
         if u_t.ndim != 2 or u_t.shape[-1] != self.d_model:
             raise ValueError(f"u_t must be (B, d_model={self.d_model}); got shape {u_t.shape}")
         new = {

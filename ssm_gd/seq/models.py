@@ -161,6 +161,8 @@ class Model(nnx.Module):
         return new, self.norm(x) @ self.w_head[...]
 
     def _check_state(self, state, batch: int) -> None:
+        """``state`` is this model's :meth:`init_state` ``(batch)`` (or a step's): a list with one
+        entry per block, each of the same tree and shapes (read from tracers too)."""
         if not isinstance(state, list | tuple) or len(state) != len(self.blocks):
             raise ValueError(
                 f"state must be the list of {len(self.blocks)} block states that init_state(batch) "
@@ -173,6 +175,21 @@ class Model(nnx.Module):
                 f"state must be for a batch of {batch} (the token's); its arrays have leading "
                 f"sizes {sorted(sizes)}: use init_state({batch})"
             )
+        expected = jax.eval_shape(lambda: self.init_state(batch))  # shapes only: nothing computed
+        for i, (got, want) in enumerate(zip(state, expected, strict=True)):
+            got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(got)
+            want_leaves, want_tree = jax.tree_util.tree_flatten_with_path(want)
+            if got_tree != want_tree:
+                raise ValueError(
+                    f"state[{i}] must be block {i}'s state from this model's init_state({batch}) "
+                    f"(mixer={self.mixer_name!r}): expected {want_tree}; got {got_tree}"
+                )
+            for (path, leaf), (_, ref) in zip(got_leaves, want_leaves, strict=True):
+                if np.shape(leaf) != ref.shape:
+                    raise ValueError(
+                        f"state[{i}]{jax.tree_util.keystr(path)} must have shape {ref.shape} (this "
+                        f"model's init_state({batch})); got {np.shape(leaf)}"
+                    )
 
 
 def parameter_count(model: nnx.Module) -> int:
