@@ -18,7 +18,9 @@ import os
 import pathlib
 import sys
 
+from ssm_gd import config as run_config
 from ssm_gd import flags, validate
+from ssm_gd.checkpoints import ResumeError
 
 __all__ = [
     "QUICK_ROOT",
@@ -185,9 +187,12 @@ def check_settings(parser, settings, *, spellings=None) -> None:
     for name, value in dataclasses.asdict(settings).items():
         if value is None or isinstance(value, str | bool):
             continue
-        check = (validate.non_negative_int if name == "seed" else validate.positive_int
-                 if isinstance(value, int) else validate.non_negative_number
-                 if name == "temperature" else validate.positive_number)  # fmt: skip
+        if isinstance(value, int):
+            check = validate.non_negative_int if name == "seed" else validate.positive_int
+        else:
+            check = (
+                validate.non_negative_number if name == "temperature" else validate.positive_number
+            )
         try:
             check(name, value)
         except (ValueError, TypeError) as error:
@@ -206,8 +211,6 @@ def run_all(runs, train_one, *, sweep: bool, say) -> list[dict]:
     """Each ``(settings, folder)`` of ``runs`` trained by ``train_one(settings, folder)``, or, in a
     sweep, read back from ``folder/summary.json`` when an earlier call finished it with the same
     settings (:func:`finished_run`); ``say(settings, result)`` prints a line per run."""
-    from ssm_gd.checkpoints import ResumeError  # imported here: this module stays light
-
     results = []
     for one, folder in runs:
         r = finished_run(folder, one) if sweep else None
@@ -258,8 +261,6 @@ def base_config(parser, args, base: dict, quick: dict, variants=({},)):
     """The :class:`ssm_gd.config.Config` every run starts from: ``base``, with ``quick`` on top for
     ``--quick``, ``--train-steps`` and ``--seed``; it and each of ``variants`` (the fields a run
     changes) are checked now, so a bad flag ends the program before the first run."""
-    from ssm_gd import config as run_config  # the experiments' own import; this module stays light
-
     fields = {**base, **(quick if args.quick else {}), "seed": args.seed}
     if args.train_steps is not None:
         fields["train_steps"] = args.train_steps

@@ -67,11 +67,10 @@ __all__ = ["TARGETS", "Result", "TrainingDiverged", "make_model", "make_optimize
 # The names this module held before the split, reachable from here for one release.
 _MOVED = (ALIASES, CHOICES, DTYPES, HELP, INITS, LOSS_ON, MODELS, RESUMABLE_CHANGES, TASKS,
           WARMUP_STEPS, Config, config_from_args, NoCheckpoint, ResumeError, clear_outputs,
-          evaluator, input_covariance, reference_preconditioner, regression_task,
+          evaluator, input_covariance, reference_preconditioner, regression_task, training_loss,
           wants_references)  # fmt: skip
 _with_flags = with_flags
 _dtype = array_dtype
-_ALIASES, _WARMUP_STEPS, _training_loss = ALIASES, WARMUP_STEPS, training_loss
 
 
 def task_kind(config: Config):
