@@ -6,8 +6,9 @@ generation time per token.
                                        [--batch 4] [--max-gb 8] [--repeats 5] [--mixers ...]
                                        [--quick]
 
-For each length L, every mixer of :data:`ssm_gd.seq.models.MIXERS` (one layer, ``(B, L, d_model)`` in
-and out, float32) is compiled twice: ``forward`` (the output) and ``forward+backward`` (the
+For each length L, every mixer of :data:`ssm_gd.seq.models.MIXERS` and GRIL's factorised-decay
+variants ``gril_scalar`` and ``gril_structured`` (one layer, ``(B, L, d_model)`` in and out,
+float32; each GRIL row names its decay, training form and chunk) is compiled twice: ``forward`` (the output) and ``forward+backward`` (the
 gradient of the output's mean square with respect to every parameter). Reported per program: the
 compile time, the steady-state time (the median of ``--repeats`` calls after
 ``block_until_ready``; a length's programs are called in turn, round after round, so that they
@@ -17,10 +18,11 @@ memory passes ``--max-gb`` is compiled but not run, and the JSON says so.
 
 Generation: a one-layer :class:`ssm_gd.seq.models.Model` (vocabulary 256) around each mixer reads a
 prompt of ``P`` tokens (``--positions``), then the time per generated token is measured over 32
-tokens. The recurrent mixers run :meth:`Model.step` (constant state). Attention has no
-recurrent form here (:func:`ssm_gd.seq.models.generate` recomputes the causal forward pass over a
-fixed buffer of prompt and new tokens at every step): it is timed as one forward pass over ``P``
-tokens per generated token, a lower bound on what ``generate`` spends (a KV cache would do better).
+tokens, every mixer in its step form (:meth:`Model.step`, what :func:`ssm_gd.seq.generate.generate`
+runs): the recurrent mixers' constant state, attention's key-value cache of ``P + 32`` positions.
+
+The machine's load average (``os.getloadavg``) before and after is written beside the timings: a
+benchmark is meant for a quiet machine, and one run's figures compare with each other only.
 
 Writes ``<out>/mixers-<device>.json`` and ``<out>/mixers-<device>.png``. Timings compare programs
 within one run on one machine; no test asserts them. ``--quick``: L ∈ {64, 128}, positions
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -44,7 +47,9 @@ from experiments.bench import compile_program, device_name
 from ssm_gd import plots
 from ssm_gd.seq import mixers, models
 from ssm_gd.seq.generate import prefill
+from ssm_gd.seq.gril import GRILMixer, auto_impl
 
+BENCHED = (*mixers.MIXERS, "gril_scalar", "gril_structured")
 QUICK = dict(lengths=[64, 128], positions=[64, 128], d_model=32, n_heads=2, repeats=2)
 GEN_TOKENS, GEN_VOCAB = 32, 256
 
@@ -59,8 +64,9 @@ def parse(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-gb", type=float, default=8.0, help="skip programs above this")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per program")
-    parser.add_argument("--mixers", nargs="+", default=list(mixers.MIXERS), choices=mixers.MIXERS,
-                        metavar="MIXER", help=f"default: all of {', '.join(mixers.MIXERS)}")  # fmt: skip
+    parser.add_argument("--mixers", nargs="+", default=list(BENCHED), choices=mixers.CHOICES,
+                        metavar="MIXER", help=f"of {', '.join(mixers.CHOICES)}; default: "
+                        f"{', '.join(BENCHED)}")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
     if parser.parse_known_args(argv)[0].quick:  # --quick sets defaults; flags given still win
         parser.set_defaults(**QUICK)
@@ -90,7 +96,16 @@ def _mixer_programs(mixer, args, length):
     def gradient(params, u):
         return jax.grad(lambda p: jnp.mean(forward(p, u) ** 2))(params)
 
-    return {"forward": (forward, (params, u)), "forward+backward": (gradient, (params, u))}
+    programs = {"forward": (forward, (params, u)), "forward+backward": (gradient, (params, u))}
+    return programs, _form(module)
+
+
+def _form(module) -> dict:
+    """A GRIL mixer's decay, training form and chunk (what its row measured); ``{}`` otherwise."""
+    if not isinstance(module, GRILMixer):
+        return {}
+    impl = auto_impl(module.decay) if module.impl == "auto" else module.impl
+    return {"decay": module.decay, "impl": impl, "chunk": module.chunk, "window": module.window}
 
 
 def _time(program) -> float:
@@ -105,11 +120,12 @@ def throughput(args, limit_bytes):
     for length in args.lengths:
         compiled, point = {}, []
         for mixer in args.mixers:
-            for name, (fn, example) in _mixer_programs(mixer, args, length).items():
+            programs, form = _mixer_programs(mixer, args, length)
+            for name, (fn, example) in programs.items():
                 program = compile_program(fn, example)
                 row = {"mixer": mixer, "length": length, "program": name,
                        "compile_seconds": program.compile_seconds,
-                       "memory_gb": (program.memory_bytes or 0) / 1e9}  # fmt: skip
+                       "memory_gb": (program.memory_bytes or 0) / 1e9, **form}  # fmt: skip
                 if program.memory_bytes and program.memory_bytes > limit_bytes:
                     row["skipped"] = f"needs {row['memory_gb']:.1f} GB > --max-gb"
                 else:
@@ -131,7 +147,8 @@ def throughput(args, limit_bytes):
 
 
 def _line(row):
-    head = f"{row['mixer']:>16} L={row['length']:<6} {row['program']:<17}"
+    form = f" ({row['decay']}, {row['impl']}, chunk {row['chunk']})" if "decay" in row else ""
+    head = f"{row['mixer'] + form:>48} L={row['length']:<6} {row['program']:<17}"
     if "skipped" in row:
         return f"{head} skipped: {row['skipped']}"
     return (f"{head} {row['tokens_per_second']:>11,.0f} tok/s  compile {row['compile_seconds']:.1f} s"
@@ -144,18 +161,9 @@ def _generation_program(mixer, args, position):
                          rngs=nnx.Rngs(0))  # fmt: skip
     graphdef, state = nnx.split(model)
     prompt = jax.random.randint(jax.random.key(2), (args.batch, position), 0, GEN_VOCAB)
-    if mixer not in mixers.RECURRENT:
-
-        def last_logits(s, p):
-            return nnx.merge(graphdef, s)(p)[:, -1]
-
-        return (
-            compile_program(last_logits, (state, prompt)),
-            1.0,
-            "forward pass over the tokens so far",
-        )
-
-    carry = jax.jit(lambda s, p: prefill(nnx.merge(graphdef, s), p))(state, prompt)
+    cached = mixer in mixers.CACHED
+    length = position + GEN_TOKENS if cached else None
+    carry = jax.jit(lambda s, p: prefill(nnx.merge(graphdef, s), p, length))(state, prompt)
 
     def decode(s, carry, token):
         model = nnx.merge(graphdef, s)
@@ -168,7 +176,8 @@ def _generation_program(mixer, args, position):
         return jax.lax.scan(body, (carry, token), None, length=GEN_TOKENS)[0][1]
 
     program = compile_program(decode, (state, carry, prompt[:, -1]))
-    return program, 1 / GEN_TOKENS, f"recurrent step ({GEN_TOKENS} tokens timed)"
+    kind = f"key-value cache of {length} positions" if cached else "recurrent step"
+    return program, 1 / GEN_TOKENS, f"{kind} ({GEN_TOKENS} tokens timed)"
 
 
 def generation(args, limit_bytes):
@@ -222,9 +231,10 @@ def main(argv=None):
     limit = args.max_gb * 1e9
     settings = {k: getattr(args, k) for k in ("mixers", "lengths", "positions", "d_model",
                                               "n_heads", "batch", "max_gb", "repeats")}  # fmt: skip
-    result = {"device": device_name(), "settings": settings}
+    result = {"device": device_name(), "settings": settings, "load_before": os.getloadavg()}
     result["throughput"] = throughput(args, limit)
     result["generation"] = generation(args, limit)
+    result["load_after"] = os.getloadavg()
     stem = out / f"mixers-{result['device']}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     figure(result, stem.with_suffix(".png"))

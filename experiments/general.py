@@ -85,7 +85,7 @@ def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list
         samples = "\n".join(
             "#" * 2 + line if line.startswith("## ") else line for line in samples.splitlines()
         )  # a level under this section's
-        lines += ["", "### Samples (recurrent form, `generate`)", "", samples]  # fmt: skip
+        lines += ["", "### Samples (step forms, `generate`)", "", samples]  # fmt: skip
     return lines + [""]
 
 

@@ -28,7 +28,7 @@ median, the first left out: it compiles; a budget run of one segment: the calibr
 ``train_seconds`` (each history row, the summary) is steps ÷ that rate.
 
 After training, ``--sample-chars`` characters are sampled (``--temperature``) with
-:func:`ssm_gd.seq.models.generate` (the recurrent form for the recurrent mixers) after the held-out
+:func:`ssm_gd.seq.models.generate` (every mixer in its step form) after the held-out
 text's first ``p = min(64, context // 2)`` characters. They are drawn in pieces of ``context − p``
 characters, each after the last ``p`` ones, so that no model reads more than ``--context``
 characters at a time, as in training (rotary attention does not extrapolate past its training

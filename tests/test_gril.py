@@ -13,14 +13,14 @@ import pytest
 from flax import nnx
 
 from ssm_gd import construction, gd, tasks
-from ssm_gd.seq.gril import DECAYS, GRILMixer
+from ssm_gd.seq.gril import CHUNKS, DECAYS, GRILMixer, auto_impl
 
 F64 = jnp.float64
 B, L, D = 2, 11, 6  # an odd length; chunk=4 leaves a partial last chunk
 TOL = 1e-12  # float64 rounding of sums of ~L·w² products of O(1) numbers
 
 
-def _mixer(window=3, stride=1, decay="entry", chunk=4, seed=0, impl="chunked", **sizes):
+def _mixer(window=3, stride=1, decay="entry", chunk=4, seed=0, impl="auto", **sizes):
     sizes = dict(n_heads=2, d_key=3, d_value=4) | sizes
     return GRILMixer(D, window=window, stride=stride, decay=decay, chunk=chunk, impl=impl,
                      param_dtype=F64, rngs=nnx.Rngs(seed), **sizes)  # fmt: skip
@@ -46,12 +46,14 @@ CASES += [(3, 2, decay) for decay in DECAYS] + [(5, 3, "entry"), (2, 2, "none")]
 
 @pytest.mark.parametrize(("window", "stride", "decay"), CASES)
 def test_three_forms_agree(window, stride, decay):
+    """The training form (``impl="auto"``: the matrix products for a factorised decay) and the
+    recurrent form equal the reference; every training form of every decay equals it on the bare
+    streams too (tests/test_gril_forms.py): here the window's streams, the stride and the
+    projections around them are what is checked."""
     mixer, u = _mixer(window, stride, decay), _inputs()
     chunked, reference = mixer(u), mixer.scan_states(u)
     assert chunked.shape == (B, L, D)
     np.testing.assert_allclose(chunked, reference, rtol=0, atol=TOL)
-    mixer.impl = "scan"  # the training form's other implementation, same parameters
-    np.testing.assert_allclose(mixer(u), reference, rtol=0, atol=TOL)
     np.testing.assert_allclose(_recurrent(mixer, u), reference, rtol=0, atol=TOL)
     inactive = np.setdiff1d(np.arange(L), np.arange((window - 1) % stride, L, stride))
     np.testing.assert_array_equal(chunked[:, inactive], 0.0)  # no update, no output
@@ -70,23 +72,17 @@ def test_three_forms_agree_in_gradients(decay):
 
         return jax.grad(loss, argnums=(0, 1))(params, u)
 
-    def scan_form(mixer, u):
-        mixer.impl = "scan"
-        return mixer(u)
-
     reference = grads(GRILMixer.scan_states)
-    for form in (GRILMixer.__call__, scan_form, _recurrent):
+    for form in (GRILMixer.__call__, _recurrent):
         got = grads(form)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
 
 
 def test_output_norm_in_every_form():
-    mixer, u = _mixer(3, 2, "entry", norm=True), _inputs()
+    mixer, u = _mixer(3, 2, "scalar", norm=True), _inputs()
     mixer.o_scale[...] = jnp.linspace(0.5, 2.0, 8, dtype=F64).reshape(2, 4)
     reference = mixer.scan_states(u)
-    np.testing.assert_allclose(mixer(u), reference, rtol=0, atol=TOL)
-    mixer.impl = "scan"
     np.testing.assert_allclose(mixer(u), reference, rtol=0, atol=TOL)
     np.testing.assert_allclose(_recurrent(mixer, u), reference, rtol=0, atol=TOL)
     # Each head's output has root mean square 1 before o_scale: with o_scale = 1 and an
@@ -186,3 +182,24 @@ def test_window_one_on_pairs_tokens_is_one_gd_step():
     prediction = mixer(toks)[:, -1, d_in:]
     expected = gd.predict(task.x, task.y, task.x_query, lr=lr)
     np.testing.assert_allclose(prediction, expected, rtol=0, atol=TOL)
+
+
+def test_auto_picks_the_products_for_a_factorised_decay_and_the_measured_form_for_entries():
+    for decay in ("structured", "scalar", "none"):
+        assert all(auto_impl(decay, backend) == "chunked" for backend in ("cpu", "gpu", "tpu"))
+    assert auto_impl("entry", "cpu") == "scan"
+    assert auto_impl("entry", "gpu") == auto_impl("entry", "tpu") == "chunk_scan"
+    assert {d: _mixer(decay=d, chunk=None).chunk for d in DECAYS} == CHUNKS
+
+
+def test_scalar_decay_spans_time_scales_across_heads():
+    """One decay per head, ``γ_h = 1 − 2^{−e_h}`` with ``e_h`` from 5 to 12: time scales
+    ``1 / (1 − γ)`` of 32 to 4096 positions."""
+    mixer = _mixer(decay="scalar", n_heads=4)
+    log_alpha, log_beta = mixer.log_decays()
+    assert log_alpha.shape == (4, 1) and log_beta is None
+    np.testing.assert_allclose(1 / (1 - np.exp(log_alpha[:, 0])), 2.0 ** np.linspace(5, 12, 4),
+                               rtol=1e-9)  # fmt: skip
+    np.testing.assert_allclose(mixer.lam, np.broadcast_to(np.exp(log_alpha)[:, :, None], (4, 3, 4)))
+    with pytest.raises(ValueError, match="does not factorise"):
+        _mixer(decay="entry").log_decays()

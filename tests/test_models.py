@@ -48,6 +48,40 @@ def test_generation_logits_equal_the_parallel_form(mixer):
     np.testing.assert_allclose(logits, parallel, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, F64])
+def test_attention_key_value_cache_equals_the_parallel_form(dtype):
+    """Every position's logits from the step form (a cache of 12 positions, 9 read) equal the
+    causal forward pass's: to float64 rounding, and in float32 to its rounding (eps 1.2e-7,
+    logits O(1), sums of ~10 terms)."""
+    model = models.Model(VOCAB, D, LAYERS, mixer="attention", n_heads=2, param_dtype=dtype,
+                         rngs=nnx.Rngs(0))  # fmt: skip
+    tokens, state, steps = _tokens(), model.init_state(B, 12), []
+    for t in range(tokens.shape[1]):
+        state, logits = model.step(state, tokens[:, t])
+        steps.append(logits)
+    atol = 1e-12 if dtype == F64 else 1e-5
+    np.testing.assert_allclose(jnp.stack(steps, 1), model(tokens), rtol=0, atol=atol)
+    assert int(state[0]["t"]) == tokens.shape[1]
+
+
+def test_attention_step_past_the_cache_is_nan_not_a_wrong_answer():
+    model = _model("attention")
+    state = model.init_state(B, 3)
+    for t in range(3):
+        state, logits = model.step(state, _tokens()[:, t])
+        assert np.isfinite(logits).all()
+    state, logits = model.step(state, _tokens()[:, 3])  # no room for position 3
+    assert np.isnan(logits).all()
+
+
+def test_rotary_at_an_offset_is_the_same_position_of_the_whole():
+    x = jax.random.normal(jax.random.key(0), (1, 7, 2, 6), F64)
+    whole = mixers.rotary(x)
+    for t in (0, 3, 6):
+        got = mixers.rotary(x[:, t : t + 1], offset=jnp.int32(t))
+        np.testing.assert_allclose(got, whole[:, t : t + 1], rtol=0, atol=1e-15)
+
+
 def test_greedy_generation_takes_the_most_likely_token():
     model = _model("gril")
     out, logits = generate(model, _tokens(3), 4, jax.random.key(0), temperature=0.0)
@@ -105,8 +139,14 @@ def test_bad_arguments_are_named():
         _model("mamba")
     with pytest.raises(ValueError, match="head must be one of"):
         _model("gril", head="pool")
-    with pytest.raises(ValueError, match="has no recurrent form"):
+    with pytest.raises(
+        ValueError, match=r"key-value cache of a fixed length: init_state\(batch, len"
+    ):
         _model("attention").init_state(2)
+    with pytest.raises(ValueError, match="length is for the mixers with a cache"):
+        _model("gril").init_state(2, 8)
+    with pytest.raises(ValueError, match="length must be a positive integer"):
+        _model("attention").init_state(2, 0)
     with pytest.raises(ValueError, match=r"prompt must be integer token ids \(B, L\)"):
         generate(_model("gril"), jnp.zeros((2, 3)), 2, jax.random.key(0))
     with pytest.raises(ValueError, match="n_tokens must be a positive integer"):

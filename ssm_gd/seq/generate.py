@@ -1,8 +1,8 @@
 """Generation from a next-token :class:`ssm_gd.seq.models.Model`: prefill and sampling.
 
-:func:`generate` samples with the recurrent forms (``step``: constant time and memory per token)
-and, for attention, by recomputing the causal forward pass over a fixed-length buffer (one
-compiled program).
+:func:`generate` samples with every mixer's step form (one compiled program): the recurrent
+mixers' constant state (constant time and memory per token), attention's key-value cache of the
+prompt's and the new tokens' length (time and memory per token grow with that length).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from ssm_gd import validate
-from ssm_gd.seq.mixers import RECURRENT
+from ssm_gd.seq.mixers import CACHED
 from ssm_gd.seq.models import Model, check_tokens
 
 __all__ = ["generate", "prefill"]
@@ -56,17 +56,23 @@ def _check_prompt(model: Model, prompt) -> Array:
     return prompt
 
 
-def prefill(model: Model, prompt: Array):
-    """The recurrent state after reading ``prompt`` ``(B, P)`` (integer ids in ``[0, vocab)``) a
-    token at a time (a ``lax.scan`` of :meth:`Model.step`: one compiled step whatever ``P``)."""
-    return _prefill(model, _check_prompt(model, prompt))
+def prefill(model: Model, prompt: Array, length: int | None = None):
+    """The step form's state after reading ``prompt`` ``(B, P)`` (integer ids in ``[0, vocab)``) a
+    token at a time (a ``lax.scan`` of :meth:`Model.step`: one compiled step whatever ``P``).
+    ``length``: for attention, the positions its key-value cache holds (default ``P``: room for
+    the prompt alone); the recurrent mixers take none."""
+    prompt = _check_prompt(model, prompt)
+    if model.mixer_name in CACHED and length is None:
+        length = prompt.shape[1]
+    return _prefill(model, prompt, length)
 
 
-def _prefill(model: Model, prompt: Array):
+def _prefill(model: Model, prompt: Array, length: int | None):
     def body(state, token):
         return model.step(state, token)[0], None
 
-    return jax.lax.scan(body, model.init_state(prompt.shape[0]), jnp.moveaxis(prompt, 1, 0))[0]
+    state = model.init_state(prompt.shape[0], length)
+    return jax.lax.scan(body, state, jnp.moveaxis(prompt, 1, 0))[0]
 
 
 def _sample(logits, key, temperature):
@@ -78,28 +84,19 @@ def _sample(logits, key, temperature):
 @functools.partial(jax.jit, static_argnums=(0, 3, 5))
 def _generate(graphdef, params, prompt, n_tokens, key, temperature):
     model = nnx.merge(graphdef, params)
-    batch, p = prompt.shape
+    p = prompt.shape[1]
     keys = jax.random.split(key, n_tokens)
-    if model.mixer_name in RECURRENT:
-        state = _prefill(model, prompt[:, :-1])
-        state, logits = model.step(state, prompt[:, -1])
+    # Every mixer in its step form; attention's cache holds the prompt and every new token.
+    length = p + n_tokens if model.mixer_name in CACHED else None
+    state = _prefill(model, prompt[:, :-1], length)
+    state, logits = model.step(state, prompt[:, -1])
 
-        def body(carry, k):
-            state, logits = carry
-            token = _sample(logits, k, temperature).astype(prompt.dtype)
-            state, next_logits = model.step(state, token)
-            return (state, next_logits), (token, logits)
+    def body(carry, k):
+        state, logits = carry
+        token = _sample(logits, k, temperature).astype(prompt.dtype)
+        state, next_logits = model.step(state, token)
+        return (state, next_logits), (token, logits)
 
-        _, (tokens, logits) = jax.lax.scan(body, (state, logits), keys)
-    else:  # attention: the causal forward pass over a fixed buffer, one position a step
-        buffer = jnp.zeros((batch, p + n_tokens), prompt.dtype).at[:, :p].set(prompt)
-
-        def body(buffer, inputs):
-            t, k = inputs
-            logits = jax.lax.dynamic_index_in_dim(model(buffer), t - 1, axis=1, keepdims=False)
-            token = _sample(logits, k, temperature).astype(prompt.dtype)
-            return buffer.at[:, t].set(token), (token, logits)
-
-        _, (tokens, logits) = jax.lax.scan(body, buffer, (p + jnp.arange(n_tokens), keys))
+    _, (tokens, logits) = jax.lax.scan(body, (state, logits), keys)
     out = jnp.concatenate([prompt, jnp.moveaxis(tokens, 0, 1)], axis=1)
     return out, jnp.moveaxis(logits, 0, 1)

@@ -11,13 +11,18 @@ For tokens ``u_1 … u_L ∈ R^D`` and each of ``H`` heads:
    then an output projection.
 
 ``decay``: ``"entry"`` (one ``Λ`` per state entry, as in the paper), ``"structured"``
-(``Λ_jk = α_j β_k``) or ``"none"`` (``Λ = 1``); every decay is in ``(0, 1]``. With ``stride=s`` the
+(``Λ_jk = α_j β_k``), ``"scalar"`` (one ``γ`` per head, ``Λ = γ``: RetNet's and Mamba-2's, the
+heads initialised at time scales from 32 to 4096 positions) or ``"none"`` (``Λ = 1``); every decay
+is in ``(0, 1]``. With ``stride=s`` the
 state is updated, and read, only at the positions ``p ≡ w − 1 (mod s)`` (0-based: the windows
 that start at multiples of ``s``, the first ones padded with zeros); the output is zero elsewhere.
 
 Three forms, one set of parameters, equal up to rounding: :meth:`GRILMixer.__call__` (for
-training: never every state; ``impl="chunked"`` matrix products inside chunks, ``impl="scan"`` a
-sequential scan a chunk at a time, ``"auto"`` the scan on a CPU, the chunks elsewhere),
+training, ``impl``: ``"chunked"`` products inside chunks — matrix products for the decays that
+factorise (:func:`~ssm_gd.seq.gril_forms.products`), weighted per state entry for ``"entry"``;
+``"chunk_scan"`` the recurrence inside every chunk at once; ``"scan"`` a sequential scan;
+``"scaled"`` a scaled cumulative sum, exact only for decays not too small; ``"auto"``:
+:func:`auto_impl`),
 :meth:`GRILMixer.step` from :meth:`GRILMixer.init_state` (the
 recurrent form: constant memory and time per token) and :meth:`GRILMixer.scan_states` (every
 state, :func:`jax.lax.associative_scan`: the reference).
@@ -33,11 +38,28 @@ from flax import nnx
 from ssm_gd import validate
 from ssm_gd.seq import gril_forms as forms
 
-__all__ = ["DECAYS", "IMPLS", "GRILMixer", "causal_windows"]
+__all__ = ["CHUNKS", "DECAYS", "FACTORISED", "IMPLS", "GRILMixer", "auto_impl"]
 
 Array = jax.Array
-DECAYS = ("entry", "structured", "none")
-IMPLS = ("auto", "chunked", "scan")
+DECAYS = ("entry", "structured", "scalar", "none")
+FACTORISED = ("structured", "scalar", "none")  # Λ = α βᵀ: the chunk form is matrix products
+IMPLS = ("auto", "chunked", "chunk_scan", "scan", "scaled")
+_FORMS = {"chunk_scan": forms.chunk_scan, "scan": forms.scan, "scaled": forms.scaled}
+# The chunk ``chunk=None`` takes, per decay, for the form auto_impl picks (measured on a 2-core
+# CPU, d_model 128, 4 heads of 32, batch 4, L 1k–4k: results/bench/README.md).
+CHUNKS = {"entry": 16, "structured": 4, "scalar": 32, "none": 64}
+
+
+def auto_impl(decay: str, backend: str | None = None) -> str:
+    """The training form ``impl="auto"`` runs: the matrix products (``"chunked"``) for every
+    decay that factorises, on every backend; for one decay per state entry, the sequential
+    ``"scan"`` on a CPU (there it is faster than the recurrence inside every chunk at once, the
+    per-entry products and the scaled cumulative sum: results/bench/README.md) and
+    ``"chunk_scan"`` elsewhere (``chunk`` sequential steps instead of ``L``; not yet measured on an
+    accelerator)."""
+    if decay in FACTORISED:
+        return "chunked"
+    return "scan" if (backend or jax.default_backend()) == "cpu" else "chunk_scan"
 
 
 def _bounded(raw: Array) -> Array:
@@ -45,11 +67,9 @@ def _bounded(raw: Array) -> Array:
     return jnp.exp(-jnp.exp(raw))
 
 
-def causal_windows(x: Array, window: int) -> Array:
-    """``(B, L, …) → (B, L, w, …)``: at each position ``t`` the rows of positions
-    ``t − w + 1 … t`` (row ``a`` is position ``t − w + 1 + a``), zeros before the start."""
-    padded = jnp.pad(x, [(0, 0), (window - 1, 0)] + [(0, 0)] * (x.ndim - 2))
-    return jnp.stack([padded[:, a : a + x.shape[1]] for a in range(window)], axis=2)
+def _log_bounded(raw: Array) -> Array:
+    """``log`` of :func:`_bounded`: ``−exp(raw)`` ≤ 0."""
+    return -jnp.exp(raw)
 
 
 def _raw_decay(key, shape, dtype, low=0.9, high=0.999):
@@ -64,12 +84,13 @@ class GRILMixer(nnx.Module):
     Args:
       d_model: ``D``. n_heads, d_key, d_value: ``H``, ``d_k``, ``d_v``.
       window: ``w`` positions per update; stride: update and read every ``s`` positions.
-      decay: one of :data:`DECAYS`. chunk: updates per chunk of the training form (``"chunked"``:
-        its work grows as ``chunk²`` per chunk, its sequential steps as ``L / chunk``; ``"scan"``:
-        the states kept for the backward pass, one per chunk).
-      impl: one of :data:`IMPLS`, the training form's implementation. The chunks' products with
-        one decay per state entry do ``chunk · d_k · d_v`` work per update and head, which XLA:CPU
-        runs slower than the plain recurrence, so ``"auto"`` picks the scan on a CPU.
+      decay: one of :data:`DECAYS`. chunk: updates per chunk of the training form (``None``: the
+        measured best, :data:`CHUNKS`). ``"chunked"``: its work grows as ``chunk`` per update, its
+        sequential steps as ``L / chunk``; ``"scan"``: the states kept for the backward pass, one
+        per chunk; ``"chunk_scan"``: ``chunk`` sequential steps.
+      impl: one of :data:`IMPLS`, the training form's implementation; ``"auto"``:
+        :func:`auto_impl`. ``"scaled"`` divides by ``Λ^i`` inside a chunk: exact only while
+        ``(chunk − 1)·|log Λ|`` stays well inside the float range, never a default.
 
     Parameters: ``w_q``, ``w_k`` ``(D, H, d_k)``, ``w_v`` ``(D, H, d_v)``, ``q_mix`` ``(H, w, w)``
     (initialised to the current position's ``k_t v_tᵀ`` plus noise), ``d_mix`` ``(H, w)`` (the
@@ -87,7 +108,7 @@ class GRILMixer(nnx.Module):
         window: int = 3,
         stride: int = 1,
         decay: str = "entry",
-        chunk: int = 16,
+        chunk: int | None = None,
         impl: str = "auto",
         norm: bool = False,
         param_dtype=jnp.float32,
@@ -98,7 +119,7 @@ class GRILMixer(nnx.Module):
         self.window = validate.positive_int("window", window)
         self.stride = validate.positive_int("stride", stride)
         self.decay = validate.one_of("decay", decay, DECAYS)
-        self.chunk = validate.positive_int("chunk", chunk)
+        self.chunk = CHUNKS[decay] if chunk is None else validate.positive_int("chunk", chunk)
         self.impl = validate.one_of("impl", impl, IMPLS)
         if not isinstance(norm, bool):
             raise ValueError(f"norm must be True or False; got {norm!r}")
@@ -119,57 +140,92 @@ class GRILMixer(nnx.Module):
         elif decay == "structured":
             self.alpha_param = nnx.Param(_raw_decay(rngs.params(), (h, dk), param_dtype))
             self.beta_param = nnx.Param(_raw_decay(rngs.params(), (h, dv), param_dtype, 0.99, 1.0))
+        elif decay == "scalar":  # time scales 1 / (1 − γ) from 2^5 to 2^12 positions across heads
+            gamma = 1.0 - 2.0 ** -np.linspace(5.0, 12.0, h)
+            self.gamma_param = nnx.Param(jnp.asarray(np.log(-np.log(gamma)), param_dtype))
         self.w_o = normal((h * dv) ** -0.5, (h, dv, d))
         if norm:
             self.o_scale = nnx.Param(jnp.ones((h, dv), param_dtype))
+
+    def log_decays(self) -> tuple[Array | None, Array | None]:
+        """A factorised decay's ``(log α, log β)``: ``(H, d_k)`` and ``(H, d_v)`` for
+        ``"structured"``, ``(H, 1)`` and ``None`` for ``"scalar"``, ``(None, None)`` for
+        ``"none"`` (``None``: that factor is 1)."""
+        if self.decay == "structured":
+            return _log_bounded(self.alpha_param[...]), _log_bounded(self.beta_param[...])
+        if self.decay == "scalar":
+            return _log_bounded(self.gamma_param[...])[:, None], None
+        if self.decay == "none":
+            return None, None
+        raise ValueError('decay="entry" has one decay per state entry: it does not factorise')
 
     @property
     def lam(self) -> Array:
         """``Λ`` ``(H, d_k, d_v)``."""
         if self.decay == "entry":
             return _bounded(self.lam_param[...])
-        if self.decay == "structured":
-            alpha, beta = _bounded(self.alpha_param[...]), _bounded(self.beta_param[...])
-            return alpha[:, :, None] * beta[:, None, :]
-        return jnp.ones((self.n_heads, self.d_key, self.d_value), self.w_q.dtype)
+        lam = jnp.ones((self.n_heads, self.d_key, self.d_value), self.w_q.dtype)
+        log_alpha, log_beta = self.log_decays()
+        if log_alpha is not None:
+            lam = lam * jnp.exp(log_alpha)[:, :, None]
+        if log_beta is not None:
+            lam = lam * jnp.exp(log_beta)[:, None, :]
+        return lam
 
     # ------------------------------------------------------------------------------ the forms
 
     def __call__(self, u: Array) -> Array:
-        """The training form: chunks of ``chunk`` updates and one state carried across chunks,
-        :func:`~ssm_gd.seq.gril_forms.chunked` or :func:`~ssm_gd.seq.gril_forms.scan` (``impl``).
-        Memory ``O(B·L·w·D)`` plus a state per chunk, either way."""
-        impl = self.impl
-        if impl == "auto":
-            impl = "scan" if jax.default_backend() == "cpu" else "chunked"
-        form = forms.scan if impl == "scan" else forms.chunked
-        return self._at_updates(u, lambda *kvq: form(self.lam, self.q_mix[...], *kvq,
-                                                      chunk=self.chunk))  # fmt: skip
+        """The training form, ``impl`` (:data:`IMPLS`): chunks of ``chunk`` updates and a state
+        carried across them (:func:`~ssm_gd.seq.gril_forms.products` for a factorised decay,
+        else :func:`~ssm_gd.seq.gril_forms.chunked`), :func:`~ssm_gd.seq.gril_forms.chunk_scan`,
+        :func:`~ssm_gd.seq.gril_forms.scan` or :func:`~ssm_gd.seq.gril_forms.scaled`."""
+        impl = auto_impl(self.decay, jax.default_backend()) if self.impl == "auto" else self.impl
+        if impl == "chunked" and self.decay in FACTORISED:
+            log_alpha, log_beta = self.log_decays()
+            return self._at_updates(
+                u, lambda *streams: forms.products(log_alpha, log_beta, *streams, chunk=self.chunk)
+            )
+        form = _FORMS.get(impl, forms.chunked)
+        return self._at_updates(u, lambda *streams: form(self.lam, *streams, chunk=self.chunk))
 
     def scan_states(self, u: Array) -> Array:
         """The reference form: every state by an associative scan (:func:`~ssm_gd.seq.gril_forms.
         every_state`)."""
-        return self._at_updates(u, lambda *kvq: forms.every_state(self.lam, self.q_mix[...], *kvq))
+        return self._at_updates(u, lambda *streams: forms.every_state(self.lam, *streams))
 
     def _at_updates(self, u: Array, readout) -> Array:
-        """``readout(k, v, q̃) → o`` ``(B, T, H, d_v)`` on the windows of the positions where the
-        state is updated (``p ≡ w − 1 (mod s)``), projected out; zero at the other positions."""
+        """``readout(k, ṽ, q̃) → o`` ``(B, H, T, d_v)`` on the ``T`` positions where the state is
+        updated (``p ≡ w − 1 (mod s)``), the window as streams (:mod:`~ssm_gd.seq.gril_forms`),
+        projected out; zero at the other positions. Head-major throughout: the streams are shifted
+        slices of the projections, summed elementwise (no window is stacked and contracted)."""
         u = jnp.asarray(u)  # a nested list of numbers too
         if u.ndim != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"u must be (B, L, d_model={self.d_model}); got shape {u.shape}")
-        length = u.shape[1]
-        active = np.arange((self.window - 1) % self.stride, length, self.stride)
-        if len(active) == 0:  # a sequence shorter than the first update: no output yet
+        length, w = u.shape[1], self.window
+        first = (w - 1) % self.stride
+        if first >= length:  # a sequence shorter than the first update: no output yet
             return jnp.zeros_like(u)
-        k, v, q = (
-            causal_windows(jnp.einsum("bld,dhx->blhx", u, weight[...]), self.window)[:, active]
-            for weight in (self.w_k, self.w_v, self.w_q)
-        )
-        query = jnp.einsum("btahk,ha->bthk", q, self.d_mix[...])
-        y = jnp.einsum("bthv,hvd->btd", self._normed(readout(k, v, query)), self.w_o[...])
-        if len(active) == length:
+
+        def shifted(weight):  # a → position t − w + 1 + a at each update position t: (B, H, T, d)
+            x = jnp.einsum("bld,dhx->bhlx", u, weight[...])
+            x = jnp.pad(x, [(0, 0), (0, 0), (w - 1, 0), (0, 0)])
+            return [x[:, :, a : a + length][:, :, first :: self.stride] for a in range(w)]
+
+        k, v, q = shifted(self.w_k), shifted(self.w_v), shifted(self.w_q)
+        q_mix, d_mix = self.q_mix[...], self.d_mix[...]
+        keys = jnp.stack(k, axis=3)  # (B, H, T, w, d_k)
+        mixed = jnp.stack([sum(q_mix[:, a, b, None, None] * v[b] for b in range(w))
+                           for a in range(w)], axis=3)  # fmt: skip  # ṽ_a = Σ_b Q_ab v_b
+        query = sum(d_mix[:, a, None, None] * q[a] for a in range(w))  # q̃ = Σ_a D_a q_a
+        o = readout(keys, mixed, query)  # (B, H, T, d_v)
+        if self.norm:
+            o = forms.head_norm(o, self.o_scale[...][:, None])
+        y = jnp.einsum("bhtv,hvd->btd", o, self.w_o[...])
+        if y.shape[1] == length:
             return y
-        return jnp.zeros((y.shape[0], length, y.shape[-1]), y.dtype).at[:, active].set(y)
+        return (
+            jnp.zeros((y.shape[0], length, y.shape[-1]), y.dtype).at[:, first :: self.stride].set(y)
+        )
 
     def _normed(self, o: Array) -> Array:
         """``norm=True``: :func:`~ssm_gd.seq.gril_forms.head_norm`; else ``o`` as it is."""

@@ -1,17 +1,20 @@
 """GRIL's forms as pure functions of arrays (docs/design.md §13): the module
 :class:`ssm_gd.seq.gril.GRILMixer` holds the parameters and picks one.
 
-Per head, on the windows of the positions where the state is updated: keys ``k`` ``(B, T, w, H,
-d_k)``, values ``v`` ``(B, T, w, H, d_v)`` (row ``a`` of a window is position ``t − w + 1 + a``), the
-windowed queries ``q̃`` ``(B, T, H, d_k)``, the window matrix ``Q`` ``(H, w, w)`` and the decay ``Λ``
-``(H, d_k, d_v)``:
+Per head, on the positions where the state is updated, the window written as ``w`` streams:
+keys ``k`` ``(B, H, T, w, d_k)`` (stream ``a`` at update ``t`` is the key of position
+``t − w + 1 + a``), mixed values ``ṽ`` ``(B, H, T, w, d_v)`` (``ṽ_a = Σ_b Q_ab v_b``, ``Q`` the
+window matrix), the windowed queries ``q̃`` ``(B, H, T, d_k)`` and the decay ``Λ`` ``(H, d_k, d_v)``:
 
-    U_t = Σ_{a,b} Q_ab k_a v_bᵀ,        S_t = Λ ⊙ S_{t−1} + U_t,        o_t = S_tᵀ q̃_t.
+    U_t = Σ_a k_a ṽ_aᵀ,        S_t = Λ ⊙ S_{t−1} + U_t,        o_t = S_tᵀ q̃_t.
 
-Every form returns ``o`` ``(B, T, H, d_v)``; they agree to rounding (tests, float64):
-:func:`chunked` (masked products inside chunks, a state carried across them), :func:`scan` (the
-recurrence a step at a time, a chunk per checkpointed segment), :func:`every_state` (all states by
-an associative scan: the reference) and :func:`step` (one token, for generation).
+Every training form returns ``o`` ``(B, H, T, d_v)``; they agree to rounding (tests, float64):
+:func:`products` (a factorised decay ``Λ = α βᵀ``: matrix products inside chunks, a state carried
+across them), :func:`chunked` (any ``Λ``: products weighted by ``Λ`` per state entry inside
+chunks), :func:`chunk_scan` (any ``Λ``: the recurrence a step at a time inside every chunk at
+once, then the carried states), :func:`scan` (the recurrence a step at a time, a chunk per
+checkpointed segment), :func:`every_state` (all states by an associative scan: the reference) and
+:func:`step` (one token, for generation).
 """
 
 from __future__ import annotations
@@ -22,58 +25,199 @@ import jax.numpy as jnp
 from ssm_gd import scan as linear_scan
 from ssm_gd.readout import chunked_readout
 
-__all__ = ["chunked", "every_state", "head_norm", "scan", "step"]
+__all__ = ["chunk_scan", "chunked", "every_state", "head_norm", "products", "scan", "step"]
 
 Array = jax.Array
 
 
-def chunked(lam: Array, q_mix: Array, k: Array, v: Array, query: Array, *, chunk: int) -> Array:
+def _to_chunks(x: Array, c: int) -> Array:
+    """``(B, H, T, …) → (B, H, n, c, …)``, ``n = ⌈T / c⌉``; zeros past the end (zero keys: no
+    update there)."""
+    n = -(-x.shape[2] // c)
+    x = jnp.pad(x, [(0, 0), (0, 0), (0, n * c - x.shape[2])] + [(0, 0)] * (x.ndim - 3))
+    return x.reshape(*x.shape[:2], n, c, *x.shape[3:])
+
+
+def _powers(log_decay: Array, exponents: Array) -> Array:
+    """``decay^n = exp(n · log decay)`` for every ``n`` of ``exponents`` (≥ 0 where it is used):
+    ``(*exponents.shape, *log_decay.shape)``. A negative exponent (above the diagonal of a causal
+    table) is replaced by 0 before the exponential, so that nothing overflows, even in the
+    gradient; the caller masks it."""
+    n = jnp.maximum(exponents, 0).astype(log_decay.dtype)
+    return jnp.exp(n.reshape(*n.shape, *(1,) * log_decay.ndim) * log_decay)
+
+
+def products(log_alpha, log_beta, k: Array, vt: Array, q: Array, *, chunk: int) -> Array:
+    """``o_t`` for a factorised decay ``Λ_jk = α_j β_k`` by matrix products inside chunks of
+    ``chunk`` updates (gated linear attention's chunk form; docs/design.md §13).
+
+    ``log_alpha``: ``(H, d_k)``, ``(H, 1)`` (one decay per head) or ``None`` (``α = 1``);
+    ``log_beta``: ``(H, d_v)`` or ``None`` (``β = 1``); every ``log`` ≤ 0. The window is ``w``
+    key-shifted streams (``U_t = Σ_a k_a ṽ_aᵀ``), so ``U_t`` is never formed. For a chunk starting at ``t0`` and ``i, j`` relative to it:
+
+    * intra-chunk: ``o_i = Σ_{j ≤ i} Σ_a (q̃_i ⊙ α^{i−j})ᵀ k_{j,a} (β^{i−j} ⊙ ṽ_{j,a})``;
+    * inter-chunk: ``o_i += β^{i+1} ⊙ ((α^{i+1} ⊙ q̃_i)ᵀ S_{t0−1})``;
+    * carried state: ``S_{t0+c−1} = Λ^c ⊙ S_{t0−1} + Σ_{j,a} (α^{c−1−j} ⊙ k_{j,a})
+      (β^{c−1−j} ⊙ ṽ_{j,a})ᵀ``, every chunk's sum at once, then an associative scan over chunks.
+
+    Every power has a non-negative exponent (``exp(n · log α)``, ``n ≥ 0``): nothing overflows for
+    any decay in ``(0, 1]``. One decay per head makes the intra-chunk weights a ``(c, c)`` table and
+    the step two matrix products; one per key channel, a ``(c, c, d_k)`` table (work ``c · d_k``
+    per update, memory ``c`` times the keys'); ``β`` a ``(c, c, d_v)`` table likewise.
+    """
+    batch, h, length, w = k.shape[:4]
+    c = min(chunk, length)
+    dtype = jnp.result_type(k, vt, q)
+    # The keys and values of a chunk flattened to c·w rows (position-major): every product below
+    # is a batched matrix product over (B, H, chunk) with its operands contiguous.
+    n = -(-length // c)
+    k, vt = (_to_chunks(x, c).reshape(batch, h, n, c * w, -1) for x in (k, vt))  # (B,H,n,c·w,d)
+    q = _to_chunks(q, c)  # (B, H, n, c, d_k)
+    pos = jnp.arange(c)
+    gap = pos[:, None] - pos[None, :]  # i − j
+    causal = gap >= 0
+
+    def rows(x):  # (…, c, c, …) tables: each column j repeated for the w rows of position j
+        return jnp.repeat(x, w, axis=1)
+
+    if log_alpha is None:
+        scores = jnp.einsum("bhnik,bhnjk->bhnij", q, k) * rows(causal)
+    elif log_alpha.shape[-1] == 1:  # one decay per head: a (H, c, c) table after the product
+        table = jnp.where(causal[:, :, None], _powers(log_alpha[:, 0], gap), 0)  # (c, c, H)
+        scores = jnp.einsum("bhnik,bhnjk->bhnij", q, k) * jnp.moveaxis(rows(table), -1, 0)[:, None]
+    else:  # one decay per key channel: a (H, c, c·w, d_k) table inside the sum
+        table = jnp.where(causal[:, :, None, None], _powers(log_alpha, gap), 0)  # (c, c, H, d_k)
+        scores = jnp.einsum("bhnik,ijhk,bhnjk->bhnij", q, rows(table), k)
+    if log_beta is None:
+        o = jnp.einsum("bhnij,bhnjv->bhniv", scores, vt)
+    else:
+        table = jnp.where(causal[:, :, None, None], _powers(log_beta, gap), 0)  # (c, c, H, d_v)
+        o = jnp.einsum("bhnij,ijhv,bhnjv->bhniv", scores, rows(table), vt)
+    # The state each chunk leaves (from zero), every chunk at once; then the carried states.
+    to_end = jnp.repeat(c - 1 - pos, w)  # for each of the c·w rows
+    if log_alpha is not None:
+        k = k * jnp.moveaxis(_powers(log_alpha, to_end), 0, 1)[:, None]  # (H, 1, c·w, d_k)
+    if log_beta is not None:
+        vt = vt * jnp.moveaxis(_powers(log_beta, to_end), 0, 1)[:, None]
+    local = jnp.einsum("bhnjk,bhnjv->bhnkv", k, vt)  # (B, H, n, d_k, d_v)
+    dk, dv = local.shape[-2:]
+    lam_c = jnp.ones((h, 1, dk, dv), dtype)
+    if log_alpha is not None:
+        lam_c = lam_c * jnp.exp(c * log_alpha)[:, None, :, None]
+    if log_beta is not None:
+        lam_c = lam_c * jnp.exp(c * log_beta)[:, None, None, :]
+    before = _carried(lam_c, local)
+    if log_alpha is not None:
+        q = q * jnp.moveaxis(_powers(log_alpha, pos + 1), 0, 1)[:, None]  # (H, 1, c, d_k)
+    inter = jnp.einsum("bhnik,bhnkv->bhniv", q, before)
+    if log_beta is not None:
+        inter = inter * jnp.moveaxis(_powers(log_beta, pos + 1), 0, 1)[:, None]
+    return (o + inter).reshape(batch, h, n * c, -1)[:, :, :length]
+
+
+def chunked(lam: Array, k: Array, vt: Array, q: Array, *, chunk: int) -> Array:
     """``o_t`` by :func:`ssm_gd.readout.chunked_readout` per head, on the transposed state
-    ``S_tᵀ`` (inside a chunk, masked products weighted by ``Λ^{t−i}``)."""
+    ``S_tᵀ``: inside a chunk, products weighted by ``Λ^{t−i}`` per state entry (work
+    ``chunk · d_k · d_v`` per update)."""
 
-    def head(lam_t, q_mix, k, v, query):  # one head; k (B, T, w, d_k), v (B, T, w, d_v)
-        def make_b(kv):  # U_tᵀ = Σ_ab Q_ab v_b k_aᵀ, a chunk at a time
-            return jnp.einsum("bcak,ae,bcev->bcvk", kv[0], q_mix, kv[1])
+    def head(lam_t, k, vt, q):  # one head; k (B, T, w, d_k), vt (B, T, w, d_v)
+        def make_b(kv):  # U_tᵀ = Σ_a ṽ_a k_aᵀ, a chunk at a time
+            return jnp.einsum("bcak,bcav->bcvk", *kv)
 
-        return chunked_readout(lam_t, make_b, (k, v), query, chunk=chunk)
+        return chunked_readout(lam_t, make_b, (k, vt), q, chunk=chunk)
 
-    heads = jax.vmap(head, in_axes=(0, 0, 3, 3, 2), out_axes=2)
-    return heads(jnp.swapaxes(lam, 1, 2), q_mix, k, v, query)
+    return jax.vmap(head, in_axes=(0, 1, 1, 1), out_axes=1)(jnp.swapaxes(lam, 1, 2), k, vt, q)
 
 
-def scan(lam: Array, q_mix: Array, k: Array, v: Array, query: Array, *, chunk: int) -> Array:
+def _time_major_chunks(x: Array, c: int) -> Array:
+    """``(B, H, T, …) → (c, B, H, n, …)``: a position inside the chunk first, for a scan."""
+    return jnp.moveaxis(_to_chunks(x, c), 3, 0)
+
+
+def _from_time_major(o: Array, length: int) -> Array:
+    """``(c, B, H, n, d) → (B, H, T, d)``, the padding dropped."""
+    o = jnp.moveaxis(o, 0, 3)  # (B, H, n, c, d)
+    return o.reshape(*o.shape[:2], -1, o.shape[-1])[:, :, :length]
+
+
+def _carried(lam_c: Array, local: Array) -> Array:
+    """The state before each chunk ``(B, H, n, d_k, d_v)``, from the state each chunk leaves when
+    started from zero (``local``) and the decay over a chunk ``Λ^c``, by an associative scan."""
+    states, _ = linear_scan.linear_recurrence(lam_c, local, axis=2)
+    return jnp.concatenate([jnp.zeros_like(states[:, :, :1]), states[:, :, :-1]], axis=2)
+
+
+def scan(lam: Array, k: Array, vt: Array, q: Array, *, chunk: int) -> Array:
     """``o_t`` by the recurrence a step at a time, ``chunk`` steps per checkpointed segment (the
     backward pass keeps one state per chunk and recomputes the chunk)."""
-    batch, length, _, h, dk = k.shape
+    batch, h, length = k.shape[:3]
     c = min(chunk, length)
-    n = -(-length // c)
     lam = lam.astype(k.dtype)
-    qv = jnp.einsum("hae,btehv->btahv", q_mix, v)  # U_t = Σ_a k_a (Σ_b Q_ab v_b)ᵀ
-
-    def to_chunks(x):  # (B, T, …) → (n, c, B, …); zero keys past the end: no update there
-        x = jnp.pad(x, [(0, 0), (0, n * c - length)] + [(0, 0)] * (x.ndim - 2))
-        return jnp.moveaxis(x.reshape(batch, n, c, *x.shape[2:]), (1, 2), (0, 1))
+    k, vt, q = (jnp.moveaxis(_to_chunks(x, c), (2, 3), (0, 1)) for x in (k, vt, q))  # (n, c, …)
 
     def one(s, x):
-        k_t, qv_t, q_t = x
-        s = lam * s + jnp.einsum("bahk,bahv->bhkv", k_t, qv_t)
+        k_t, vt_t, q_t = x
+        s = lam * s + jnp.einsum("bhak,bhav->bhkv", k_t, vt_t)
         return s, jnp.einsum("bhkv,bhk->bhv", s, q_t)
 
     @jax.checkpoint
     def segment(s, xs):
         return jax.lax.scan(one, s, xs)
 
-    s0 = jnp.zeros((batch, h, dk, v.shape[-1]), jnp.result_type(k, lam))
-    _, o = jax.lax.scan(segment, s0, tuple(map(to_chunks, (k, qv, query))))
-    o = o.reshape(n * c, *o.shape[2:])[:length]  # (T, B, H, d_v)
-    return jnp.moveaxis(o, 0, 1)
+    s0 = jnp.zeros((batch, *lam.shape), jnp.result_type(k, lam))
+    _, o = jax.lax.scan(segment, s0, (k, vt, q))  # (n, c, B, H, d_v)
+    o = jnp.moveaxis(o.reshape(-1, *o.shape[2:]), 0, 2)  # (B, H, n·c, d_v)
+    return o[:, :, :length]
 
 
-def every_state(lam: Array, q_mix: Array, k: Array, v: Array, query: Array) -> Array:
-    """``o_t`` from every state ``S_t`` ``(B, T, H, d_k, d_v)``, by an associative scan."""
-    updates = jnp.einsum("btahk,hae,btehv->bthkv", k, q_mix, v)
-    states, _ = linear_scan.linear_recurrence(lam, updates, axis=1)
-    return jnp.einsum("bthkv,bthk->bthv", states, query)
+def chunk_scan(lam: Array, k: Array, vt: Array, q: Array, *, chunk: int) -> Array:
+    """``o_t`` by the recurrence a step at a time inside every chunk at once: ``chunk`` sequential
+    steps (not ``T``), each over all ``⌈T / chunk⌉`` chunks. Pass 1 runs each chunk from a zero
+    state to its last update; an associative scan over chunks gives the state each chunk starts
+    from (``S_{t0+c−1} = Λ^c ⊙ S_{t0−1} + local``); pass 2 reruns every chunk from that state and
+    reads out. Any ``Λ`` (one decay per state entry); memory: every state, for the backward pass."""
+    length = k.shape[2]
+    c = min(chunk, length)
+    lam = lam.astype(k.dtype)[:, None]  # (H, 1, d_k, d_v) over (B, H, n, d_k, d_v)
+    k, vt, q = (_time_major_chunks(x, c) for x in (k, vt, q))  # (c, B, H, n, …)
+
+    def update(s, x):
+        return lam * s + jnp.einsum("bhnak,bhnav->bhnkv", x[0], x[1])
+
+    def read(s, x):
+        s = update(s, x)
+        return s, jnp.einsum("bhnkv,bhnk->bhnv", s, x[2])
+
+    zero = jnp.zeros((*k.shape[1:4], *lam.shape[-2:]), jnp.result_type(k, lam))
+    local, _ = jax.lax.scan(lambda s, x: (update(s, x), None), zero, (k, vt, q))
+    _, o = jax.lax.scan(read, _carried(lam**c, local), (k, vt, q))  # (c, B, H, n, d_v)
+    return _from_time_major(o, length)
+
+
+def scaled(lam: Array, k: Array, vt: Array, q: Array, *, chunk: int) -> Array:
+    """``o_t`` by a scaled cumulative sum inside each chunk: ``S_{t0+j} = Λ^j ⊙ (Λ ⊙ S_{t0−1} +
+    Σ_{i≤j} Λ^{−i} ⊙ U_i)``, no sequential step inside a chunk. ``Λ^{−i}`` grows as
+    ``exp(i · |log Λ|)``: exact only while ``(chunk − 1) · |log Λ|`` stays well inside the float
+    range (float32: below about 80), which a learned decay need not respect — a benchmark
+    candidate, not a default. Memory: every state."""
+    length = k.shape[2]
+    c = min(chunk, length)
+    log_lam = jnp.log(lam.astype(k.dtype))[:, None, None]  # (H, 1, 1, d_k, d_v)
+    u = jnp.einsum("bhtak,bhtav->bhtkv", k, vt)
+    u, q = _to_chunks(u, c), _to_chunks(q, c)  # (B, H, n, c, d_k, d_v), (B, H, n, c, d_k)
+    pos = jnp.arange(c, dtype=log_lam.dtype)[:, None, None]
+    local = jnp.exp(pos * log_lam) * jnp.cumsum(jnp.exp(-pos * log_lam) * u, axis=3)
+    before = _carried(jnp.exp(c * log_lam[:, :, 0]), local[:, :, :, -1])
+    s = local + jnp.exp((pos + 1) * log_lam) * before[:, :, :, None]
+    o = jnp.einsum("bhnikv,bhnik->bhniv", s, q)
+    return o.reshape(*o.shape[:2], -1, o.shape[-1])[:, :, :length]
+
+
+def every_state(lam: Array, k: Array, vt: Array, q: Array) -> Array:
+    """``o_t`` from every state ``S_t`` ``(B, H, T, d_k, d_v)``, by an associative scan."""
+    updates = jnp.einsum("bhtak,bhtav->bhtkv", k, vt)
+    states, _ = linear_scan.linear_recurrence(lam[:, None], updates, axis=2)
+    return jnp.einsum("bhtkv,bhtk->bhtv", states, q)
 
 
 def step(lam, q_mix, d_mix, s, k, v, q, active) -> tuple[Array, Array]:
@@ -87,7 +231,8 @@ def step(lam, q_mix, d_mix, s, k, v, q, active) -> tuple[Array, Array]:
 
 
 def head_norm(o: Array, scale: Array) -> Array:
-    """Each head's output ``(…, H, d_v)`` divided by its root mean square (``+ 1e-6``), times
-    ``scale`` ``(H, d_v)``."""
+    """Each head's output ``(…, d_v)`` divided by its root mean square (``+ 1e-6``), times
+    ``scale`` (broadcast: ``(H, d_v)`` for ``(B, H, d_v)``, ``(H, 1, d_v)`` for ``(B, H, T,
+    d_v)``)."""
     rms = jnp.sqrt(jnp.mean(jnp.square(o), axis=-1, keepdims=True) + 1e-6)
     return o / rms * scale

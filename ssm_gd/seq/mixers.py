@@ -6,12 +6,14 @@ maps each name of :data:`CHOICES` to the function that builds it (``(d_model, n_
 param_dtype, rngs) → module``); :func:`make_mixer` checks the sizes and looks it up:
 
 * ``"gril"`` — :class:`ssm_gd.seq.gril.GRILMixer` (window 3, one decay per state entry); the
-  variant ``"gril_norm"`` (:data:`VARIANTS`, not in the sweeps) divides each head's output by its
-  root mean square;
+  variants (:data:`VARIANTS`, not in the sweeps unless asked for): ``"gril_norm"`` divides each
+  head's output by its root mean square, ``"gril_scalar"`` and ``"gril_structured"`` take the
+  decays that factorise (one per head; ``α βᵀ``), whose training form is matrix products;
 * ``"linear_attention"`` — the same mixer with ``window=1, decay="none"``: causal linear attention
   (docs/design.md §13);
 * ``"attention"`` — causal softmax attention (:func:`jax.nn.dot_product_attention`) with rotary
-  position embeddings on the queries and keys (without them it cannot tell a key's neighbour);
+  position embeddings on the queries and keys (without them it cannot tell a key's neighbour); its
+  step form keeps a key-value cache of a fixed length (``init_state(batch, length)``);
 * ``"ssm"`` — :class:`ssm_gd.recurrence.DiagonalSSM`, ``s_t = Λ ⊙ s_t−1 + B u_t``,
   ``y_t = C s_t + d ⊙ u_t`` (S5/LRU style, real ``Λ ∈ (0, 1)``);
 * ``"griffin"`` — Griffin's recurrent block (a GeLU gate branch times an RG-LRU after a short
@@ -31,36 +33,44 @@ from ssm_gd import validate
 from ssm_gd.recurrence import DiagonalSSM
 from ssm_gd.seq.gril import GRILMixer
 
-__all__ = ["CHOICES", "FACTORIES", "MIXERS", "RECURRENT", "VARIANTS", "Attention", "DiagonalSSM",
+__all__ = ["CACHED", "CHOICES", "FACTORIES", "MIXERS", "RECURRENT", "VARIANTS", "Attention", "DiagonalSSM",
            "Griffin", "make_mixer", "rotary"]  # fmt: skip
 
 Array = jax.Array
 MIXERS = ("gril", "linear_attention", "attention", "ssm", "griffin")
 # Variants a model may take that the sweeps leave out: "gril_norm" is GRIL with each head's output
 # divided by its root mean square (GRILMixer(norm=True)), as gated linear attention and RetNet do.
-VARIANTS = ("gril_norm",)
+VARIANTS = ("gril_norm", "gril_scalar", "gril_structured")
 CHOICES = MIXERS + VARIANTS
-RECURRENT = ("gril", "linear_attention", "ssm", "griffin", "gril_norm")
+RECURRENT = ("gril", "linear_attention", "ssm", "griffin", *VARIANTS)
+# Mixers whose step form keeps a cache that grows with the positions read: init_state needs a length.
+CACHED = ("attention",)
 
 
 def _normal(rngs, scale, shape, dtype):
     return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
 
-def rotary(x: Array, base: float = 10_000.0) -> Array:
+def rotary(x: Array, base: float = 10_000.0, offset=0) -> Array:
     """Rotary position embedding of ``x (B, L, H, dh)``, ``dh`` even: channel pairs ``(i, i +
-    dh/2)`` turn by the angle ``t · base^(−2i/dh)`` at position ``t``."""
+    dh/2)`` turn by the angle ``t · base^(−2i/dh)`` at position ``t = offset, offset + 1, …``
+    (``offset`` an integer, traced or not: the step form's position)."""
     half = x.shape[-1] // 2
     dtype = jnp.promote_types(x.dtype, jnp.float32)  # positions exact past 256 in bfloat16 too
     freqs = base ** (-jnp.arange(half, dtype=dtype) / half)
-    angles = jnp.arange(x.shape[1], dtype=dtype)[:, None] * freqs  # (L, dh/2)
+    positions = jnp.asarray(offset, dtype) + jnp.arange(x.shape[1], dtype=dtype)
+    angles = positions[:, None] * freqs  # (L, dh/2)
     cos, sin = (f(angles)[:, None].astype(x.dtype) for f in (jnp.cos, jnp.sin))  # (L, 1, dh/2)
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
 class Attention(nnx.Module):
-    """Causal multi-head softmax attention ``(B, L, D) → (B, L, D)``, rotary positions."""
+    """Causal multi-head softmax attention ``(B, L, D) → (B, L, D)``, rotary positions.
+
+    The step form (:meth:`init_state`, :meth:`step`) keeps the rotated keys and the values of
+    every position read so far in a cache of ``length`` positions fixed at :meth:`init_state`:
+    one compiled step whatever the position, time and memory per token ``O(length)``."""
 
     def __init__(self, d_model: int, *, n_heads: int, param_dtype=jnp.float32, rngs: nnx.Rngs):
         if d_model % n_heads:
@@ -75,6 +85,34 @@ class Attention(nnx.Module):
         q, k, v = jnp.einsum("bld,dthe->tblhe", u, self.w_qkv[...])
         o = jax.nn.dot_product_attention(rotary(q), rotary(k), v, is_causal=True)  # (B, L, H, dh)
         return jnp.einsum("blhe,hed->bld", o, self.w_o[...])
+
+    def init_state(self, batch: int, length: int) -> dict[str, Array]:
+        """An empty cache for ``length`` positions: keys and values ``(B, length, H, dh)`` (zeros)
+        and the position ``t = 0``."""
+        batch = validate.positive_int("batch", batch)
+        length = validate.positive_int("length", length)
+        _, _, h, dh = self.w_qkv.shape
+        cache = jnp.zeros((batch, length, h, dh), self.w_qkv.dtype)
+        return {"k": cache, "v": cache, "t": jnp.zeros((), jnp.int32)}
+
+    def step(self, state: dict[str, Array], u_t: Array) -> tuple[dict[str, Array], Array]:
+        """One token ``u_t`` ``(B, D)`` at position ``t`` → ``(state, y_t (B, D))``: its key and
+        value written at ``t``, its query (rotated to ``t``) attending to positions ``0 … t``.
+        Past the cache's length there is no room: ``y_t`` is NaN (never a silent wrong answer;
+        :func:`~ssm_gd.seq.generate.generate` then raises)."""
+        u_t = jnp.asarray(u_t)
+        if u_t.ndim != 2 or u_t.shape[-1] != self.w_qkv.shape[0]:
+            raise ValueError(f"u_t must be (B, d_model={self.w_qkv.shape[0]}); got {u_t.shape}")
+        t, length = state["t"], state["k"].shape[1]
+        q, k, v = jnp.einsum("bd,dthe->tbhe", u_t, self.w_qkv[...])[:, :, None]  # (B, 1, H, dh)
+        q, k = rotary(q, offset=t), rotary(k, offset=t)
+        keys, values = (jax.lax.dynamic_update_slice_in_dim(state[name], x, t, axis=1)
+                        for name, x in (("k", k), ("v", v)))  # fmt: skip
+        seen = (jnp.arange(length) <= t)[None, None, None, :]  # (1, 1, 1, length): positions ≤ t
+        o = jax.nn.dot_product_attention(q, keys, values, mask=seen)[:, 0]  # (B, H, dh)
+        y = jnp.einsum("bhe,hed->bd", o, self.w_o[...])
+        y = jnp.where(t < length, y, jnp.nan)
+        return {"k": keys, "v": values, "t": t + 1}, y
 
 
 class Griffin(nnx.Module):
@@ -134,6 +172,8 @@ FACTORIES: dict[str, Callable[..., nnx.Module]] = {
     "ssm": lambda d_model, *, n_heads, **common: DiagonalSSM(d_model, state=d_model, **common),
     "griffin": Griffin,
     "gril_norm": _gril(window=3, decay="entry", norm=True),
+    "gril_scalar": _gril(window=3, decay="scalar"),
+    "gril_structured": _gril(window=3, decay="structured"),
 }
 
 

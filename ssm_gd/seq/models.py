@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ssm_gd import validate
-from ssm_gd.seq.mixers import CHOICES, RECURRENT, make_mixer
+from ssm_gd.seq.mixers import CACHED, CHOICES, RECURRENT, make_mixer
 
 __all__ = ["HEADS", "Block", "Model", "check_lengths", "check_tokens", "match_d_model",
            "parameter_count"]  # fmt: skip
@@ -143,14 +143,31 @@ class Model(nnx.Module):
                 x = jnp.einsum("bl,bld->bd", mask.astype(x.dtype), x) / count
         return x @ self.w_head[...]
 
-    def init_state(self, batch: int):
-        if self.mixer_name not in RECURRENT:
-            raise ValueError(f"mixer={self.mixer_name!r} has no recurrent form; one of {RECURRENT}")
+    def init_state(self, batch: int, length: int | None = None):
+        """The step form's state before the first token, one entry per block. ``length``: the
+        positions a key-value cache holds (attention, :data:`~ssm_gd.seq.mixers.CACHED`: the
+        prompt and every generated token); the recurrent mixers' state does not grow and takes
+        none."""
+        if self.mixer_name in CACHED:
+            if length is None:
+                raise ValueError(
+                    f"mixer={self.mixer_name!r} keeps a key-value cache of a fixed length: "
+                    "init_state(batch, length=…) with length ≥ the positions to be read"
+                )
+            return [block.mixer.init_state(batch, length) for block in self.blocks]
+        if length is not None:
+            raise ValueError(
+                f"length is for the mixers with a cache {CACHED}; mixer={self.mixer_name!r} keeps "
+                "a state of constant size: init_state(batch)"
+            )
+        if self.mixer_name not in RECURRENT:  # every mixer of CHOICES is one or the other
+            raise ValueError(f"mixer={self.mixer_name!r} has no step form")
         return [block.mixer.init_state(batch) for block in self.blocks]
 
     def step(self, state, token: Array):
-        """One token ``(B,)`` → ``(state, next-token logits (B, V))`` in the recurrent form;
-        ``state`` from :meth:`init_state` (one entry per block, batch ``B``) or an earlier step."""
+        """One token ``(B,)`` → ``(state, next-token logits (B, V))`` in the step form (the
+        recurrent state, or attention's key-value cache); ``state`` from :meth:`init_state` (one
+        entry per block, batch ``B``) or an earlier step."""
         token = check_tokens("token", token, self.embed.num_embeddings, ndim=1)
         self._check_state(state, token.shape[0])
         x = self.embed(token)
@@ -175,7 +192,16 @@ class Model(nnx.Module):
                 f"state must be for a batch of {batch} (the token's); its arrays have leading "
                 f"sizes {sorted(sizes)}: use init_state({batch})"
             )
-        expected = jax.eval_shape(lambda: self.init_state(batch))  # shapes only: nothing computed
+        length = None
+        if self.mixer_name in CACHED:  # the cache's length is the state's own
+            length = np.shape(state[0].get("k", ())) if isinstance(state[0], dict) else ()
+            if len(length) != 4:
+                raise ValueError(
+                    f"state[0] must be block 0's key-value cache from this model's "
+                    f"init_state({batch}, length) (mixer={self.mixer_name!r})"
+                )
+            length = length[1]
+        expected = jax.eval_shape(lambda: self.init_state(batch, length))  # shapes only
         for i, (got, want) in enumerate(zip(state, expected, strict=True)):
             got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(got)
             want_leaves, want_tree = jax.tree_util.tree_flatten_with_path(want)

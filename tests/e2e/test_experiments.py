@@ -144,17 +144,22 @@ ENTRY %main.1 (x: f32[4], y: f32[4,4]) -> f32[4] {
 def test_bench_mixers_times_side_by_side_and_skips_what_passes_the_memory_limit(tmp_path):
     from experiments import bench_mixers
 
-    argv = ["--quick", "--mixers", "ssm", "attention", "--lengths", "16", "--positions", "8",
+    chosen = ("ssm", "attention", "gril_scalar")
+    argv = ["--quick", "--mixers", *chosen, "--lengths", "16", "--positions", "8",
             "--repeats", "1", "--out", str(tmp_path)]  # fmt: skip
     result = bench_mixers.main(argv)
     rows = result["throughput"]
     assert {(r["mixer"], r["program"]) for r in rows} == {
-        (m, p) for m in ("ssm", "attention") for p in ("forward", "forward+backward")
+        (m, p) for m in chosen for p in ("forward", "forward+backward")
     }
     for r in rows:
         assert r["tokens_per_second"] == pytest.approx(4 * 16 / r["seconds"]) and r["memory_gb"] > 0
-    assert [g["mixer"] for g in result["generation"]] == ["ssm", "attention"]
+    gril = [r for r in rows if r["mixer"] == "gril_scalar"]
+    assert all((r["decay"], r["impl"], r["chunk"]) == ("scalar", "chunked", 32) for r in gril)
+    assert [g["mixer"] for g in result["generation"]] == list(chosen)
     assert all(g["seconds_per_token"] > 0 for g in result["generation"])
+    assert "key-value cache of 40 positions" in result["generation"][1]["method"]  # 8 + 32
+    assert len(result["load_before"]) == len(result["load_after"]) == 3
     assert (tmp_path / f"mixers-{result['device']}.png").exists()
     tiny = bench_mixers.main([*argv, "--mixers", "ssm", "--max-gb", "1e-9"])  # 1 byte
     assert all(
