@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from ssm_gd import construction, gd, tasks
-from ssm_gd.seq.gril import CHUNKS, DECAYS, GRILMixer, auto_impl
+from ssm_gd.seq.gril import CHUNKS, DECAYS, GRILMixer, auto_impl, default_chunk
 
 F64 = jnp.float64
 B, L, D = 2, 11, 6  # an odd length; chunk=4 leaves a partial last chunk
@@ -189,7 +189,12 @@ def test_auto_picks_the_products_for_a_factorised_decay_and_the_measured_form_fo
         assert all(auto_impl(decay, backend) == "chunked" for backend in ("cpu", "gpu", "tpu"))
     assert auto_impl("entry", "cpu") == "scan"
     assert auto_impl("entry", "gpu") == auto_impl("entry", "tpu") == "chunk_scan"
-    assert {d: _mixer(decay=d, chunk=None).chunk for d in DECAYS} == CHUNKS
+    assert _mixer(decay="entry", chunk=None).chunk == CHUNKS["entry"] == 16
+    assert _mixer(decay="structured", chunk=None).chunk == CHUNKS["structured"] == 4
+    # one decay per head or none: the power of two at or below d_key (twice with one stream)
+    assert [default_chunk("scalar", 3, dk) for dk in (3, 18, 32, 100)] == [8, 16, 32, 64]
+    assert [default_chunk("none", 1, dk) for dk in (3, 18, 32)] == [8, 32, 64]
+    assert _mixer(decay="scalar", chunk=None, d_key=18).chunk == 16
 
 
 def test_scalar_decay_spans_time_scales_across_heads():

@@ -38,16 +38,30 @@ from flax import nnx
 from ssm_gd import validate
 from ssm_gd.seq import gril_forms as forms
 
-__all__ = ["CHUNKS", "DECAYS", "FACTORISED", "IMPLS", "GRILMixer", "auto_impl"]
+__all__ = ["CHUNKS", "DECAYS", "FACTORISED", "IMPLS", "GRILMixer", "auto_impl", "default_chunk"]
 
 Array = jax.Array
 DECAYS = ("entry", "structured", "scalar", "none")
 FACTORISED = ("structured", "scalar", "none")  # Λ = α βᵀ: the chunk form is matrix products
 IMPLS = ("auto", "chunked", "chunk_scan", "scan", "scaled")
 _FORMS = {"chunk_scan": forms.chunk_scan, "scan": forms.scan, "scaled": forms.scaled}
-# The chunk ``chunk=None`` takes, per decay, for the form auto_impl picks (measured on a 2-core
-# CPU, d_model 128, 4 heads of 32, batch 4, L 1k–4k: results/bench/README.md).
-CHUNKS = {"entry": 16, "structured": 4, "scalar": 32, "none": 64}
+# The chunk ``chunk=None`` takes for the forms auto_impl picks, measured on a 2-core CPU
+# (results/bench/README.md): the scan's checkpointed segment for one decay per entry, four updates
+# for the structured decay (its intra-chunk table costs chunk · d_k per update), and for one decay
+# per head or none :func:`default_chunk`'s rule.
+CHUNKS = {"entry": 16, "structured": 4}
+
+
+def default_chunk(decay: str, window: int, d_key: int) -> int:
+    """``chunk=None``'s chunk: :data:`CHUNKS` for ``"entry"`` and ``"structured"``; for
+    ``"scalar"`` and ``"none"`` the power of two at or below ``d_key`` (twice that with one
+    stream, ``window=1``), within ``[8, 64]``. Inside a chunk the work per update grows as
+    ``chunk · window · d_k`` while the matrix products grow more efficient: on the CPU the best
+    chunk followed the head's width (16 at ``d_k = 18``, 32 at 32; linear attention 32 and 64)."""
+    if decay in CHUNKS:
+        return CHUNKS[decay]
+    power = 2 ** int(np.floor(np.log2(max(d_key, 1))))
+    return int(np.clip(power * (2 if window == 1 else 1), 8, 64))
 
 
 def auto_impl(decay: str, backend: str | None = None) -> str:
@@ -85,7 +99,7 @@ class GRILMixer(nnx.Module):
       d_model: ``D``. n_heads, d_key, d_value: ``H``, ``d_k``, ``d_v``.
       window: ``w`` positions per update; stride: update and read every ``s`` positions.
       decay: one of :data:`DECAYS`. chunk: updates per chunk of the training form (``None``: the
-        measured best, :data:`CHUNKS`). ``"chunked"``: its work grows as ``chunk`` per update, its
+        measured best, :func:`default_chunk`). ``"chunked"``: its work grows as ``chunk`` per update, its
         sequential steps as ``L / chunk``; ``"scan"``: the states kept for the backward pass, one
         per chunk; ``"chunk_scan"``: ``chunk`` sequential steps.
       impl: one of :data:`IMPLS`, the training form's implementation; ``"auto"``:
@@ -119,7 +133,8 @@ class GRILMixer(nnx.Module):
         self.window = validate.positive_int("window", window)
         self.stride = validate.positive_int("stride", stride)
         self.decay = validate.one_of("decay", decay, DECAYS)
-        self.chunk = CHUNKS[decay] if chunk is None else validate.positive_int("chunk", chunk)
+        self.chunk = (default_chunk(decay, window, d_key) if chunk is None
+                      else validate.positive_int("chunk", chunk))  # fmt: skip
         self.impl = validate.one_of("impl", impl, IMPLS)
         if not isinstance(norm, bool):
             raise ValueError(f"norm must be True or False; got {norm!r}")
