@@ -47,9 +47,11 @@ from experiments.bench import compile_program, device_name
 from ssm_gd import plots
 from ssm_gd.seq import mixers, models
 from ssm_gd.seq.generate import prefill
-from ssm_gd.seq.gril import GRILMixer, auto_impl
+from ssm_gd.seq.gril import IMPLS, GRILMixer, auto_impl
 
 BENCHED = (*mixers.MIXERS, "gril_scalar", "gril_structured")
+GRIL_IMPLS = (*IMPLS[1:], "every_state")  # the training forms --forms takes
+GRILS = ("gril", "linear_attention")  # the GRIL mixers: every name that starts with one of these
 QUICK = dict(lengths=[64, 128], positions=[64, 128], d_model=32, n_heads=2, repeats=2)
 GEN_TOKENS, GEN_VOCAB = 32, 256
 
@@ -67,10 +69,25 @@ def parse(argv=None):
     parser.add_argument("--mixers", nargs="+", default=list(BENCHED), choices=mixers.CHOICES,
                         metavar="MIXER", help=f"of {', '.join(mixers.CHOICES)}; default: "
                         f"{', '.join(BENCHED)}")  # fmt: skip
+    parser.add_argument("--forms", nargs="+", default=[], metavar="MIXER:IMPL:CHUNK",
+                        help="also time a GRIL mixer (gril, gril_scalar, linear_attention, …) "
+                        f"with training form IMPL (one of {', '.join(GRIL_IMPLS)}; every_state: "
+                        "the associative scan over every state; empty: auto) and CHUNK (empty: "
+                        "the default), e.g. gril:chunk_scan:32 or gril_scalar::16")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
     if parser.parse_known_args(argv)[0].quick:  # --quick sets defaults; flags given still win
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
+    for spec in args.forms:
+        name, impl, chunk = (spec.split(":") + ["", ""])[:3]
+        gril = name in mixers.FACTORIES and name.startswith(GRILS)
+        chunk_ok = chunk == "" or (chunk.isdigit() and int(chunk) > 0)
+        if spec.count(":") != 2 or not gril or impl not in ("", *GRIL_IMPLS) or not chunk_ok:
+            parser.error(
+                f"--forms {spec!r}: MIXER:IMPL:CHUNK, MIXER a GRIL mixer ({', '.join(GRILS)}, "
+                f"gril_…), IMPL empty or one of {', '.join(GRIL_IMPLS)}, CHUNK empty or a "
+                "positive integer"
+            )
     for name in ("lengths", "positions"):
         if any(v < 1 for v in getattr(args, name)):
             parser.error(f"--{name} must be positive integers; got {getattr(args, name)}")
@@ -85,19 +102,28 @@ def parse(argv=None):
 
 
 def _mixer_programs(mixer, args, length):
-    """``{program name: (fn, example args)}`` of one mixer layer at one length."""
-    module = mixers.make_mixer(mixer, args.d_model, n_heads=args.n_heads, rngs=nnx.Rngs(0))
+    """``{program name: (fn, example args)}`` of one mixer layer at one length; a ``--forms``
+    entry ``"MIXER:IMPL:CHUNK"``: that GRIL mixer with that training form and chunk
+    (``every_state``: :meth:`GRILMixer.scan_states`)."""
+    name, impl, chunk = (mixer.split(":") + ["", ""])[:3]
+    module = mixers.make_mixer(name, args.d_model, n_heads=args.n_heads, rngs=nnx.Rngs(0))
+    if impl and impl != "every_state":
+        module.impl = impl
+    if chunk:
+        module.chunk = int(chunk)
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
     u = jax.random.normal(jax.random.key(1), (args.batch, length, args.d_model))
 
     def forward(params, u):
-        return nnx.merge(graphdef, params, rest)(u)
+        layer = nnx.merge(graphdef, params, rest)
+        return layer.scan_states(u) if impl == "every_state" else layer(u)
 
     def gradient(params, u):
         return jax.grad(lambda p: jnp.mean(forward(p, u) ** 2))(params)
 
     programs = {"forward": (forward, (params, u)), "forward+backward": (gradient, (params, u))}
-    return programs, _form(module)
+    form = _form(module) | ({"impl": impl} if impl == "every_state" else {})
+    return programs, form
 
 
 def _form(module) -> dict:
@@ -106,6 +132,11 @@ def _form(module) -> dict:
         return {}
     impl = auto_impl(module.decay) if module.impl == "auto" else module.impl
     return {"decay": module.decay, "impl": impl, "chunk": module.chunk, "window": module.window}
+
+
+def _throughput_names(args) -> list[str]:
+    """The mixers of the throughput rows: ``--mixers``, then each of ``--forms``."""
+    return [*args.mixers, *args.forms]
 
 
 def _time(program) -> float:
@@ -119,7 +150,7 @@ def throughput(args, limit_bytes):
     rows = []
     for length in args.lengths:
         compiled, point = {}, []
-        for mixer in args.mixers:
+        for mixer in _throughput_names(args):
             programs, form = _mixer_programs(mixer, args, length)
             for name, (fn, example) in programs.items():
                 program = compile_program(fn, example)
@@ -230,7 +261,8 @@ def main(argv=None):
     args, out = parse(argv)
     limit = args.max_gb * 1e9
     settings = {k: getattr(args, k) for k in ("mixers", "lengths", "positions", "d_model",
-                                              "n_heads", "batch", "max_gb", "repeats")}  # fmt: skip
+                                              "n_heads", "batch", "max_gb", "repeats",
+                                              "forms")}  # fmt: skip
     result = {"device": device_name(), "settings": settings, "load_before": os.getloadavg()}
     result["throughput"] = throughput(args, limit)
     result["generation"] = generation(args, limit)

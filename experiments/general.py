@@ -27,6 +27,9 @@ from experiments import cli, listops, lm, mqar
 
 #: The mixers of a smoke run (the test suite's size): one recurrent, one attention.
 SMOKE_MIXERS = ("linear_attention", "attention")
+#: The language model's sweep (one wall-clock budget, where training speed decides the steps):
+#: every mixer, and GRIL with one decay per head, whose training form is matrix products.
+LM_MIXERS = ("gril", "gril_scalar", "linear_attention", "attention", "ssm", "griffin")
 # name: (entry point, {size: its flags}), each run with --sweep --no-progress --out <results>/<name>
 EXPERIMENTS = {
     "mqar": (mqar.main, {
@@ -40,7 +43,7 @@ EXPERIMENTS = {
                                "smoke": ["--quick", "--steps", "2", "--eval-every", "1",
                                          "--n-train", "40", "--n-test", "10",
                                          "--mixers", *SMOKE_MIXERS]}),
-    "lm": (lm.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--params", "1000000", "--context", "256",
+    "lm": (lm.main, {"CPU": ["--mixers", *LM_MIXERS], "quick": ["--quick"], "accelerator": ["--params", "1000000", "--context", "256",
                                                           "--batch-size", "32", "--budget", "900"],
                      "smoke": ["--quick", "--budget", "0.2", "--eval-every", "1", "--eval-windows", "2",
                                "--sample-chars", "8", "--max-chars", "5000", "--mixers", *SMOKE_MIXERS]}),

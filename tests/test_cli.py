@@ -250,3 +250,15 @@ def test_icl_curve_keeps_coinciding_lines_visible(tmp_path):
 def test_plots_import_chooses_no_backend():
     code = "import sys, ssm_gd.plots; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "spec", ["ssm::", "gril:fast:", "gril::0", "gril:scan", "linear_attention:scan:x"]
+)
+def test_bench_mixers_forms_flag_names_what_it_takes(capsys, spec):
+    from experiments import bench_mixers
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_mixers.parse(["--forms", spec])
+    assert exit_info.value.code == 2
+    assert f"--forms {spec!r}: MIXER:IMPL:CHUNK" in capsys.readouterr().err

@@ -47,8 +47,14 @@ def test_sequence_model_training_steps_export():
         loss=loss,
         evaluate=lambda model: {},
     )
-    for mixer in mixers.MIXERS:  # one process: the models share their compiled pieces
-        _export_and_check(models.Model(vocab, 8, 1, mixer=mixer, n_heads=2, rngs=nnx.Rngs(0)), task)
+    # Every mixer, GRIL's factorised decays (matrix products) and the paper's GRIL in the form
+    # impl="auto" picks on a GPU or TPU (chunk_scan; on this CPU auto traces the scan).
+    for mixer in (*mixers.MIXERS, "gril_scalar", "gril_structured", "gril:chunk_scan"):
+        name, _, impl = mixer.partition(":")
+        model = models.Model(vocab, 8, 1, mixer=name, n_heads=2, rngs=nnx.Rngs(0))
+        if impl:
+            model.blocks[0].mixer.impl = impl
+        _export_and_check(model, task)  # one process: the models share their compiled pieces
 
 
 def test_gdssm_training_step_exports():

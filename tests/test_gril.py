@@ -40,7 +40,11 @@ def _recurrent(mixer, u):
     return jnp.stack(outputs, axis=1)
 
 
-CASES = [(w, 1, decay) for w in (1, 2, 3, 5) for decay in DECAYS]
+# At stride 1 each window with two decays and each decay with two windows; each decay at stride 2;
+# strides 3 and 2 at windows 5 and 2. What is checked here is the streams, the stride and the form
+# each decay picks; every form of every decay, lengths and chunks are tests/test_gril_forms.py's.
+CASES = [(w, 1, decay) for w, decay in zip((1, 2, 3, 5), DECAYS, strict=True)]
+CASES += [(w, 1, decay) for w, decay in zip((5, 3, 2, 1), DECAYS, strict=True)]
 CASES += [(3, 2, decay) for decay in DECAYS] + [(5, 3, "entry"), (2, 2, "none")]
 
 

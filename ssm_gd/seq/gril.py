@@ -13,19 +13,19 @@ For tokens ``u_1 … u_L ∈ R^D`` and each of ``H`` heads:
 ``decay``: ``"entry"`` (one ``Λ`` per state entry, as in the paper), ``"structured"``
 (``Λ_jk = α_j β_k``), ``"scalar"`` (one ``γ`` per head, ``Λ = γ``: RetNet's and Mamba-2's, the
 heads initialised at time scales from 32 to 4096 positions) or ``"none"`` (``Λ = 1``); every decay
-is in ``(0, 1]``. With ``stride=s`` the
-state is updated, and read, only at the positions ``p ≡ w − 1 (mod s)`` (0-based: the windows
-that start at multiples of ``s``, the first ones padded with zeros); the output is zero elsewhere.
+is in ``(0, 1]``. With ``stride=s`` the state is updated, and read, only at the positions
+``p ≡ w − 1 (mod s)`` (0-based: the windows that start at multiples of ``s``, the first ones
+padded with zeros); the output is zero elsewhere.
 
 Three forms, one set of parameters, equal up to rounding: :meth:`GRILMixer.__call__` (for
 training, ``impl``: ``"chunked"`` products inside chunks — matrix products for the decays that
 factorise (:func:`~ssm_gd.seq.gril_forms.products`), weighted per state entry for ``"entry"``;
 ``"chunk_scan"`` the recurrence inside every chunk at once; ``"scan"`` a sequential scan;
 ``"scaled"`` a scaled cumulative sum, exact only for decays not too small; ``"auto"``:
-:func:`auto_impl`),
-:meth:`GRILMixer.step` from :meth:`GRILMixer.init_state` (the
-recurrent form: constant memory and time per token) and :meth:`GRILMixer.scan_states` (every
-state, :func:`jax.lax.associative_scan`: the reference).
+:func:`auto_impl`), :meth:`GRILMixer.step` from :meth:`GRILMixer.init_state` (the recurrent
+form: constant memory and time per token) and :meth:`GRILMixer.scan_states` (every state,
+:func:`jax.lax.associative_scan`: the reference). Every training form reads the window as ``w``
+key-shifted streams (:mod:`~ssm_gd.seq.gril_forms`), built head-major from the projections.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def products(log_alpha, log_beta, k: Array, vt: Array, q: Array, *, chunk: int) 
 
     ``log_alpha``: ``(H, d_k)``, ``(H, 1)`` (one decay per head) or ``None`` (``α = 1``);
     ``log_beta``: ``(H, d_v)`` or ``None`` (``β = 1``); every ``log`` ≤ 0. The window is ``w``
-    key-shifted streams (``U_t = Σ_a k_a ṽ_aᵀ``), so ``U_t`` is never formed. For a chunk starting at ``t0`` and ``i, j`` relative to it:
+    key-shifted streams (``U_t = Σ_a k_a ṽ_aᵀ``), so ``U_t`` is never formed. For a chunk starting
+    at ``t0`` and ``i, j`` relative to it:
 
     * intra-chunk: ``o_i = Σ_{j ≤ i} Σ_a (q̃_i ⊙ α^{i−j})ᵀ k_{j,a} (β^{i−j} ⊙ ṽ_{j,a})``;
     * inter-chunk: ``o_i += β^{i+1} ⊙ ((α^{i+1} ⊙ q̃_i)ᵀ S_{t0−1})``;

@@ -147,11 +147,15 @@ def test_bench_mixers_times_side_by_side_and_skips_what_passes_the_memory_limit(
     chosen = ("ssm", "attention", "gril_scalar")
     argv = ["--quick", "--mixers", *chosen, "--lengths", "16", "--positions", "8",
             "--repeats", "1", "--out", str(tmp_path)]  # fmt: skip
-    result = bench_mixers.main(argv)
+    result = bench_mixers.main([*argv, "--forms", "gril:every_state:", "gril_scalar::4"])
     rows = result["throughput"]
     assert {(r["mixer"], r["program"]) for r in rows} == {
-        (m, p) for m in chosen for p in ("forward", "forward+backward")
+        (m, p)
+        for m in (*chosen, "gril:every_state:", "gril_scalar::4")
+        for p in ("forward", "forward+backward")
     }
+    assert {r["impl"] for r in rows if r["mixer"] == "gril:every_state:"} == {"every_state"}
+    assert {r["chunk"] for r in rows if r["mixer"] == "gril_scalar::4"} == {4}
     for r in rows:
         assert r["tokens_per_second"] == pytest.approx(4 * 16 / r["seconds"]) and r["memory_gb"] > 0
     gril = [r for r in rows if r["mixer"] == "gril_scalar"]
