@@ -57,12 +57,7 @@ def _streams(length, window, seed=0):
 
 
 def _lam(log_alpha, log_beta):
-    lam = jnp.ones((H, DK, DV), F64)
-    if log_alpha is not None:
-        lam = lam * jnp.exp(log_alpha)[:, :, None]
-    if log_beta is not None:
-        lam = lam * jnp.exp(log_beta)[:, None, :]
-    return lam
+    return forms.factorised_lam(log_alpha, log_beta, (H, DK, DV), F64)
 
 
 def _value_and_grads(fn, args, cotangent):

@@ -44,7 +44,9 @@ Array = jax.Array
 DECAYS = ("entry", "structured", "scalar", "none")
 FACTORISED = ("structured", "scalar", "none")  # Λ = α βᵀ: the chunk form is matrix products
 IMPLS = ("auto", "chunked", "chunk_scan", "scan", "scaled")
-_FORMS = {"chunk_scan": forms.chunk_scan, "scan": forms.scan, "scaled": forms.scaled}
+# The training forms of any Λ; "chunked" with a factorised decay is forms.products instead.
+_FORMS = {"chunked": forms.chunked, "chunk_scan": forms.chunk_scan, "scan": forms.scan,
+          "scaled": forms.scaled}  # fmt: skip
 # The chunk ``chunk=None`` takes for the forms auto_impl picks, measured on a 2-core CPU
 # (results/bench/README.md): the scan's checkpointed segment for one decay per entry, four updates
 # for the structured decay (its intra-chunk table costs chunk · d_k per update), and for one decay
@@ -179,13 +181,8 @@ class GRILMixer(nnx.Module):
         """``Λ`` ``(H, d_k, d_v)``."""
         if self.decay == "entry":
             return _bounded(self.lam_param[...])
-        lam = jnp.ones((self.n_heads, self.d_key, self.d_value), self.w_q.dtype)
-        log_alpha, log_beta = self.log_decays()
-        if log_alpha is not None:
-            lam = lam * jnp.exp(log_alpha)[:, :, None]
-        if log_beta is not None:
-            lam = lam * jnp.exp(log_beta)[:, None, :]
-        return lam
+        shape = (self.n_heads, self.d_key, self.d_value)
+        return forms.factorised_lam(*self.log_decays(), shape, self.w_q.dtype)
 
     # ------------------------------------------------------------------------------ the forms
 
@@ -200,7 +197,7 @@ class GRILMixer(nnx.Module):
             return self._at_updates(
                 u, lambda *streams: forms.products(log_alpha, log_beta, *streams, chunk=self.chunk)
             )
-        form = _FORMS.get(impl, forms.chunked)
+        form = _FORMS[impl]
         return self._at_updates(u, lambda *streams: form(self.lam, *streams, chunk=self.chunk))
 
     def scan_states(self, u: Array) -> Array:
@@ -210,41 +207,33 @@ class GRILMixer(nnx.Module):
 
     def _at_updates(self, u: Array, readout) -> Array:
         """``readout(k, ṽ, q̃) → o`` ``(B, H, T, d_v)`` on the ``T`` positions where the state is
-        updated (``p ≡ w − 1 (mod s)``), the window as streams (:mod:`~ssm_gd.seq.gril_forms`),
-        projected out; zero at the other positions. Head-major throughout: the streams are shifted
-        slices of the projections, summed elementwise (no window is stacked and contracted)."""
+        updated (``p ≡ w − 1 (mod s)``), the window as streams (:func:`~ssm_gd.seq.gril_forms.
+        streams`), projected out; zero at the other positions."""
         u = jnp.asarray(u)  # a nested list of numbers too
         if u.ndim != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"u must be (B, L, d_model={self.d_model}); got shape {u.shape}")
-        length, w = u.shape[1], self.window
-        first = (w - 1) % self.stride
+        length, first = u.shape[1], (self.window - 1) % self.stride
         if first >= length:  # a sequence shorter than the first update: no output yet
             return jnp.zeros_like(u)
-
-        def shifted(weight):  # a → position t − w + 1 + a at each update position t: (B, H, T, d)
-            x = jnp.einsum("bld,dhx->bhlx", u, weight[...])
-            x = jnp.pad(x, [(0, 0), (0, 0), (w - 1, 0), (0, 0)])
-            return [x[:, :, a : a + length][:, :, first :: self.stride] for a in range(w)]
-
-        k, v, q = shifted(self.w_k), shifted(self.w_v), shifted(self.w_q)
-        q_mix, d_mix = self.q_mix[...], self.d_mix[...]
-        keys = jnp.stack(k, axis=3)  # (B, H, T, w, d_k)
-        mixed = jnp.stack([sum(q_mix[:, a, b, None, None] * v[b] for b in range(w))
-                           for a in range(w)], axis=3)  # fmt: skip  # ṽ_a = Σ_b Q_ab v_b
-        query = sum(d_mix[:, a, None, None] * q[a] for a in range(w))  # q̃ = Σ_a D_a q_a
-        o = readout(keys, mixed, query)  # (B, H, T, d_v)
-        if self.norm:
-            o = forms.head_norm(o, self.o_scale[...][:, None])
-        y = jnp.einsum("bhtv,hvd->btd", o, self.w_o[...])
+        weights = (self.w_k, self.w_v, self.w_q, self.q_mix, self.d_mix)
+        windowed = forms.streams(u, *(x[...] for x in weights), window=self.window,
+                                 stride=self.stride)  # fmt: skip
+        y = jnp.einsum("bhtv,hvd->btd", self._normed(readout(*windowed)), self.w_o[...])
         if y.shape[1] == length:
             return y
         return (
-            jnp.zeros((y.shape[0], length, y.shape[-1]), y.dtype).at[:, first :: self.stride].set(y)
+            jnp.zeros((*y.shape[:1], length, y.shape[-1]), y.dtype)
+            .at[:, first :: self.stride]
+            .set(y)
         )
 
     def _normed(self, o: Array) -> Array:
-        """``norm=True``: :func:`~ssm_gd.seq.gril_forms.head_norm`; else ``o`` as it is."""
-        return forms.head_norm(o, self.o_scale[...]) if self.norm else o
+        """``norm=True``: :func:`~ssm_gd.seq.gril_forms.head_norm` of ``o`` ``(B, H, [T,] d_v)``;
+        else ``o`` as it is."""
+        if not self.norm:
+            return o
+        scale = self.o_scale[...]
+        return forms.head_norm(o, scale.reshape(scale.shape[0], *(1,) * (o.ndim - 3), -1))
 
     def init_state(self, batch: int) -> dict[str, Array]:
         """The recurrent form's state before the first token: ``S = 0``, the window's last

@@ -25,9 +25,43 @@ import jax.numpy as jnp
 from ssm_gd import scan as linear_scan
 from ssm_gd.readout import chunked_readout
 
-__all__ = ["chunk_scan", "chunked", "every_state", "head_norm", "products", "scan", "step"]
+__all__ = ["chunk_scan", "chunked", "every_state", "factorised_lam", "head_norm", "products", "scan",
+           "scaled", "step", "streams"]  # fmt: skip
 
 Array = jax.Array
+
+
+def streams(u: Array, w_k, w_v, w_q, q_mix, d_mix, *, window: int, stride: int):
+    """The window as streams at the update positions ``p ≡ w − 1 (mod s)``: keys ``(B, H, T, w,
+    d_k)`` (stream ``a`` the key of position ``t − w + 1 + a``, zero before the start), mixed
+    values ``ṽ_a = Σ_b Q_ab v_b`` ``(B, H, T, w, d_v)`` and the windowed query ``q̃ = Σ_a D_a q_a``
+    ``(B, H, T, d_k)``, from tokens ``u`` ``(B, L, D)``, projections ``(D, H, d)``, ``Q`` ``(H, w,
+    w)`` and ``D`` ``(H, w)``. Head-major; shifted slices of the projections summed elementwise
+    (no window is stacked and contracted), the stride a strided slice."""
+    length, first = u.shape[1], (window - 1) % stride
+
+    def shifted(weight):  # stream a at each update position t: (B, H, T, d)
+        x = jnp.einsum("bld,dhx->bhlx", u, weight)
+        x = jnp.pad(x, [(0, 0), (0, 0), (window - 1, 0), (0, 0)])
+        return [x[:, :, a : a + length][:, :, first::stride] for a in range(window)]
+
+    k, v, q = shifted(w_k), shifted(w_v), shifted(w_q)
+    keys = jnp.stack(k, axis=3)
+    mixed = jnp.stack([sum(q_mix[:, a, b, None, None] * v[b] for b in range(window))
+                       for a in range(window)], axis=3)  # fmt: skip
+    query = sum(d_mix[:, a, None, None] * q[a] for a in range(window))
+    return keys, mixed, query
+
+
+def factorised_lam(log_alpha, log_beta, shape, dtype) -> Array:
+    """``Λ = α βᵀ`` ``(H, d_k, d_v)`` (``shape``) from :func:`products`' ``log α``, ``log β``
+    (``None``: that factor is 1)."""
+    lam = jnp.ones(shape, dtype)
+    if log_alpha is not None:
+        lam = lam * jnp.exp(log_alpha)[:, :, None]
+    if log_beta is not None:
+        lam = lam * jnp.exp(log_beta)[:, None, :]
+    return lam
 
 
 def _to_chunks(x: Array, c: int) -> Array:
