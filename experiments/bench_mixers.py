@@ -79,7 +79,7 @@ def parse(argv=None):
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
     for spec in args.forms:
-        name, impl, chunk = (spec.split(":") + ["", ""])[:3]
+        name, impl, chunk = _form_spec(spec)
         gril = name in mixers.FACTORIES and name.startswith(GRILS)
         chunk_ok = chunk == "" or (chunk.isdigit() and int(chunk) > 0)
         if spec.count(":") != 2 or not gril or impl not in ("", *GRIL_IMPLS) or not chunk_ok:
@@ -101,11 +101,17 @@ def parse(argv=None):
     return args, cli.run_folder(parser, args)
 
 
+def _form_spec(spec: str) -> list[str]:
+    """``"MIXER:IMPL:CHUNK"`` (or a plain mixer name) → ``[MIXER, IMPL, CHUNK]``, missing parts
+    empty."""
+    return (spec.split(":") + ["", ""])[:3]
+
+
 def _mixer_programs(mixer, args, length):
     """``{program name: (fn, example args)}`` of one mixer layer at one length; a ``--forms``
     entry ``"MIXER:IMPL:CHUNK"``: that GRIL mixer with that training form and chunk
     (``every_state``: :meth:`GRILMixer.scan_states`)."""
-    name, impl, chunk = (mixer.split(":") + ["", ""])[:3]
+    name, impl, chunk = _form_spec(mixer)
     module = mixers.make_mixer(name, args.d_model, n_heads=args.n_heads, rngs=nnx.Rngs(0))
     if impl and impl != "every_state":
         module.impl = impl
