@@ -3,7 +3,8 @@
 The paper's experiments use :func:`writable_folder`, :func:`grid_runs` and :func:`base_config`.
 The sequence experiments (``mqar``, ``listops``, ``lm``) share one command line
 (:func:`experiment_parser`: a flag per settings field, ``--out``, ``--quick``, ``--sweep``,
-``--mixers``, ``--resume``, ``--no-progress``), one rule for output folders (:func:`output_folder`:
+``--mixers``, ``--resume``, ``--no-progress`` and the protocol's ``--lrs``, ``--seeds``,
+``--sweep-fraction``, :mod:`experiments.protocol`), one rule for output folders (:func:`output_folder`:
 a ``--quick`` run never writes over full-size results), one check of the settings
 (:func:`check_settings`) and one loop over runs (:func:`run_all`: a sweep reads back the runs an
 earlier call finished with the same settings).
@@ -18,12 +19,15 @@ import os
 import pathlib
 import sys
 
+from experiments import protocol
 from ssm_gd import config as run_config
 from ssm_gd import flags, validate
 from ssm_gd.checkpoints import ResumeError
 
 __all__ = [
+    "COMPILE_CACHE",
     "QUICK_ROOT",
+    "compile_cache",
     "base_config",
     "check_settings",
     "experiment_parser",
@@ -45,6 +49,22 @@ __all__ = [
 
 #: Where ``--quick`` runs write by default: apart from the committed full-size results.
 QUICK_ROOT = pathlib.Path("results") / "quick"
+
+
+#: Where :func:`compile_cache` keeps compiled programs unless JAX is given a folder already.
+COMPILE_CACHE = pathlib.Path.home() / ".cache" / "ssm-gd" / "jax"
+
+
+def compile_cache() -> None:
+    """JAX's persistent compilation cache for a long sweep: a program compiled once (the same
+    model at another seed, or at another rate: :func:`ssm_gd.optim.adamw` keeps the rate out of
+    the program) is read back instead of compiled again, within a call and across calls. Uses
+    ``JAX_COMPILATION_CACHE_DIR`` if set, else :data:`COMPILE_CACHE`."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") -> pathlib.Path:
@@ -156,6 +176,7 @@ def experiment_parser(description: str, settings_class, *, helps=None, choices=N
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run(s) in --out from their checkpoints")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    protocol.add_flags(parser)
     return parser
 
 
@@ -180,7 +201,7 @@ def output_folder(parser, args, name: str) -> pathlib.Path:
 
 def check_settings(parser, settings, *, spellings=None) -> None:
     """Every number of ``settings`` (a dataclass) checked before any work, as an ``error:`` line
-    that names the flag: integers positive (``seed``: non-negative), floats finite and positive
+    that names the flag: integers positive (``seed``, ``data_seed``: non-negative), floats finite and positive
     (``temperature``: non-negative); ``None`` (unset) passes. ``spellings``: a field's flag where
     it is not ``--field-name``."""
     spellings = spellings or {}
@@ -188,7 +209,7 @@ def check_settings(parser, settings, *, spellings=None) -> None:
         if value is None or isinstance(value, str | bool):
             continue
         if isinstance(value, int):
-            check = validate.non_negative_int if name == "seed" else validate.positive_int
+            check = validate.non_negative_int if name.endswith("seed") else validate.positive_int
         else:
             check = (
                 validate.non_negative_number if name == "temperature" else validate.positive_number

@@ -1,38 +1,58 @@
-"""ListOps (Long Range Arena): a classifier around one mixer, or every mixer.
+"""ListOps (Long Range Arena): a classifier around one mixer, or every mixer tuned and repeated.
 
     python -m experiments.listops [--mixer gril] [--max-length 128] [--max-depth 6] [--steps 1500]
                                   [--params 85000] [--out results/listops] [--quick] [--sweep]
+                                  [--lrs 3e-4 1e-3 3e-3 1e-2] [--seeds 0 1] [--sweep-fraction 0.25]
 
 A :class:`ssm_gd.seq.models.Model` of about ``--params`` parameters (``d_model`` from
-:func:`ssm_gd.seq.models.match_d_model`, so every mixer has one size) with the classification head (the mean over each expression's own
-tokens: right padding is never read, every mixer being causal) is trained with AdamW to name the
-value 0–9 of a nested ``MIN``/``MAX``/``MED``/``SM`` expression (:mod:`ssm_gd.seq.listops`). The
-training set is a fixed draw of ``--n-train`` expressions, the test set ``--n-test`` more from a
-separate seed (:func:`ssm_gd.seq.listops.splits`); batches are drawn from the training set with
-replacement. Writes ``summary.json`` (test ``accuracy``, the accuracy on 1,000 training
-expressions, chance and the majority class, ``params``, ``steps_per_second``, the settings, the
-history) and ``accuracy.png``.
+:func:`ssm_gd.seq.models.match_d_model`, so every mixer has one size) with the classification
+head (the mean over each expression's own tokens: right padding is never read, every mixer being
+causal) is trained with AdamW to name the value 0–9 of a nested ``MIN``/``MAX``/``MED``/``SM``
+expression (:mod:`ssm_gd.seq.listops`); batches are drawn from the training set with replacement.
+
+The data (:func:`draw`) depend on ``--data-seed`` only, never on ``--seed`` (which seeds the
+model and the order of the batches), so every mixer and every seed sees the same three splits:
+``--n-train`` training and ``--n-test`` test expressions from the two streams of
+:func:`ssm_gd.seq.listops.splits`, and ``--n-val`` validation expressions from a third stream
+(:func:`validation_seed`). Validation is drawn exactly as the test set is, so it estimates the
+same quantity; like the test set it may hold expressions that also occur in training (none
+does at the default or ``--quick`` settings with data seed 0; only tiny settings make it
+likely). A run's curve and its ``accuracy`` are on validation (with ``train_accuracy`` on the
+first 1,000 training expressions); the test set is evaluated once, after the last step
+(``test_accuracy``). A single run writes ``summary.json``
+(``accuracy``, ``test_accuracy``, ``train_accuracy``, chance and the majority class — the
+training set's most frequent class, on the test set — ``mean_length`` of the test expressions,
+``params``, ``d_model``, ``steps_per_second``, the settings, the history) and ``accuracy.png``.
 
 The CPU settings (the defaults): LRA's operators, values and ``max_args = 10``, but ``max_depth
 6`` and 16–128 tokens (mean about 68) instead of LRA's ``max_depth 10`` and 500–2,000: at
 LRA's lengths one training step of a 2-layer model takes seconds on a 2-core CPU (at 32–256
-tokens, batch 32, d_model 64: 0.6–0.8 s a step, a sweep of five mixers over an hour). 2 layers,
-about 85,000 parameters (d_model 64; the SSM 72), 4 heads, batch 32, 1,500 steps, 20,000
-training and 1,000 test expressions.
-``--lra`` gives LRA's data settings (depth 10, 10 arguments, 500–2,000 tokens) for an
-accelerator. LRA's published test accuracies, at LRA's settings: Transformer 36.4%, S4 59.6%,
+tokens, batch 32, d_model 64: 0.6–0.8 s a step). 2 layers, about 85,000 parameters (d_model 64;
+the SSM 72), 4 heads, batch 32, 1,500 steps, 20,000 training, 1,000 validation and 1,000 test
+expressions. ``--lra`` gives LRA's data settings (depth 10, 10 arguments, 500–2,000 tokens) for
+an accelerator. LRA's published test accuracies, at LRA's settings: Transformer 36.4%, S4 59.6%,
 S5 62.2% (:data:`ANCHORS`).
 
-``--sweep`` trains every mixer of :data:`ssm_gd.seq.models.MIXERS` with the same data, steps, batch
-and learning rate, each in ``<out>/<mixer>`` (a finished run with the same settings is read, not
-retrained), and writes ``table.md``, ``accuracy.png`` (test accuracy against steps, a line per
-mixer) and ``summary.json``. ``--quick``: 300 expressions of 8–40 tokens, about 6,000
-parameters, 30 steps.
+``--sweep`` runs the comparison protocol (:mod:`experiments.protocol`) for every mixer of
+:data:`ssm_gd.seq.models.MIXERS` (or ``--mixers``), on the same data: a run per rate of
+``--lrs`` at ``--sweep-fraction`` of the steps (the first of ``--seeds``), judged on validation
+accuracy, then a full-budget run per seed at the best rate, each evaluated once on the test set
+(``--lr`` and ``--seed`` are not used). Every run has its folder, ``<out>/<mixer>/lr-<lr>`` and
+``<out>/<mixer>/seed-<seed>``; a finished run with the same settings is read back, not
+retrained, and a stopped one continues from its checkpoint. The sweep writes ``table.md`` (test
+accuracy, mean ± half the range over the seeds, with the chosen rate; train accuracy, parameters,
+d_model, steps/s; the validation accuracy of each swept rate; LRA's published numbers),
+``accuracy.png`` (validation accuracy against steps, every seed run, a colour per mixer),
+``lrs.png`` (the rate sweep) and ``summary.json`` (``runs``: each mixer's
+:func:`~experiments.protocol.tune` result, the protocol, the anchors). ``--quick``: 300
+training, 100 validation and 100 test expressions of 8–40 tokens, about 6,000 parameters, 30
+steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import jax
@@ -42,8 +62,9 @@ import optax
 from flax import nnx
 from matplotlib.figure import Figure
 
-from experiments import cli
+from experiments import cli, protocol
 from ssm_gd import flags, optim, plots, trainer
+from ssm_gd.checkpoints import ResumeError
 from ssm_gd.seq import listops, mixers, models
 
 ANCHORS = (  # LRA test accuracy at LRA's settings (max_depth 10, max_args 10, 500–2,000 tokens)
@@ -53,9 +74,10 @@ ANCHORS = (  # LRA test accuracy at LRA's settings (max_depth 10, max_args 10, 5
 )
 N_CLASSES = 10
 LRA = dict(max_depth=10, max_args=10, min_length=500, max_length=2000)
-QUICK = dict(max_depth=3, max_args=4, min_length=8, max_length=40, n_train=300, n_test=100,
-             params=6_000, train_steps=30, eval_every=15, batch_size=16)  # fmt: skip
-EVAL_BATCH = 250  # test expressions per evaluated batch (attention holds B·H·L² scores)
+QUICK = dict(max_depth=3, max_args=4, min_length=8, max_length=40, n_train=300, n_val=100,
+             n_test=100, params=6_000, train_steps=30, eval_every=15, batch_size=16)  # fmt: skip
+EVAL_BATCH = 250  # expressions per evaluated batch (attention holds B·H·L² scores)
+TRAIN_PROBE = 1_000  # the training expressions of ``train_accuracy`` (the first ones)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +88,7 @@ class Settings:
     min_length: int = 16
     max_length: int = 128
     n_train: int = 20_000
+    n_val: int = 1_000
     n_test: int = 1_000
     params: int = 85_000
     n_layers: int = 2
@@ -74,10 +97,13 @@ class Settings:
     batch_size: int = 32
     lr: float = 1e-3
     eval_every: int = 250
-    seed: int = 0
+    seed: int = 0  # the model's initialisation and the order of the batches
+    data_seed: int = 0  # the three splits (the same for every seed)
 
 
 def parse(argv=None):
+    """``(args, out folder, settings)``; ``args.protocol``: a sweep's
+    :class:`~experiments.protocol.Protocol`. Every flag checked before any work."""
     parser = cli.experiment_parser(__doc__.splitlines()[0], Settings,
                                    choices={"mixer": mixers.CHOICES})  # fmt: skip
     parser.add_argument("--lra", action="store_true",
@@ -90,6 +116,7 @@ def parse(argv=None):
     size = QUICK if args.quick else LRA if args.lra else {}
     settings = dataclasses.replace(Settings(), **{**size, **given})
     _check(parser, settings)
+    args.protocol = protocol.from_args(parser, args, "accuracy", True, tiebreak="val_loss")
     return args, out, settings
 
 
@@ -107,20 +134,42 @@ def _data_kwargs(s: Settings) -> dict:
                 max_length=s.max_length)  # fmt: skip
 
 
+def validation_seed(data_seed: int) -> int:
+    """The validation set's seed: the third stream spawned from ``data_seed``, beside the train
+    and test streams of :func:`ssm_gd.seq.listops.split_seeds` (the first two, spawned the same
+    way)."""
+    child = np.random.SeedSequence(int(data_seed)).spawn(3)[2]
+    seed = int(child.generate_state(1, np.uint64)[0])
+    if seed in listops.split_seeds(data_seed):  # three 64-bit hashes; never seen in practice
+        raise RuntimeError(f"data_seed={data_seed} derives a validation seed equal to another")
+    return seed
+
+
+def draw(s: Settings) -> tuple[listops.ListOps, listops.ListOps, listops.ListOps]:
+    """The ``(train, validation, test)`` sets of these settings, from ``s.data_seed`` alone:
+    train and test as :func:`ssm_gd.seq.listops.splits` draws them, validation from
+    :func:`validation_seed`."""
+    kwargs = _data_kwargs(s)
+    train, test = listops.splits(s.n_train, s.n_test, seed=s.data_seed, **kwargs)
+    val = listops.dataset(s.n_val, seed=validation_seed(s.data_seed), **kwargs)
+    return train, val, test
+
+
 def classify_loss(logits, labels):
     """``(mean cross-entropy, accuracy)`` of class logits ``(B, C)`` against labels ``(B,)``."""
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def run(settings: Settings, out, progress: bool = True, data=None, resume: bool = False) -> dict:
-    """Train one classifier (``resume``: continue the run in ``out``); return its summary.
-    ``data``: the ``(train, test)`` sets of :func:`ssm_gd.seq.listops.splits` for these settings,
-    if already drawn."""
+def run(settings: Settings, out, progress: bool = True, data=None, resume: bool = False,
+        test: bool = True) -> dict:  # fmt: skip
+    """Train one classifier (``resume``: continue the run in ``out``); return its summary. The
+    curve and ``accuracy`` are on the validation set; ``test``: the test set once, at the end
+    (``test_accuracy``). ``data``: the ``(train, validation, test)`` sets of :func:`draw` for
+    these settings, if already drawn."""
     s = settings
     t0 = time.perf_counter()
-    train_set, test_set = data or listops.splits(s.n_train, s.n_test, seed=s.seed,
-                                                 **_data_kwargs(s))  # fmt: skip
+    train_set, val_set, test_set = data or draw(s)
     data_seconds = time.perf_counter() - t0
     vocab = len(listops.VOCAB)
     d_model = models.match_d_model(s.mixer, s.params, vocab=vocab, n_layers=s.n_layers,
@@ -139,19 +188,27 @@ def run(settings: Settings, out, progress: bool = True, data=None, resume: bool 
 
     @nnx.jit
     def hits(model, tokens, lengths, labels):
-        return jnp.sum(jnp.argmax(model(tokens, lengths), -1) == labels)
+        logits = model(tokens, lengths)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return jnp.sum(jnp.argmax(logits, -1) == labels), jnp.sum(losses)
 
-    def accuracy(model, data):
-        total = 0
+    def scores(model, data) -> tuple[float, float]:
+        """``(accuracy, mean cross-entropy)`` on ``data``, in batches of EVAL_BATCH."""
+        total, loss = 0, 0.0
         for i in range(0, len(data.labels), EVAL_BATCH):
             rows = slice(i, i + EVAL_BATCH)
-            total += int(hits(model, data.tokens[rows], data.lengths[rows], data.labels[rows]))
-        return total / len(data.labels)
+            n, l = hits(model, data.tokens[rows], data.lengths[rows], data.labels[rows])
+            total, loss = total + int(n), loss + float(l)
+        return total / len(data.labels), loss / len(data.labels)
 
-    train_probe = jax.tree.map(lambda x: x[: min(s.n_train, 1000)], train_set)
+    def accuracy(model, data):
+        return scores(model, data)[0]
+
+    train_probe = jax.tree.map(lambda x: x[: min(s.n_train, TRAIN_PROBE)], train_set)
 
     def evaluate_row(model):
-        return {"accuracy": accuracy(model, test_set),
+        val_accuracy, val_loss = scores(model, val_set)
+        return {"accuracy": val_accuracy, "val_loss": val_loss,
                 "train_accuracy": accuracy(model, train_probe)}  # fmt: skip
 
     task = trainer.Task(sample=sample, loss=loss, evaluate=evaluate_row,
@@ -165,9 +222,10 @@ def run(settings: Settings, out, progress: bool = True, data=None, resume: bool 
     )  # fmt: skip
     counts = np.bincount(test_set.labels, minlength=N_CLASSES)
     train_majority = int(np.argmax(np.bincount(train_set.labels, minlength=N_CLASSES)))
-    return {
+    result = {
         "mixer": s.mixer,
         "accuracy": fitted.history[-1]["accuracy"],
+        "val_loss": fitted.history[-1]["val_loss"],
         "train_accuracy": fitted.history[-1]["train_accuracy"],
         "chance": 1 / N_CLASSES,
         # the training set's most frequent class, always answered, on the test set
@@ -181,80 +239,150 @@ def run(settings: Settings, out, progress: bool = True, data=None, resume: bool 
         "settings": dataclasses.asdict(s),
         "history": fitted.history,
     }
+    if test:
+        result["test_accuracy"] = accuracy(fitted.model, test_set)
+    return result
 
 
-def figure(results, path):
-    """Test accuracy against training steps, a line per mixer; chance and the majority class."""
+def figure(runs, path, *, note: str = ""):
+    """Validation accuracy against training steps, a line per run (a colour per mixer); chance
+    and the majority class."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    for i, r in enumerate(results):
+    names = list(dict.fromkeys(r["mixer"] for r in runs))
+    labelled = set()
+    for r in runs:
         h = r["history"]
+        label = None if r["mixer"] in labelled else f"{r['mixer']} ({r['params']:,} params)"
+        labelled.add(r["mixer"])
         ax.plot([row["step"] for row in h], [row["accuracy"] for row in h], "o-", ms=2,
-                color=f"C{i}", label=f"{r['mixer']} ({r['params']:,} params)")  # fmt: skip
-    r = results[0]
-    ax.axhline(r["chance"], color="gray", ls=":", lw=1, label="chance")
-    ax.axhline(r["majority"], color="gray", ls="--", lw=1, label="majority class")
-    s = r["settings"]
-    ax.set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1),
-           title=f"ListOps: depth {s['max_depth']}, {s['max_args']} args, "
-                 f"{s['min_length']}–{s['max_length']} tokens, {s['n_train']:,} train")  # fmt: skip
+                color=f"C{names.index(r['mixer'])}", label=label, alpha=0.8)  # fmt: skip
+    ax.axhline(1 / N_CLASSES, color="gray", ls=":", lw=1, label="chance")
+    if runs:
+        ax.axhline(runs[0]["majority"], color="gray", ls="--", lw=1,
+                   label="majority class (test set)")  # fmt: skip
+        s = runs[0]["settings"]
+        ax.set_title(f"ListOps: depth {s['max_depth']}, {s['max_args']} args, "
+                     f"{s['min_length']}–{s['max_length']} tokens, {s['n_train']:,} train{note}",
+                     fontsize=9)  # fmt: skip
+    ax.set(xlabel="training step", ylabel="validation accuracy", ylim=(0, 1))
     ax.legend(fontsize=7)
     plots.save(fig, path)
 
 
-def table(results) -> str:
-    """A markdown table: a row per mixer, then LRA's published numbers at LRA's settings."""
-    s, r0 = results[0]["settings"], results[0]
+def _finished(results) -> list[dict]:
+    """Every run of the tune ``results`` that trained to the end (sweep and seed runs)."""
+    return [x for r in results for x in r["sweep"] + r["runs"] if "history" in x]
+
+
+def _seed_runs(results) -> list[dict]:
+    return [x for r in results for x in r["runs"] if "history" in x]
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def table(results, proto: protocol.Protocol) -> str:
+    """Markdown: a row per mixer (test accuracy, mean ± half the range over the seeds, at the lr
+    chosen on validation; train accuracy, parameters, d_model and steps/s, the seed runs' mean;
+    the rate sweep's validation accuracies), then LRA's published numbers at LRA's settings."""
+    s = results[0]["settings"]
+    done = _finished(results)
+    first = done[0] if done else {}
+    short = proto.sweep_steps(s["train_steps"], s["eval_every"])[0]
+    mean_length = f" (mean {first['mean_length']:.0f})" if "mean_length" in first else ""
+    majority = f"{first['majority']:.1%}" if "majority" in first else "–"
     lines = [
         f"ListOps at max_depth {s['max_depth']}, max_args {s['max_args']}, {s['min_length']}–"
-        f"{s['max_length']} tokens (mean {r0['mean_length']:.0f}); {s['n_train']:,} training and "
-        f"{s['n_test']:,} test expressions (separate seeds); {s['n_layers']} layers, about "
-        f"{s['params']:,} parameters, {s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']:,} AdamW "
-        f"steps at peak lr {s['lr']:g} for every mixer. Chance {r0['chance']:.1%}, the majority "
-        f"class {r0['majority']:.1%}. Train accuracy: on the first 1,000 training expressions.",
+        f"{s['max_length']} tokens{mean_length}; {s['n_train']:,} training, {s['n_val']:,} "
+        f"validation and {s['n_test']:,} test expressions (three streams of data seed "
+        f"{s['data_seed']}, the same for every run); {s['n_layers']} layers, about "
+        f"{s['params']:,} parameters, {s['n_heads']} heads, batch {s['batch_size']}, "
+        f"{s['train_steps']:,} AdamW steps. Each mixer's peak lr chosen among "
+        f"{', '.join(f'{lr:g}' for lr in proto.lrs)} on validation accuracy after {short:,} steps "
+        f"(seed {proto.seeds[0]}), then seeds {', '.join(map(str, proto.seeds))} at that lr, the "
+        f"test set evaluated once per seed run: test accuracy, mean ± half the range over the "
+        f"seeds. Chance {1 / N_CLASSES:.1%}, the majority class {majority} (the training set's "
+        f"most frequent class, on the test set). Train accuracy: on the first {TRAIN_PROBE:,} "
+        "training expressions, the seed runs' mean.",
         "",
-        "| model | test accuracy | train accuracy | parameters | d_model | steps/s | settings |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | test accuracy | lr | train accuracy | parameters | d_model | steps/s | "
+        f"validation accuracy by lr ({short:,} steps) | settings |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        lines.append(f"| {r['mixer']} | {r['accuracy']:.1%} | {r['train_accuracy']:.1%} | "
-                     f"{r['params']:,} | {r['d_model']} | {r['steps_per_second']:.1f} | "
-                     "these (CPU) |")  # fmt: skip
+        runs = [x for x in r["runs"] if "history" in x]
+        train = _mean([x.get("train_accuracy") for x in runs])
+        rate = _mean([x.get("steps_per_second") for x in runs])
+        size = runs[0] if runs else next((x for x in r["sweep"] if "params" in x), {})
+        cells = [
+            r["mixer"],
+            protocol.cell(r, "accuracy", lambda x: f"{x:.1%}"),
+            "–" if r["lr"] is None else f"{r['lr']:g}",
+            "–" if train is None else f"{train:.1%}",
+            f"{size['params']:,}" if "params" in size else "–",
+            str(size.get("d_model", "–")),
+            "–" if rate is None else f"{rate:.1f}",
+            protocol.sweep_cell(r, "accuracy", lambda x: f"{x:.1%}"),
+            "these (CPU)",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     for name, acc in ANCHORS:
-        lines.append(
-            f"| {name} | {acc:.1%} | – | – | – | – | LRA: depth 10, 10 args, 500–2,000 tokens |"
-        )
+        lines.append(f"| {name} | {acc:.1%} | – | – | – | – | – | – | "
+                     "LRA: depth 10, 10 args, 500–2,000 tokens |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     args, out, settings = parse(argv)
     start = time.perf_counter()
-    runs = (cli.sweep_runs(settings, out, args.mixers or mixers.MIXERS) if args.sweep
-            else [(settings, out)])  # fmt: skip
-    data = []  # drawn once, for the first run that trains: every mixer sees the same sets
-
-    def train_one(one, folder):
-        if not data:
-            data.append(listops.splits(one.n_train, one.n_test, seed=one.seed,
-                                       **_data_kwargs(one)))  # fmt: skip
-        return run(one, folder, progress=not args.no_progress, data=data[0], resume=args.resume)
-
-    def say(one, r):
-        print(f"{one.mixer}: test accuracy {r['accuracy']:.3f} (train {r['train_accuracy']:.3f}), "
-              f"{r['params']:,} params, {r['steps_per_second']:.1f} steps/s", flush=True)  # fmt: skip
-
-    results = cli.run_all(runs, train_one, sweep=args.sweep, say=say)
-    wall = time.perf_counter() - start
-    figure(results, out / "accuracy.png")
     if args.sweep:
-        (out / "table.md").write_text(table(results))
-        summary = {"runs": results, "wall_seconds": wall, "figures": ["accuracy.png"],
-                   "table": "table.md", "anchors": dict(ANCHORS)}  # fmt: skip
-    else:
-        summary = {**results[0], "wall_seconds": wall, "figures": ["accuracy.png"]}
+        cli.compile_cache()
+    if not args.sweep:
+        try:
+            summary = run(settings, out, not args.no_progress, resume=args.resume)
+        except ResumeError as error:  # one line, exit status 1: not a traceback
+            sys.exit(f"error: --resume: {error}")
+        print(f"{settings.mixer}: validation accuracy {summary['accuracy']:.3f}, test "
+              f"{summary['test_accuracy']:.3f} (train {summary['train_accuracy']:.3f}), "
+              f"{summary['params']:,} params, {summary['steps_per_second']:.1f} steps/s")  # fmt: skip
+        wall = time.perf_counter() - start
+        summary = {**summary, "wall_seconds": wall, "figures": ["accuracy.png"]}
+        figure([summary], out / "accuracy.png")
+        cli.write_summary(out, {**summary, "quick": args.quick})
+        print(f"wrote {out}/summary.json and the figure in {wall:.0f} s")
+        return summary
+
+    data = []  # drawn once, for the first run that trains: every run sees the same sets
+
+    def train(one, folder, test, resume):
+        if not data:
+            data.append(draw(one))
+        return run(one, folder, not args.no_progress, data[0], resume, test)
+
+    proto = args.protocol
+    results = []
+    for mixer in args.mixers or mixers.MIXERS:
+        print(f"{mixer}:", flush=True)
+        one = dataclasses.replace(settings, mixer=mixer)
+        results.append(protocol.tune(one, out / mixer, train, proto,
+                                     say=lambda line: print(line, flush=True)))  # fmt: skip
+    wall = time.perf_counter() - start
+    (out / "table.md").write_text(table(results, proto))
+    figure(_seed_runs(results), out / "accuracy.png",
+           note=": each mixer at its chosen lr, every seed")  # fmt: skip
+    short = proto.sweep_steps(settings.train_steps, settings.eval_every)[0]
+    protocol.lr_figure({"ListOps": results}, "accuracy", out / "lrs.png",
+                       ylabel="validation accuracy",
+                       title=f"ListOps: the rate sweep ({short:,} steps, seed {proto.seeds[0]}; "
+                             "ringed: chosen)")  # fmt: skip
+    summary = {"runs": results, "wall_seconds": wall, "table": "table.md",
+               "figures": ["accuracy.png", "lrs.png"], "protocol": dataclasses.asdict(proto),
+               "anchors": dict(ANCHORS)}  # fmt: skip
     cli.write_summary(out, {**summary, "quick": args.quick})
-    print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
+    print(f"wrote {out}/summary.json, table.md and the figures in {wall:.0f} s")
     return summary
 
 

@@ -23,23 +23,25 @@ read, not retrained, so a stopped sweep continues. The sweep writes ``table.md``
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import jax
 from flax import nnx
 from matplotlib.figure import Figure
 
-from experiments import cli
+from experiments import cli, protocol
 from ssm_gd import flags, optim, plots, trainer
+from ssm_gd.checkpoints import ResumeError
 from ssm_gd.seq import mixers, models
 from ssm_gd.seq.mqar import mqar, recall_loss
 
 QUICK = dict(seq_len=32, n_kv=2, d_model=32, vocab=32, train_steps=100, eval_every=50)
-# The CPU grid: softmax attention leaves the plateau at "one of the values in context" (accuracy
-# 1/n_kv) after about 500 steps at L = 32, 2 pairs, vocabulary 32, d_model 64, and not within
-# 2,000 steps at L = 64, 4 pairs, vocabulary 64 (lr 1e-3 or 3e-3): 2 pairs, and 1500 steps a run.
-SWEEP = dict(seq_lens=(32, 64), d_models=(32, 64), n_kv=2, vocab=32, train_steps=1500)
-QUICK_SWEEP = dict(seq_lens=(32,), d_models=(16, 32))
+#: The CPU grid: (L, pairs) points × d_model, every mixer tuned by the protocol
+#: (:mod:`experiments.protocol`). See the module docstring for why these sizes.
+SWEEP = dict(points=((64, 4), (128, 8)), d_models=(64, 128), vocab=128, train_steps=1500)
+#: ``--quick --sweep``: the 2-pair smoke grid.
+QUICK_SWEEP = dict(points=((32, 2),), d_models=(16, 32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,28 +62,25 @@ class Settings:
 
 
 def parse(argv=None):
+    """``(args, out folder, settings)``; ``args.grid``: a sweep's ``(L, pairs, d_model)`` points,
+    ``args.protocol``: its :class:`~experiments.protocol.Protocol`. Every flag checked."""
     parser = cli.experiment_parser(__doc__.splitlines()[0], Settings,
                                    choices={"mixer": mixers.CHOICES})  # fmt: skip
     args = parser.parse_args(argv)
     out = cli.output_folder(parser, args, "mqar")
     given = cli.given_settings(args, Settings)
-    grid = {}
-    if args.sweep:
-        grid = dict(QUICK_SWEEP) if args.quick else dict(SWEEP)
-        grid["seq_lens"] = (
-            (given["seq_len"],) if "seq_len" in given else grid.get("seq_lens", (32,))
-        )
-        grid["d_models"] = (given["d_model"],) if "d_model" in given else grid["d_models"]
-    base = {k: v for k, v in grid.items() if k not in ("seq_lens", "d_models")}
+    grid = (dict(QUICK_SWEEP) if args.quick else dict(SWEEP)) if args.sweep else {}
+    base = {k: v for k, v in grid.items() if k not in ("points", "d_models")}
     fields = {**(QUICK if args.quick else {}), **base, **given}
     settings = dataclasses.replace(Settings(), **fields)
-    args.grid = [
-        (length, d) for length in grid.get("seq_lens", ()) for d in grid.get("d_models", ())
-    ]
-    checks = [settings] + [
-        dataclasses.replace(settings, seq_len=L, d_model=d) for L, d in args.grid
-    ]
-    for s in checks:
+    points = grid.get("points", ())
+    if "seq_len" in given or "n_kv" in given:  # one point, the flags' (or the defaults')
+        points = ((settings.seq_len, settings.n_kv),)
+    d_models = (settings.d_model,) if "d_model" in given else grid.get("d_models", ())
+    args.grid = [(length, n, d) for length, n in points for d in d_models]
+    args.protocol = protocol.from_args(parser, args, "accuracy", True, tiebreak="val_loss")
+    for s in [settings] + [dataclasses.replace(settings, seq_len=length, n_kv=n, d_model=d)
+                           for length, n, d in args.grid]:  # fmt: skip
         _check(parser, s)
     return args, out, settings
 
@@ -100,8 +99,16 @@ def _check(parser, settings):
         parser.error(flags.with_flags(str(error), ["seq_len", "n_kv", "vocab"]))
 
 
-def run(settings: Settings, out, progress: bool = True, resume: bool = False) -> dict:
-    """Train one model (``resume``: continue the run in ``out``); return its summary."""
+#: The fixed keys of the validation and test sequences: the same for every mixer and seed, apart
+#: from the training batches (drawn from ``fold_in(key(seed + 2), step)``).
+VALIDATION_KEY, TEST_KEY = 2**20 + 1, 2**20 + 2
+
+
+def run(settings: Settings, out, progress: bool = True, resume: bool = False,
+        test: bool = True) -> dict:  # fmt: skip
+    """Train one model (``resume``: continue the run in ``out``); return its summary. The curve
+    and ``accuracy`` are on the validation sequences; ``test``: the test sequences once, at the
+    end (``test_accuracy``, ``test_loss``)."""
     s = settings
     model = models.Model(s.vocab, s.d_model, s.n_layers, mixer=s.mixer, n_heads=s.n_heads,
                          rngs=nnx.Rngs(s.seed))  # fmt: skip
@@ -109,14 +116,14 @@ def run(settings: Settings, out, progress: bool = True, resume: bool = False) ->
     def sample(key, batch):
         return mqar(key, batch=batch, seq_len=s.seq_len, n_kv=s.n_kv, vocab=s.vocab)
 
-    eval_set = sample(jax.random.key(s.seed + 1), s.eval_size)
+    validation = sample(jax.random.key(VALIDATION_KEY), s.eval_size)
 
     @nnx.jit
-    def evaluate(model):
-        return recall_loss(model(eval_set.tokens), eval_set.targets)
+    def evaluate(model, data):
+        return recall_loss(model(data.tokens), data.targets)
 
     def evaluate_row(model):
-        loss, accuracy = evaluate(model)
+        loss, accuracy = evaluate(model, validation)
         return {"val_loss": float(loss), "accuracy": float(accuracy)}
 
     task = trainer.Task(
@@ -132,7 +139,7 @@ def run(settings: Settings, out, progress: bool = True, resume: bool = False) ->
         eval_every=min(s.eval_every, s.train_steps), key=jax.random.key(s.seed + 2), out=out,
         config=dataclasses.asdict(s), progress=progress, resume=resume,
     )  # fmt: skip
-    return {
+    result = {
         "mixer": s.mixer,
         "accuracy": fitted.history[-1]["accuracy"],
         "val_loss": fitted.history[-1]["val_loss"],
@@ -142,36 +149,43 @@ def run(settings: Settings, out, progress: bool = True, resume: bool = False) ->
         "settings": dataclasses.asdict(s),
         "history": fitted.history,
     }
+    if test:
+        loss, accuracy = evaluate(fitted.model, sample(jax.random.key(TEST_KEY), s.eval_size))
+        result.update(test_accuracy=float(accuracy), test_loss=float(loss))
+    return result
 
 
 def figure(results, path):
-    """Accuracy against training steps, a line per mixer; a sweep: a panel per (L, d_model)."""
-    points = sorted({(r["settings"]["seq_len"], r["settings"]["d_model"]) for r in results})
-    lengths = sorted({p[0] for p in points})
-    widths = sorted({p[1] for p in points})
-    fig = Figure(figsize=(4.2 * len(widths) + 1.3, 3.3 * len(lengths)))
-    axes = fig.subplots(len(lengths), len(widths), squeeze=False, sharex=True, sharey=True)
+    """Validation accuracy against training steps, a line per run, a panel per (L, pairs,
+    d_model)."""
+    points = sorted({_point(r["settings"]) for r in results})
+    fig = Figure(figsize=(4.2 * len(points) + 1.3, 3.4))
+    axes = fig.subplots(1, len(points), squeeze=False, sharey=True)[0]
     colours = dict(zip(mixers.CHOICES, [f"C{i}" for i in range(len(mixers.CHOICES))], strict=True))
-    s = results[0]["settings"]
+    labelled = set()
     for r in results:
-        length, d = r["settings"]["seq_len"], r["settings"]["d_model"]
-        ax = axes[lengths.index(length), widths.index(d)]
-        h = r["history"]
+        point = _point(r["settings"])
+        ax = axes[points.index(point)]
+        h = r.get("history", [])
+        label = None if (point, r["mixer"]) in labelled else f"{r['mixer']} ({r['params']:,})"
+        labelled.add((point, r["mixer"]))
         ax.plot([row["step"] for row in h], [row["accuracy"] for row in h], "o-", ms=2,
-                color=colours[r["mixer"]], label=f"{r['mixer']} ({r['params']:,} params)")  # fmt: skip
-        ax.set_title(f"L = {length}, d_model {d}", fontsize=9)
-    for ax in axes.flat:
-        ax.axhline(1 / s["n_kv"], color="gray", ls=":", lw=1)
-        ax.set(ylim=(0, 1.02))
+                color=colours[r["mixer"]], label=label, alpha=0.8)  # fmt: skip
+        ax.set_title(f"L {point[0]}, {point[1]} pairs, d_model {point[2]}", fontsize=9)
+    for ax, point in zip(axes, points, strict=True):
+        ax.axhline(1 / point[1], color="gray", ls=":", lw=1)
+        ax.set(ylim=(0, 1.02), xlabel="training step")
         if ax.lines:
             ax.legend(fontsize=6)
-    for ax in axes[-1]:
-        ax.set_xlabel("training step")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy on the queries")
-    fig.suptitle(f"MQAR: {s['n_kv']} pairs, vocabulary {s['vocab']}, batch {s['batch_size']}, "
-                 f"lr {s['lr']:g}", fontsize=10)  # fmt: skip
+    axes[0].set_ylabel("validation accuracy on the queries")
+    s = results[0]["settings"]
+    fig.suptitle(f"MQAR: vocabulary {s['vocab']}, batch {s['batch_size']}; each mixer at its "
+                 "chosen lr, every seed", fontsize=10)  # fmt: skip
     plots.save(fig, path)
+
+
+def _point(s: dict) -> tuple[int, int, int]:
+    return s["seq_len"], s["n_kv"], s["d_model"]
 
 
 def _mixers(results) -> list[str]:
@@ -179,80 +193,145 @@ def _mixers(results) -> list[str]:
     return list(dict.fromkeys(r["mixer"] for r in results))
 
 
+def _seed_runs(results) -> list[dict]:
+    return [run for r in results for run in r["runs"] if "history" in run]
+
+
 def sweep_figure(results, path):
-    """Final accuracy against d_model: a line per mixer, a panel per L."""
-    lengths = sorted({r["settings"]["seq_len"] for r in results})
-    fig = Figure(figsize=(4.5 * len(lengths), 3.8))
-    axes = fig.subplots(1, len(lengths), squeeze=False)[0]
-    s = results[0]["settings"]
-    for ax, length in zip(axes, lengths, strict=True):
+    """Test accuracy (mean over seeds, bars: their range) against d_model: a line per mixer, a
+    panel per (L, pairs)."""
+    pairs = sorted({_point(r["settings"])[:2] for r in results})
+    fig = Figure(figsize=(4.5 * len(pairs), 3.8))
+    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
+    widths = sorted({r["settings"]["d_model"] for r in results})
+    for ax, (length, n_kv) in zip(axes, pairs, strict=True):
         for mixer in _mixers(results):
-            pts = sorted((r["settings"]["d_model"], r["accuracy"]) for r in results
-                         if r["mixer"] == mixer and r["settings"]["seq_len"] == length)  # fmt: skip
-            ax.plot(*zip(*pts, strict=True), "o-", label=mixer)
-        ax.axhline(1 / s["n_kv"], color="gray", ls=":", lw=1, label="one of the values in context")
-        ax.set(xlabel="d_model", ylabel="accuracy on the queries", ylim=(0, 1.02),
-               title=f"L = {length}, {s['n_kv']} pairs, vocab {s['vocab']}, {s['train_steps']} steps")  # fmt: skip
-        ax.set_xticks(sorted({r["settings"]["d_model"] for r in results}))
-        ax.set_xticklabels([str(d) for d in sorted({r["settings"]["d_model"] for r in results})])
+            pts = []
+            for r in results:
+                if r["mixer"] == mixer and _point(r["settings"])[:2] == (length, n_kv):
+                    values = [run.get("test_accuracy") for run in r["runs"]]
+                    mean, half = protocol.spread(values)
+                    pts.append((r["settings"]["d_model"], mean, half))
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                        fmt="o-", capsize=3, label=mixer)  # fmt: skip
+        ax.axhline(1 / n_kv, color="gray", ls=":", lw=1, label="one of the values in context")
+        ax.set(xlabel="d_model", ylabel="test accuracy on the queries", ylim=(0, 1.02),
+               title=f"L = {length}, {n_kv} pairs")  # fmt: skip
+        ax.set_xticks(widths)
+        ax.set_xticklabels([str(d) for d in widths])
     axes[0].legend(fontsize=7)
+    s = results[0]["settings"]
+    fig.suptitle(f"MQAR, vocabulary {s['vocab']}, {s['train_steps']} steps: each mixer at the "
+                 "lr chosen on validation", fontsize=10)  # fmt: skip
     plots.save(fig, path)
 
 
-def table(results) -> str:
-    """A markdown table: a row per (L, d_model), accuracy (parameters) per mixer."""
+def table(results, proto: protocol.Protocol) -> str:
+    """Markdown: test accuracy (mean ± half the range over seeds; the chosen lr) per (L, pairs,
+    d_model) and mixer, then the parameters, the rate sweep's validation accuracies and the
+    training rates."""
     s = results[0]["settings"]
+    names = _mixers(results)
+    short = proto.sweep_steps(s["train_steps"], s["eval_every"])[0]
+    head = "| L | pairs | d_model | " + " | ".join(names) + " |"
+    rule = "| --- | --- | --- |" + " --- |" * len(names)
     lines = [
-        f"MQAR, {s['n_kv']} key-value pairs, vocabulary {s['vocab']}, {s['n_layers']} layers, "
-        f"{s['n_heads']} heads, batch {s['batch_size']}, {s['train_steps']} AdamW steps at peak lr "
-        f"{s['lr']:g} for every mixer; accuracy on the queries of {s['eval_size']} held-out "
-        f"sequences (parameters):",
+        f"MQAR, vocabulary {s['vocab']}, {s['n_layers']} layers, {s['n_heads']} heads, batch "
+        f"{s['batch_size']}, {s['train_steps']:,} AdamW steps ({s['train_steps'] * s['batch_size']:,} "
+        f"sequences); each mixer's peak lr chosen among {', '.join(f'{lr:g}' for lr in proto.lrs)} "
+        f"on {s['eval_size']} validation sequences after {short:,} steps (seed "
+        f"{proto.seeds[0]}), then {len(proto.seeds)} seeds at that lr evaluated once on "
+        f"{s['eval_size']} test sequences. Test accuracy on the queries, mean ± half the range "
+        f"over the seeds (the chosen lr):",
         "",
-        "| L | d_model | " + " | ".join(_mixers(results)) + " |",
-        "| --- | --- |" + " --- |" * len(_mixers(results)),
+        head,
+        rule,
     ]
-    points = sorted({(r["settings"]["seq_len"], r["settings"]["d_model"]) for r in results})
-    for length, d in points:
+    points = sorted({_point(r["settings"]) for r in results})
+
+    def row(point, text):
         cells = []
-        for mixer in _mixers(results):
-            match = [r for r in results if r["mixer"] == mixer
-                     and (r["settings"]["seq_len"], r["settings"]["d_model"]) == (length, d)]  # fmt: skip
-            cells.append(f"{match[0]['accuracy']:.3f} ({match[0]['params']:,})" if match else "–")
-        lines.append(f"| {length} | {d} | " + " | ".join(cells) + " |")
+        for mixer in names:
+            match = [r for r in results if r["mixer"] == mixer and _point(r["settings"]) == point]
+            cells.append(text(match[0]) if match else "–")
+        return f"| {point[0]} | {point[1]} | {point[2]} | " + " | ".join(cells) + " |"
+
+    def acc(x):
+        return f"{x:.3f}"
+
+    lines += [row(p, lambda r: protocol.cell(r, "accuracy", acc)
+                  + (f" ({r['lr']:g})" if r["lr"] else "")) for p in points]  # fmt: skip
+    lines += [
+        "",
+        "Parameters, and training steps per second (the seed runs' mean):",
+        "",
+        head,
+        rule,
+    ]
+    lines += [row(p, lambda r: f"{r['sweep'][0].get('params', 0):,}, {_rate(r)}")
+              for p in points]  # fmt: skip
+    lines += ["", f"The rate sweep: validation accuracy after {short:,} steps at each lr (the "
+              "chosen one in bold; div.: diverged):", "", head, rule]  # fmt: skip
+    lines += [row(p, lambda r: protocol.sweep_cell(r, "accuracy", acc)) for p in points]
     return "\n".join(lines) + "\n"
+
+
+def _rate(result) -> str:
+    rates = [r["steps_per_second"] for r in result["runs"] if "steps_per_second" in r]
+    return f"{sum(rates) / len(rates):.1f} steps/s" if rates else "–"
 
 
 def main(argv=None):
     args, out, settings = parse(argv)
     start = time.perf_counter()
-    if not args.sweep:
-        runs = [(settings, out)]
-    else:
-        runs = [pair for length, d in args.grid for pair in cli.sweep_runs(
-            dataclasses.replace(settings, seq_len=length, d_model=d), out,
-            args.mixers or mixers.MIXERS, folder=lambda s: f"L{s.seq_len}-d{s.d_model}/{s.mixer}",
-        )]  # fmt: skip
-
-    def say(one, r):
-        print(f"{one.mixer} (L {one.seq_len}, d_model {one.d_model}): accuracy {r['accuracy']:.3f}, "
-              f"{r['params']:,} params, {r['steps_per_second']:.1f} steps/s", flush=True)  # fmt: skip
-
-    results = cli.run_all(
-        runs, lambda one, folder: run(one, folder, not args.no_progress, args.resume),
-        sweep=args.sweep, say=say,
-    )  # fmt: skip
-    wall = time.perf_counter() - start
     if args.sweep:
-        summary = {"runs": results, "wall_seconds": wall,
-                   "figures": ["accuracy.png", "curves.png"], "table": "table.md"}  # fmt: skip
-        (out / "table.md").write_text(table(results))
-        sweep_figure(results, out / "accuracy.png")
-        figure(results, out / "curves.png")
-    else:
-        summary = {**results[0], "wall_seconds": wall, "figures": ["accuracy.png"]}
-        figure(results, out / "accuracy.png")
+        cli.compile_cache()
+    if not args.sweep:
+        try:
+            summary = run(settings, out, not args.no_progress, args.resume)
+        except ResumeError as error:  # one line, exit status 1: not a traceback
+            sys.exit(f"error: --resume: {error}")
+        print(f"{settings.mixer}: validation accuracy {summary['accuracy']:.3f}, test "
+              f"{summary['test_accuracy']:.3f}, {summary['params']:,} params, "
+              f"{summary['steps_per_second']:.1f} steps/s")  # fmt: skip
+        wall = time.perf_counter() - start
+        summary = {**summary, "wall_seconds": wall, "figures": ["accuracy.png"]}
+        figure([summary], out / "accuracy.png")
+        cli.write_summary(out, {**summary, "quick": args.quick})
+        print(f"wrote {out}/summary.json and the figure in {wall:.0f} s")
+        return summary
+
+    def train(one, folder, test, resume):
+        return run(one, folder, not args.no_progress, resume, test)
+
+    results = []
+    for length, n_kv, d in args.grid:
+        point = dataclasses.replace(settings, seq_len=length, n_kv=n_kv, d_model=d)
+        print(f"L {length}, {n_kv} pairs, d_model {d}:", flush=True)
+        for mixer in args.mixers or mixers.MIXERS:
+            one = dataclasses.replace(point, mixer=mixer)
+            tuned = protocol.tune(one, out / f"L{length}-kv{n_kv}-d{d}" / mixer, train,
+                                  args.protocol, say=lambda line: print(line, flush=True))  # fmt: skip
+            results.append(tuned)
+    wall = time.perf_counter() - start
+    summary = {"runs": results, "wall_seconds": wall, "table": "table.md",
+               "figures": ["accuracy.png", "lrs.png", "curves.png"],
+               "protocol": dataclasses.asdict(args.protocol)}  # fmt: skip
+    (out / "table.md").write_text(table(results, args.protocol))
+    sweep_figure(results, out / "accuracy.png")
+    panels = {}
+    for r in results:
+        p = r["settings"]
+        panels.setdefault(
+            f"L {p['seq_len']}, {p['n_kv']} pairs, d_model {p['d_model']}", []
+        ).append(r)
+    protocol.lr_figure(panels, "accuracy", out / "lrs.png", ylabel="validation accuracy",
+                       title="MQAR: the rate sweep (short budget, seed "
+                             f"{args.protocol.seeds[0]}; ringed: chosen)")  # fmt: skip
+    figure(_seed_runs(results), out / "curves.png")
     cli.write_summary(out, {**summary, "quick": args.quick})
-    print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
+    print(f"wrote {out}/summary.json, table.md and the figures in {wall:.0f} s")
     return summary
 
 

@@ -42,7 +42,8 @@ def adamw(
 ) -> optax.GradientTransformation:
     """Clip the global gradient norm to ``clip_norm``, then AdamW with peak rate ``lr`` and
     ``weight_decay`` on :func:`schedule` (``warmup`` steps, cosine to ``lr · final_fraction`` at
-    ``steps``).
+    ``steps``). The rate is a value of the optimiser's state, not a constant of the compiled
+    step: a sweep over rates compiles its training step once.
 
     ``groups`` ``{name: (peak lr, weight decay)}`` with ``label`` ``(parameter path) → name or
     "default"``: each named group gets its own AdamW on the same schedule shape (an
@@ -52,8 +53,17 @@ def adamw(
     steps = validate.positive_int("steps", steps)
     warmup = validate.non_negative_int("warmup", warmup)
 
+    unit = schedule(1.0, steps, warmup, final_fraction)
+
     def one(peak, decay):
-        return optax.adamw(schedule(peak, steps, warmup, final_fraction), weight_decay=decay)
+        # optax.adamw's steps, with the peak rate held in the optimiser's state (an array) rather
+        # than in the program: runs that differ only in their rate share one compiled program.
+        return optax.chain(
+            optax.scale_by_adam(),
+            optax.add_decayed_weights(decay),
+            optax.scale_by_schedule(unit),
+            optax.inject_hyperparams(optax.scale)(step_size=-peak),
+        )
 
     if not groups:
         inner = one(lr, weight_decay)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from experiments import mqar as experiment
-from ssm_gd.seq import mixers, mqar
+from ssm_gd import trainer
+from ssm_gd.seq import mqar
 
 
 def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
@@ -20,6 +21,7 @@ def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
     t = mqar.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
     tokens, targets = np.asarray(t.tokens), np.asarray(t.targets)
     assert tokens.shape == targets.shape == (16, seq_len)
+    fillers = []
     for seq, tgt in zip(tokens, targets, strict=True):
         keys, values = seq[: 2 * n_kv : 2], seq[1 : 2 * n_kv : 2]
         assert len(set(keys)) == n_kv and keys.min() >= 1 and keys.max() < vocab // 2
@@ -29,8 +31,12 @@ def test_mqar_sequences_pair_keys_with_values_and_ask_each_key_once():
         assert sorted(seq[asked]) == sorted(keys)  # every key asked exactly once
         pairs = dict(zip(keys, values, strict=True))
         assert all(tgt[p] == pairs[seq[p]] for p in asked)  # the answer is the key's value
-        rest = np.setdiff1d(np.arange(2 * n_kv, seq_len), asked)
-        assert (seq[rest] == 0).all()  # fillers elsewhere
+        rest = seq[np.setdiff1d(np.arange(2 * n_kv, seq_len), asked)]
+        assert not np.isin(rest, keys).any()  # fillers elsewhere: never one of the keys
+        fillers.append(rest)
+    # 16 × 9 fillers over the 40 - 5 allowed tokens: random, not one filler token (each token
+    # missing with probability (34/35)^144 < 2%: fewer than 30 distinct, under 1e-4)
+    assert len(np.unique(np.concatenate(fillers))) >= 30
     again = mqar.mqar(jax.random.key(0), batch=16, seq_len=seq_len, n_kv=n_kv, vocab=vocab)
     np.testing.assert_array_equal(again.tokens, t.tokens)
 
@@ -76,32 +82,86 @@ def test_bad_flags_exit_2(capsys, tmp_path):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_sweep_runs_the_grid_continues_and_tabulates(tmp_path, monkeypatch):
+def test_sweep_tunes_each_mixer_runs_the_seeds_continues_and_tabulates(tmp_path, monkeypatch):
     calls = []
+    # validation accuracy by lr: attention best at 1e-2, linear attention at 1e-3
+    best = {"attention": 1e-2, "linear_attention": 1e-3}
 
-    def fake_run(
-        settings, out, progress=True, resume=False
-    ):  # the sweep's bookkeeping, without training
-        calls.append((settings.mixer, settings.seq_len, settings.d_model))
-        acc = 0.1 * len(calls)
-        return {"mixer": settings.mixer, "accuracy": acc, "val_loss": 1.0, "params": 100 * len(calls),
-                "steps_per_second": 1.0, "wall_seconds": 1.0,
-                "settings": dataclasses.asdict(settings),
-                "history": [{"step": 0, "accuracy": 0.0}, {"step": 100, "accuracy": acc}]}  # fmt: skip
+    def fake_run(settings, out, progress=True, resume=False, test=True):
+        calls.append((settings.mixer, settings.d_model, settings.lr, settings.seed,
+                      settings.train_steps, test))  # fmt: skip
+        acc = 0.9 if settings.lr == best[settings.mixer] else 0.5
+        result = {"mixer": settings.mixer, "accuracy": acc, "val_loss": 1.0,
+                  "params": 100 * settings.d_model, "steps_per_second": 2.0 + settings.seed,
+                  "wall_seconds": 1.0, "settings": dataclasses.asdict(settings),
+                  "history": [{"step": 0, "accuracy": 0.0}, {"step": 100, "accuracy": acc}]}  # fmt: skip
+        if test:
+            result["test_accuracy"] = acc - 0.1 * settings.seed
+        return result
 
     monkeypatch.setattr(experiment, "run", fake_run)
-    argv = ["--sweep", "--quick", "--out", str(tmp_path), "--no-progress"]
+    argv = ["--sweep", "--quick", "--out", str(tmp_path), "--no-progress", "--lrs", "1e-3", "1e-2",
+            "--mixers", "linear_attention", "attention"]  # fmt: skip
     summary = experiment.main(argv)
-    grid = [(m, 32, d) for d in (16, 32) for m in mixers.MIXERS]
-    assert calls == grid and len(summary["runs"]) == len(grid)
-    assert all(r["settings"]["train_steps"] == 100 for r in summary["runs"])
+    expected = []
+    for d in (16, 32):
+        for mixer in ("linear_attention", "attention"):
+            expected += [(mixer, d, lr, 0, 25, False) for lr in (1e-3, 1e-2)]  # a quarter of 100
+            expected += [(mixer, d, best[mixer], seed, 100, True) for seed in (0, 1)]
+    assert calls == expected
+    assert [r["lr"] for r in summary["runs"]] == [1e-3, 1e-2, 1e-3, 1e-2]
     table = (tmp_path / "table.md").read_text()
-    assert "| 32 | 16 | 0.100 (100) |" in table and "| 32 | 32 |" in table
-    assert (tmp_path / "accuracy.png").exists() and (tmp_path / "curves.png").exists()
+    # test accuracy 0.9 and 0.8 over the two seeds: mean 0.85, half the range 0.05
+    assert "| 32 | 2 | 16 | 0.850 ± 0.050 (0.001) | 0.850 ± 0.050 (0.01) |" in table
+    assert "| 32 | 2 | 32 | 3,200, 2.5 steps/s | 3,200, 2.5 steps/s |" in table
+    assert "0.001: **0.900**, 0.01: 0.500" in table and "0.001: 0.500, 0.01: **0.900**" in table
+    for figure in summary["figures"]:
+        assert (tmp_path / figure).exists()
     experiment.main(argv)  # every run finished: read back, none trained again
-    assert len(calls) == len(grid)
-    experiment.main([*argv, "--train-steps", "50", "--d-model", "16"])  # new settings: trained
-    assert calls[len(grid) :] == [(m, 32, 16) for m in mixers.MIXERS]
+    assert len(calls) == len(expected)
+    experiment.main([*argv, "--train-steps", "40", "--d-model", "16"])  # new settings: trained
+    assert [c[:2] for c in calls[len(expected) :]] == [("linear_attention", 16)] * 4 + [
+        ("attention", 16)
+    ] * 4
+
+
+def test_a_diverged_rate_ranks_last_and_is_not_retried(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(settings, out, progress=True, resume=False, test=True):
+        calls.append(settings.lr)
+        if settings.lr == 1e-2:
+            raise trainer.TrainingDiverged("training loss became nan at step 3")
+        return {"mixer": settings.mixer, "accuracy": 0.4, "params": 1, "steps_per_second": 1.0,
+                "settings": dataclasses.asdict(settings), "history": [],
+                **({"test_accuracy": 0.3} if test else {})}  # fmt: skip
+
+    monkeypatch.setattr(experiment, "run", fake_run)
+    argv = ["--sweep", "--quick", "--d-model", "16", "--out", str(tmp_path), "--no-progress",
+            "--lrs", "1e-2", "1e-3", "--mixers", "ssm"]  # fmt: skip
+    summary = experiment.main(argv)
+    assert calls == [1e-2, 1e-3, 1e-3, 1e-3] and summary["runs"][0]["lr"] == 1e-3
+    assert "0.01: div., 0.001: **0.400**" in (tmp_path / "table.md").read_text()
+    stored = json.loads((tmp_path / "L32-kv2-d16" / "ssm" / "lr-0.01" / "summary.json").read_text())
+    assert "nan at step 3" in stored["diverged"]
+    experiment.main(argv)
+    assert len(calls) == 4  # the diverged run too is read back
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lrs", "0"], "--lrs must be a positive"),
+        (["--lrs", "1e-3", "1e-3"], "--lrs must be distinct"),
+        (["--seeds", "0", "0"], "--seeds must be one or more distinct"),
+        (["--sweep-fraction", "1.5"], "--sweep-fraction must be in (0, 1]"),
+    ],
+)
+def test_bad_protocol_flags_exit_2_before_any_work(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        experiment.main(["--sweep", "--quick", *argv, "--out", str(tmp_path)])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 ARGV = ["--quick", "--mixer", "ssm", "--n-layers", "1", "--steps", "4", "--eval-every", "2",

@@ -1,76 +1,12 @@
-"""The general tasks' experiments: ListOps (one short run, its flags, the sweep's bookkeeping) and
-``make reproduce-general QUICK=1`` (experiments/general.py) writing REPORT-general.md."""
+"""The general tasks' report: ``make reproduce-general QUICK=1`` (experiments/general.py) writing
+REPORT-general.md. The ListOps experiment's own tests are in test_listops_experiment.py."""
 
-import dataclasses
 import json
 
 import pytest
 
 from experiments import general
 from experiments import listops as experiment
-from ssm_gd.seq import mixers
-
-
-def test_a_short_listops_run_writes_its_summary(tmp_path):
-    summary = experiment.main(["--quick", "--mixer", "ssm", "--steps", "10", "--eval-every", "5",
-                               "--out", str(tmp_path), "--no-progress"])  # fmt: skip
-    written = json.loads((tmp_path / "summary.json").read_text())
-    assert written["params"] == summary["params"] > 0
-    assert 0 <= written["accuracy"] <= 1 and 0 <= written["train_accuracy"] <= 1
-    assert [r["step"] for r in written["history"]] == [0, 5, 10]
-    assert written["chance"] == 0.1 and 0 < written["majority"] < 1
-    assert (tmp_path / "accuracy.png").exists()
-    # the test set's size and accuracy: a multiple of 1 / n_test
-    n_test = written["settings"]["n_test"]
-    assert abs(written["accuracy"] * n_test - round(written["accuracy"] * n_test)) < 1e-9
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--max-depth", "2", "--max-args", "2", "--min-length", "30"], "no expression has"),
-        (["--min-length", "50", "--max-length", "40"], "--min-length must be <= --max-length"),
-        (["--quick", "--lra"], "--quick and --lra are two sizes"),
-        (["--params", "0"], "--params must be a positive integer"),
-        (["--steps", "0"], "--train-steps must be a positive integer"),
-        (["--mixer", "mamba"], "invalid choice"),
-    ],
-)
-def test_bad_listops_flags_exit_2_before_any_work(argv, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        experiment.main([*argv, "--out", str(tmp_path)])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "summary.json").exists()
-
-
-def test_listops_sweep_trains_every_mixer_continues_and_tabulates(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_run(
-        settings, out, progress=True, data=None, resume=False
-    ):  # the sweep's bookkeeping only
-        calls.append(settings.mixer)
-        acc = 0.1 * len(calls)
-        out.mkdir(parents=True, exist_ok=True)
-        return {"mixer": settings.mixer, "accuracy": acc, "train_accuracy": acc, "chance": 0.1,
-                "majority": 0.15, "mean_length": 20.0, "params": 100 * len(calls), "d_model": 8,
-                "steps_per_second": 1.0, "wall_seconds": 1.0,
-                "settings": dataclasses.asdict(settings),
-                "history": [{"step": 0, "accuracy": 0.0}, {"step": 30, "accuracy": acc}]}  # fmt: skip
-
-    monkeypatch.setattr(experiment, "run", fake_run)
-    argv = ["--sweep", "--quick", "--out", str(tmp_path), "--no-progress"]
-    summary = experiment.main(argv)
-    assert calls == list(mixers.MIXERS) and len(summary["runs"]) == len(mixers.MIXERS)
-    table = (tmp_path / "table.md").read_text()
-    assert "| gril | 10.0% | 10.0% | 100 | 8 |" in table and "| griffin | 50.0% |" in table
-    assert "Chance 10.0%, the majority class 15.0%" in table
-    for name, accuracy in experiment.ANCHORS:  # the published numbers, with their settings
-        assert f"| {name} | {accuracy:.1%} |" in table
-    experiment.main(argv)  # every run finished: read back, none trained again
-    assert len(calls) == len(mixers.MIXERS)
-    experiment.main([*argv, "--steps", "20"])  # new settings: trained again
-    assert calls[len(mixers.MIXERS) :] == list(mixers.MIXERS)
 
 
 def test_report_says_what_did_not_run(tmp_path):
