@@ -1,19 +1,23 @@
 """GRIL on general tasks, then ``REPORT-general.md``: what ``make reproduce-general`` runs.
 
-    python -m experiments.general [--results results] [--quick | --accelerator] [--only mqar listops lm]
+    python -m experiments.general [--results results] [--quick | --smoke | --accelerator]
+                                  [--only mqar listops lm]
 
-One process runs three sweeps over every mixer of :data:`ssm_gd.seq.models.MIXERS`, each writing
-its folder of :data:`FOLDERS` under ``<results>`` (``mqar-general``, ``listops``, ``lm``): multi-query associative recall (:mod:`experiments.mqar`, at d_model 64,
-L ∈ {32, 64} on the CPU: at d_model 32 no mixer left the plateau), ListOps
-(:mod:`experiments.listops`) and character-level language modelling (:mod:`experiments.lm`).
-Then it gathers their tables, figures, samples and the published anchors into
-``<results>/REPORT-general.md``, with every run's size and the time each sweep took. A sweep
-reads the runs an earlier call finished with the same settings, so a stopped call continues.
+One process runs three sweeps, each writing its folder of :data:`FOLDERS` under ``<results>``
+(``mqar-general``, ``listops``, ``lm``): multi-query associative recall
+(:mod:`experiments.mqar`), ListOps (:mod:`experiments.listops`) and character-level language
+modelling at equal training tokens (:mod:`experiments.lm`). Every mixer of every task goes
+through one protocol (:mod:`experiments.protocol`): a learning-rate sweep on validation, two
+seeds at the chosen rate, the test split read once per seed run. Then it gathers the tables,
+figures, samples, the published anchors and a point-by-point verdict (:func:`verdict`: each GRIL
+variant against each mixer, with the seeds' spread) into ``<results>/REPORT-general.md``, with
+the time each sweep took. Finished runs are read back, a stopped run continues from its last
+checkpoint: an interrupted call picks up where it stopped.
 
-Sizes: the CPU settings of each experiment (about 100 minutes in all on a 2-core CPU);
-``--quick``: each experiment's smoke size (a few minutes); ``--accelerator``: the published sizes
-(LRA's ListOps lengths, MQAR at 4 pairs and vocabulary 128, a larger language model) for a GPU
-or TPU.
+Sizes: the CPU settings of each experiment (the README gives the time of each part on a 2-core
+CPU); ``--quick``: each experiment's quick size; ``--smoke``: the test suite's (two mixers, a
+handful of steps, two rates); ``--accelerator``: larger sizes (LRA's ListOps lengths, more MQAR
+steps, a million-parameter language model) for a GPU or TPU.
 """
 
 from __future__ import annotations
@@ -27,26 +31,29 @@ from experiments import cli, listops, lm, mqar
 
 #: The mixers of a smoke run (the test suite's size): one recurrent, one attention.
 SMOKE_MIXERS = ("linear_attention", "attention")
-#: The language model's sweep (one wall-clock budget, where training speed decides the steps):
-#: every mixer, and GRIL with one decay per head, whose training form is matrix products.
+#: The language model's sweep: every mixer, and GRIL with one decay per head, whose training form
+#: is matrix products.
 LM_MIXERS = ("gril", "gril_scalar", "linear_attention", "attention", "ssm", "griffin")
+#: A smoke run's protocol: two rates, two seeds, the sweep at half the steps.
+SMOKE_PROTOCOL = ["--lrs", "1e-3", "3e-3", "--seeds", "0", "1", "--sweep-fraction", "0.5"]
 # name: (entry point, {size: its flags}), each run with --sweep --no-progress --out <results>/<name>
 EXPERIMENTS = {
     "mqar": (mqar.main, {
-        "CPU": ["--d-model", "64"],
-        "quick": ["--quick", "--d-model", "16"],
-        "smoke": ["--quick", "--d-model", "16", "--steps", "2", "--eval-every", "1",
-                  "--eval-size", "8", "--mixers", *SMOKE_MIXERS],
-        "accelerator": ["--n-kv", "4", "--vocab", "128", "--steps", "5000"],
+        "CPU": [],
+        "quick": ["--quick"],
+        "smoke": ["--quick", "--d-model", "16", "--steps", "4", "--eval-every", "2",
+                  "--eval-size", "8", "--mixers", *SMOKE_MIXERS, *SMOKE_PROTOCOL],
+        "accelerator": ["--steps", "5000"],
     }),
     "listops": (listops.main, {"CPU": [], "quick": ["--quick"], "accelerator": ["--lra"],
-                               "smoke": ["--quick", "--steps", "2", "--eval-every", "1",
-                                         "--n-train", "40", "--n-test", "10",
-                                         "--mixers", *SMOKE_MIXERS]}),
-    "lm": (lm.main, {"CPU": ["--mixers", *LM_MIXERS], "quick": ["--quick"], "accelerator": ["--params", "1000000", "--context", "256",
-                                                          "--batch-size", "32", "--budget", "900"],
-                     "smoke": ["--quick", "--budget", "0.2", "--eval-every", "1", "--eval-windows", "2",
-                               "--sample-chars", "8", "--max-chars", "5000", "--mixers", *SMOKE_MIXERS]}),
+                               "smoke": ["--quick", "--steps", "4", "--eval-every", "2",
+                                         "--n-train", "40", "--n-val", "10", "--n-test", "10",
+                                         "--mixers", *SMOKE_MIXERS, *SMOKE_PROTOCOL]}),
+    "lm": (lm.main, {"CPU": ["--mixers", *LM_MIXERS], "quick": ["--quick"],
+                     "accelerator": ["--params", "1000000", "--batch-size", "32", "--steps", "5000"],
+                     "smoke": ["--quick", "--steps", "4", "--eval-every", "2", "--eval-windows", "2",
+                               "--sample-chars", "8", "--max-chars", "5000",
+                               "--mixers", *SMOKE_MIXERS, *SMOKE_PROTOCOL]}),
 }  # fmt: skip
 # Each sweep's folder under --results: MQAR's is its own, apart from the full grid's results/mqar.
 FOLDERS = {"mqar": "mqar-general", "listops": "listops", "lm": "lm"}
@@ -67,6 +74,16 @@ def command(name: str, mode: str, results) -> str:
     return f"python -m experiments.{name} {flags} --out {pathlib.Path(results) / FOLDERS[name]}"
 
 
+def _trained(summary) -> float:
+    """The seconds of every run of a sweep's summary, each timed when it was trained."""
+    runs = [x for r in summary["runs"] for x in (*r.get("sweep", ()), *r.get("runs", ()))]
+    return sum(x.get("wall_seconds", 0.0) for x in runs)
+
+
+def _count(summary) -> int:
+    return sum(len(r.get("sweep", ())) + len(r.get("runs", ())) for r in summary["runs"])
+
+
 def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list[str]:
     folder = results / FOLDERS[name]
     summary = _load(folder / "summary.json")
@@ -74,9 +91,9 @@ def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list
     if summary is None or "runs" not in summary:
         return lines + [f"_not run (`{command(name, mode, results)}`)_", ""]
     took = seconds.get(name, summary.get("wall_seconds"))
-    trained = sum(r.get("wall_seconds", 0.0) for r in summary["runs"])
+    trained = _trained(summary)
     lines += [
-        f"`{command(name, mode, results)}` ({len(summary['runs'])} runs; this call "
+        f"`{command(name, mode, results)}` ({_count(summary)} runs; this call "
         f"{took / 60:.1f} min, the runs' own training {trained / 60:.1f} min when they ran):",
         "",
         (folder / summary["table"]).read_text().rstrip(),
@@ -92,25 +109,81 @@ def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list
     return lines + [""]
 
 
+#: Per task: the test metric, whether higher is better, its format, and a run's point in the grid.
+VERDICT = {
+    "mqar": ("accuracy", True, "{:.3f}",
+             lambda s: f"L {s['seq_len']}, {s['n_kv']} pairs, d_model {s['d_model']}"),
+    "listops": ("accuracy", True, "{:.1%}", lambda s: "test accuracy"),
+    "lm": ("bpc", False, "{:.3f}", lambda s: "test bits per character, equal tokens"),
+}  # fmt: skip
+#: The GRIL variants compared with every other mixer.
+GRILS = ("gril", "gril_scalar")
+
+
+def compare(ours: dict, other: dict, metric: str, higher: bool) -> tuple[str, float | None]:
+    """``(word, difference)`` of two tuned mixers (:func:`experiments.protocol.tune` results):
+    "wins" / "loses" when their seeds' ranges do not overlap, "ties" when they do; the
+    difference of the means (ours − other), or ``None`` when either has no finished seed."""
+    a = [r.get("test_" + metric) for r in ours["runs"]]
+    b = [r.get("test_" + metric) for r in other["runs"]]
+    if not a or not b or None in a or None in b:
+        return "–", None
+    better = (min(a) > max(b)) if higher else (max(a) < min(b))
+    worse = (max(a) < min(b)) if higher else (min(a) > max(b))
+    difference = sum(a) / len(a) - sum(b) / len(b)
+    return ("wins" if better else "loses" if worse else "ties"), difference
+
+
+def verdict(results: pathlib.Path) -> list[str]:
+    """The report's section: each GRIL variant against each other mixer, task by task and point
+    by point — the difference of the test means and whether the seeds' ranges separate them."""
+    lines = ["## GRIL against each mixer", "",
+             "Each GRIL variant's test metric minus the other mixer's (means over the seeds, "
+             "each at its own chosen lr): **wins** / **loses** when no seed of one reaches the "
+             "range of the other, **ties** when the seeds' ranges overlap.", ""]  # fmt: skip
+    for name, (metric, higher, fmt, point) in VERDICT.items():
+        summary = _load(results / FOLDERS[name] / "summary.json")
+        if not summary or not all("sweep" in r for r in summary.get("runs", [])):
+            continue
+        groups = {}
+        for r in summary["runs"]:
+            groups.setdefault(point(r["settings"]), {})[r["mixer"]] = r
+        for where, tuned in groups.items():
+            for ours in (g for g in GRILS if g in tuned):
+                cells = []
+                for mixer, other in tuned.items():
+                    if mixer in GRILS and mixer <= ours:
+                        continue
+                    word, diff = compare(tuned[ours], other, metric, higher)
+                    text = "–" if diff is None else ("+" if diff >= 0 else "−") + fmt.format(abs(diff))
+                    cells.append(f"{word} against {mixer} ({text})")
+                if cells:
+                    lines.append(f"- {TITLES[name]}, {where}: {ours} " + "; ".join(cells) + ".")
+    return lines + [""]
+
+
 def build(results, seconds: dict, mode: str) -> pathlib.Path:
     """Write ``<results>/REPORT-general.md`` from the sweeps' summaries; return its path."""
     results = pathlib.Path(results)
     total = sum(seconds.values())
     summaries = [_load(results / FOLDERS[name] / "summary.json") for name in EXPERIMENTS]
-    trained = sum(r.get("wall_seconds", 0.0) for s in summaries if s and "runs" in s
-                  for r in s["runs"])  # fmt: skip
+    trained = sum(_trained(s) for s in summaries if s and "runs" in s)
     lines = [
         *([cli.SMALL_MARK, ""] if mode in ("quick", "smoke") else []),
         "# GRIL on general tasks",
         "",
         f"`make reproduce-general` ({mode} sizes): this call took {total / 60:.1f} min; its runs, "
         f"each timed when it was trained (a finished run is read back, not trained again), "
-        f"{trained / 60:.1f} min in all. Every mixer has the same data, training steps, batch and "
-        "learning rate within a task (the language model: the same budget of training seconds, "
-        "turned into each mixer's steps by its rate timed before training; its table gives the "
-        "seconds each mixer trained); parameters are stated beside each number.",
+        f"{trained / 60:.1f} min in all. Within a task every mixer has the same data, training "
+        "steps, batch and parameter target (the language model: the same training tokens; "
+        "parameters stated beside each number) and the same protocol "
+        "(`experiments/protocol.py`): its peak learning rate chosen on a validation split at a "
+        "shorter budget among the rates each table lists, then one run per seed at that rate, "
+        "each evaluated once on the test split; a number is the mean over the seeds ± half their "
+        "range.",
         "",
     ]
+    lines += verdict(results)
     for name in EXPERIMENTS:
         lines += _section(results, name, seconds, mode)
     path = results / "REPORT-general.md"

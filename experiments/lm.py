@@ -1,15 +1,17 @@
 """Character-level language modelling: a model around one mixer, or every mixer, on one corpus.
 
     python -m experiments.lm [--mixer gril] [--text PATH] [--steps S | --budget SECONDS]
-                             [--params 250000] [--context 128] [--batch-size 16] [--lr 3e-3]
-                             [--temperature 0.8] [--out results/lm] [--quick] [--sweep]
+                             [--params 250000] [--context 256] [--batch-size 16] [--lr 3e-3]
+                             [--temperature 0.8] [--out results/lm] [--quick]
+                             [--sweep [--mixers M ...] [--lrs LR ...] [--seeds S ...]]
 
 The corpus (:mod:`ssm_gd.seq.text`): by default the Python standard library's own ``.py`` sources
 (:func:`ssm_gd.seq.text.stdlib_corpus`, no download), split by file into a training and a held-out
 part (no held-out file is seen in training); ``--text PATH``: any UTF-8 file, its last 5 % held
-out. A missing, empty or non-UTF-8 file, a folder, or a part shorter than ``--context`` + 1
-characters ends the program with an ``error:`` line naming ``--text`` or ``--context`` before
-any model is built.
+out. The held-out part is halved (:func:`held_out_parts`): the first half is the validation text
+(the curves, the rate sweep), the second the test text (read once, after a run's last step). A
+missing, empty or non-UTF-8 file, a folder, or a part too short for ``--context`` ends the
+program with an ``error:`` line naming ``--text`` or ``--context`` before any model is built.
 
 A :class:`ssm_gd.seq.models.Model` (``--n-layers`` blocks, ``--n-heads`` heads, next-token head, the
 corpus's vocabulary) of about ``--params`` parameters (``d_model`` from
@@ -17,15 +19,16 @@ corpus's vocabulary) of about ``--params`` parameters (``d_model`` from
 AdamW (warmup, then a cosine decay to 0 at the last step) on random crops of ``--context`` + 1
 characters of the training part (:func:`ssm_gd.seq.text.windows`), to minimise the bits per character
 of the next character. Every ``--eval-every`` steps it is evaluated on ``--eval-windows`` fixed
-windows of the held-out part (:func:`ssm_gd.seq.text.eval_windows`, the held-out text's start).
+windows of the validation text (:func:`ssm_gd.seq.text.eval_windows`, from its start).
 
-``--steps S`` trains S steps. ``--budget SECONDS`` trains for a wall-clock budget: the mixer's
-training step is compiled and timed first (:func:`calibrate`), then it is trained for ``budget ×
-steps per second`` steps (rounded down to a multiple of ``--eval-every``), so the learning-rate
-schedule ends when the budget does. The budget counts training only, not compilation, evaluation
-or the checkpoints. ``steps_per_second`` is the rate of the run's own training segments (the
-median, the first left out: it compiles; a budget run of one segment: the calibration's rate) and
-``train_seconds`` (each history row, the summary) is steps ÷ that rate.
+``--steps S`` trains S steps (S × batch × context training tokens). ``--budget SECONDS`` (one run
+only) trains for a wall-clock budget: the mixer's training step is compiled and timed first
+(:func:`calibrate`), then it is trained for ``budget × steps per second`` steps (rounded down to a
+multiple of ``--eval-every``), so the learning-rate schedule ends when the budget does.
+``steps_per_second`` is the rate of the run's own training segments (the median, the first left
+out: it compiles; a budget run of one segment: the calibration's rate) and ``train_seconds``
+(each history row, the summary) is steps ÷ that rate: compilation, evaluation and checkpoints
+are not counted.
 
 After training, ``--sample-chars`` characters are sampled (``--temperature``) with
 :func:`ssm_gd.seq.models.generate` (every mixer in its step form) after the held-out
@@ -34,31 +37,31 @@ characters, each after the last ``p`` ones, so that no model reads more than ``-
 characters at a time, as in training (rotary attention does not extrapolate past its training
 length).
 
-A run writes ``summary.json`` (``mixer``, ``bpc``, ``params``, ``d_model``, ``train_steps``,
-``steps_per_second``, ``wall_seconds``, the settings, the history, ``prompt`` and ``sample``),
-``curve.png`` (held-out bits per character against the step and against the training seconds),
+A run writes ``summary.json`` (``mixer``, ``bpc`` (validation), ``test_bpc``, ``params``,
+``d_model``, ``train_steps``, ``tokens``, ``steps_per_second``, ``train_seconds``, the settings,
+the history with the tokens and seconds of each evaluation, ``prompt`` and ``sample``),
+``curve.png`` (validation bits per character against the training tokens and seconds),
 ``samples.txt`` and, from :func:`ssm_gd.trainer.fit`, ``config.json``, ``history.jsonl`` and
 the checkpoints.
 
-``--sweep`` trains every mixer of :data:`ssm_gd.seq.models.MIXERS` on the same corpus at the same
-parameter target, by default for the same training budget, :data:`SWEEP_BUDGET` seconds each
-(``--steps`` or ``--budget`` replace it), each in ``<out>/<mixer>/``; a run whose
-``summary.json`` holds the same settings is read, not retrained, so a stopped sweep continues.
-It writes ``table.md`` (held-out bits per character, parameters, d_model, steps and steps/s per
-mixer), ``curves.png`` (a line per mixer), ``samples.md`` and ``summary.json``.
+``--sweep`` compares the mixers (every mixer of :data:`ssm_gd.seq.models.MIXERS`, or
+``--mixers``) at **equal training tokens** and equal parameter target under the protocol of
+:mod:`experiments.protocol`: per mixer a rate sweep (``--lrs``) on the validation text at a
+quarter of the steps, then ``--seeds`` runs at the chosen rate, each read once on the test
+text; every run in ``<out>/<mixer>/lr-<lr>`` or ``seed-<seed>``, read back when finished. It
+writes ``table.md`` (test bits per character, mean ± half the range over the seeds, the chosen
+lr, parameters, tokens, steps/s and seconds; then the **equal-time table**: every mixer's
+validation bits per character at the training time of the fastest mixer's whole run, read off
+its curves), ``curves.png`` (against tokens and against seconds), ``lrs.png``, ``samples.md``
+(each mixer's first seed) and ``summary.json``.
 
 CPU defaults (2 cores): about 250,000 parameters (``--params 1000000`` for a million), 4 layers,
-4 heads, context 128, batch 16, lr 3e-3, an evaluation every 50 steps on 64 windows (8,192
-held-out characters); a sweep trains each mixer for :data:`SWEEP_BUDGET` = 240 s. Measured here
-(2-core x86-64, shared with another job; the rate of the calibration), training steps per second
-at 1M parameters: gril 0.63, linear_attention 1.42, attention 1.80, ssm 5.16, griffin 1.54 —
-five minutes would give GRIL under 200 steps; at 250k: gril 1.72, linear_attention 4.79,
-attention 4.54, ssm 6.43, griffin 3.56, so 240 s is about 400 (gril) to 1,500 (ssm) steps. Each
-model compiles twice (the calibration, then :func:`ssm_gd.trainer.fit`): 10-25 s a time, about
-100 s for Griffin (recurrentgemma unrolls its RG-LRU scan 128 steps), so a sweep takes about
-half an hour. ``--quick``: about 20,000 parameters, 2 layers, context 32, batch 8, 40 steps,
-50,000 characters of each part of the standard library corpus (a sweep: a 3-second budget per
-mixer, an evaluation every 100 steps).
+4 heads, context 256, batch 16, 1,000 steps (4,096,000 training tokens), an evaluation every
+50 steps on 64 windows (16,384 validation characters). Training steps per second here (quiet
+2-core x86-64, the calibration's rate, context 256): gril 3.96, gril_scalar 6.06,
+linear_attention 7.01, attention 3.49 (see results/lm for every mixer in training).
+``--quick``: about 20,000 parameters, 2 layers, context 32, batch 8, 40 steps, 50,000
+characters of each part of the standard library corpus.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ import json
 import math
 import pathlib
 import re
+import sys
 import time
 
 import jax
@@ -77,16 +81,13 @@ import optax
 from flax import nnx
 from matplotlib.figure import Figure
 
-from experiments import cli
+from experiments import cli, protocol
 from ssm_gd import checkpoints, optim, plots, trainer
 from ssm_gd.seq import mixers, models, text
 from ssm_gd.seq.generate import generate
 
-#: The training budget of each mixer in a sweep, seconds (compilation and evaluation not counted).
-SWEEP_BUDGET = 240.0
 QUICK = dict(params=20_000, n_layers=2, context=32, batch_size=8, train_steps=40, eval_every=20,
              eval_windows=16, max_chars=50_000)  # fmt: skip
-QUICK_SWEEP = dict(budget=3.0, eval_every=100)
 #: The sample's prompt: the held-out text's first characters (at most half the context).
 PROMPT_CHARS = 64
 #: The training steps of one timed call of :func:`calibrate` (the first call compiles).
@@ -101,11 +102,11 @@ class Settings:
     text: str | None = None  # None: the standard library's sources
     max_chars: int | None = None  # the standard library corpus: each part capped
     params: int = 250_000  # 1M: too slow to train on 2 CPU cores (the docstring)
-    context: int = 128
+    context: int = 256
     n_layers: int = 4
     n_heads: int = 4
     batch_size: int = 16
-    train_steps: int | None = 1000  # None: a --budget run
+    train_steps: int | None = 1000  # None: a --budget run; 1000 × 16 × 256 = 4.1M tokens
     budget: float | None = None
     lr: float = 3e-3
     eval_every: int = 50
@@ -137,18 +138,17 @@ def parse(argv=None):
         parser.error("--steps and --budget: give one of them, not both")
     if "text" in given and "max_chars" in given:
         parser.error("--max-chars caps the standard library corpus; it does not apply to --text")
-    sweep = {}
-    if args.sweep:
-        sweep = dict(QUICK_SWEEP) if args.quick else {"budget": SWEEP_BUDGET}
-        if "train_steps" in given or "budget" in given:
-            del sweep["budget"]
-    fields = {**(QUICK if args.quick else {}), **sweep, **given}
+    if args.sweep and "budget" in given:
+        parser.error("--budget is for one run: a --sweep compares the mixers at equal tokens "
+                     "(--steps; the equal-time table is read off their curves)")  # fmt: skip
+    fields = {**(QUICK if args.quick else {}), **given}
     if fields.get("budget") is not None:
         fields["train_steps"] = None
     if "text" in given:
         fields["max_chars"] = None
     settings = dataclasses.replace(Settings(), **fields)
     cli.check_settings(parser, settings, spellings={"train_steps": "--steps"})
+    args.protocol = protocol.from_args(parser, args, "bpc", False)
     try:
         trainer.check_divisible(batch_size=settings.batch_size)
     except ValueError as error:
@@ -173,6 +173,13 @@ def load_corpus(parser, s: Settings) -> text.Corpus:
             where += f" capped by --max-chars {s.max_chars}"
         message = str(error).replace("--seq-len", "--context")
         parser.error(f"--context {s.context} does not fit {where}: {message}")
+    half = min(len(part) for part in held_out_parts(corpus))
+    if half < s.context + 1:
+        where = f"--text {s.text!r}" if s.text is not None else "the standard library corpus"
+        parser.error(
+            f"--context {s.context} does not fit {where}: the held-out part's halves (validation "
+            f"and test) hold {half} characters, and a window needs --context + 1 = {s.context + 1}"
+        )
     return corpus
 
 
@@ -244,11 +251,20 @@ def sample_text(model, corpus: text.Corpus, s: Settings) -> tuple[str, str]:
     return text.decode(prompt, corpus.chars), text.decode(sample, corpus.chars)
 
 
+def held_out_parts(corpus: text.Corpus):
+    """``(validation, test)``: the held-out text's first and second halves. The curves and the
+    rate sweep read the first; the test half is read once, at the end of a run."""
+    half = len(corpus.held_out) // 2
+    return corpus.held_out[:half], corpus.held_out[half:]
+
+
 def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
-        resume: bool = False) -> dict:  # fmt: skip
+        resume: bool = False, test: bool = True) -> dict:  # fmt: skip
     """Train one model (under ``out``: fit's files, ``curve.png``, ``samples.txt``); return its
-    summary. ``resume``: continue the run in ``out``; a budget run keeps the step count its first
-    calibration set (``config.json``), so the resumed run is the interrupted one."""
+    summary: ``bpc`` and the curve on the validation half of the held-out text, and with
+    ``test`` ``test_bpc`` on the test half, once, after training. ``resume``: continue the run
+    in ``out``; a budget run keeps the step count its first calibration set (``config.json``),
+    so the resumed run is the interrupted one."""
     start = time.perf_counter()
     s = settings
     d_model = models.match_d_model(s.mixer, s.params, vocab=corpus.vocab, n_layers=s.n_layers,
@@ -256,20 +272,22 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
     model = models.Model(corpus.vocab, d_model, s.n_layers, mixer=s.mixer, n_heads=s.n_heads,
                          rngs=nnx.Rngs(s.seed))  # fmt: skip
     train_ids = jnp.asarray(corpus.train)
-    held = jnp.asarray(text.eval_windows(corpus.held_out, length=s.context,
-                                         max_windows=s.eval_windows))  # fmt: skip
+    validation, test_part = (
+        jnp.asarray(text.eval_windows(part, length=s.context, max_windows=s.eval_windows))
+        for part in held_out_parts(corpus)
+    )
 
     def bits(model, windows):
         return text.bits_per_character(model(windows[:, :-1]), windows[:, 1:])
 
     @nnx.jit
-    def evaluate(model):
-        return bits(model, held)
+    def evaluate(model, windows):
+        return bits(model, windows)
 
     task = trainer.Task(
         sample=lambda key, batch: text.windows(key, train_ids, batch=batch, length=s.context),
         loss=bits,
-        evaluate=lambda model: {"val_bpc": float(evaluate(model))},
+        evaluate=lambda model: {"val_bpc": float(evaluate(model, validation))},
         postfix=lambda row: {"bpc": f"{row['val_bpc']:.3f}"},
     )
     key = jax.random.key(s.seed + 2)
@@ -292,7 +310,9 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
     rate = fitted.train_steps_per_second
     if calibration["steps_per_second"] is not None and train_steps <= s.eval_every:
         rate = calibration["steps_per_second"]  # fit's one segment: its rate includes compiling
-    history = [{**row, "train_seconds": row["step"] / rate} for row in fitted.history]
+    tokens = s.batch_size * s.context  # per step
+    history = [{**row, "train_seconds": row["step"] / rate, "tokens": row["step"] * tokens}
+               for row in fitted.history]  # fmt: skip
     prompt, sample = sample_text(fitted.model, corpus, s)
     result = {
         "mixer": s.mixer,
@@ -301,6 +321,7 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
         "d_model": d_model,
         "vocab": corpus.vocab,
         "train_steps": train_steps,
+        "tokens": train_steps * tokens,
         "steps_per_second": rate,
         "train_seconds": train_steps / rate,
         "calibrated_steps_per_second": calibration["steps_per_second"],
@@ -310,13 +331,16 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
             "source": corpus.source,
             "train_chars": len(corpus.train),
             "held_out_chars": len(corpus.held_out),
-            "eval_chars": int(held.shape[0] * s.context),
+            "eval_chars": int(validation.shape[0] * s.context),
+            "test_chars": int(test_part.shape[0] * s.context),
         },
         "settings": dataclasses.asdict(s),
         "history": history,
         "prompt": prompt,
         "sample": sample,
     }
+    if test:
+        result["test_bpc"] = float(evaluate(fitted.model, test_part))
     (out / "samples.txt").write_text(
         f"{s.mixer}, held-out {result['bpc']:.3f} bits per character, {result['params']:,} "
         f"parameters, {train_steps} steps; temperature {s.temperature:g}.\n\n"
@@ -328,65 +352,137 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
 
 
 def figure(results, path):
-    """Held-out bits per character against the training step and against the training seconds,
-    a line per run (one run: its training batches' bits per character too, dashed)."""
+    """Validation bits per character against the training tokens and against the training
+    seconds, a line per run (a colour per mixer; one run: its training batches' bits too)."""
     fig = Figure(figsize=(10, 3.8))
-    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    by_tokens, by_time = fig.subplots(1, 2, sharey=True)
     colours = dict(zip(mixers.CHOICES, [f"C{i}" for i in range(len(mixers.CHOICES))], strict=True))
+    labelled = set()
     for r in results:
         h, colour = r["history"], colours[r["mixer"]]
-        label = f"{r['mixer']} ({r['params']:,} params, {r['bpc']:.3f})"
-        for ax, x in ((by_step, "step"), (by_time, "train_seconds")):
-            ax.plot([row[x] for row in h], [row["val_bpc"] for row in h], "o-", ms=2.5,
-                    color=colour, label=label)  # fmt: skip
+        label = None if r["mixer"] in labelled else f"{r['mixer']} ({r['params']:,} params)"
+        labelled.add(r["mixer"])
+        for ax, x in ((by_tokens, lambda row: row["tokens"]),
+                      (by_time, lambda row: row["train_seconds"])):  # fmt: skip
+            ax.plot([x(row) for row in h], [row["val_bpc"] for row in h], "o-", ms=2.5,
+                    color=colour, label=label, alpha=0.85)  # fmt: skip
             if len(results) == 1:
-                train = [(row[x], row["train_loss"]) for row in h if row["train_loss"] is not None]
+                train = [(x(row), row["train_loss"]) for row in h if row["train_loss"] is not None]
                 ax.plot(*zip(*train, strict=True), "s--", ms=2.5, color=colour, alpha=0.6,
                         label="training batches")  # fmt: skip
     # The initial model (about log2 of the vocabulary) above the axis, once there is a curve.
     if all(len(r["history"]) > 2 for r in results):
         keys = ("val_bpc", "train_loss") if len(results) == 1 else ("val_bpc",)
         shown = [row[k] for r in results for row in r["history"][1:] for k in keys]
-        by_step.set_ylim(min(shown) * 0.95, max(shown) * 1.05)
-    by_step.set(xlabel="training step", ylabel="held-out bits per character")
+        by_tokens.set_ylim(min(shown) * 0.95, max(shown) * 1.05)
+    by_tokens.set(xlabel="training tokens", ylabel="validation bits per character")
     by_time.set(xlabel="training seconds (steps ÷ measured steps/s)")
-    by_step.legend(fontsize=7)
+    by_tokens.legend(fontsize=7)
     s = results[0]["settings"]
     fig.suptitle(f"character LM: {s['n_layers']} layers, context {s['context']}, batch "
-                 f"{s['batch_size']}, lr {s['lr']:g}", fontsize=10)  # fmt: skip
+                 f"{s['batch_size']}" + (f", lr {s['lr']:g}" if len(results) == 1 else
+                                         ", each mixer at its chosen lr"), fontsize=10)  # fmt: skip
     plots.save(fig, path)
 
 
-def _budget_words(s: dict) -> str:
-    if s["budget"] is not None:
-        return (f"a budget of {s['budget']:g} seconds of training for every mixer, turned into "
-                f"steps by the rate timed before training (compilation and evaluation not "
-                f"counted); the seconds each mixer then trained differ from the budget as its "
-                f"rate in training differs from the timed one")  # fmt: skip
-    return f"{s['train_steps']} steps for every mixer"
+def _seed_runs(results) -> list[dict]:
+    return [x for r in results for x in r["runs"] if "history" in x]
 
 
-def table(results) -> str:
-    """A markdown table, a row per mixer, the common settings above it."""
-    s, first = results[0]["settings"], results[0]
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def bpc_at(history, seconds: float) -> float | None:
+    """Validation bits per character at ``seconds`` of training, interpolated linearly between
+    the evaluations of ``history`` (``None`` past its end)."""
+    points = [(row["train_seconds"], row["val_bpc"]) for row in history]
+    for (t0, b0), (t1, b1) in zip(points, points[1:], strict=False):
+        if t0 <= seconds <= t1:
+            return b0 if t1 == t0 else b0 + (b1 - b0) * (seconds - t0) / (t1 - t0)
+    return None
+
+
+def equal_time(results) -> tuple[float | None, dict]:
+    """``(T, {mixer: (validation bpc at T, tokens by T)})``: ``T`` the shortest training time of
+    any mixer's seed runs (their mean), each mixer's seed runs read at ``T`` on their curves."""
+    times = {r["mixer"]: _mean([x.get("train_seconds") for x in r["runs"] if "history" in x])
+             for r in results}  # fmt: skip
+    known = [t for t in times.values() if t is not None]
+    if not known:
+        return None, {}
+    limit = min(known)
+    rows = {}
+    for r in results:
+        runs = [x for x in r["runs"] if "history" in x]
+        if runs:  # the tokens by T: the share T is of the mixer's mean training time
+            share = min(1.0, limit / times[r["mixer"]])
+            rows[r["mixer"]] = (_mean([bpc_at(x["history"], limit) for x in runs]),
+                                share * runs[0]["tokens"])  # fmt: skip
+    return limit, rows
+
+
+def table(results, proto: protocol.Protocol) -> str:
+    """Markdown: equal tokens (test bits per character, mean ± half the range over the seeds, at
+    the lr chosen on validation), then equal training time read off the same runs' curves."""
+    s = results[0]["settings"]
+    done = _seed_runs(results)
+    first = done[0] if done else next(x for r in results for x in r["sweep"] if "corpus" in x)
     corpus = f"--text {s['text']}" if s["text"] is not None else "the Python standard library"
+    tokens = s["train_steps"] * s["batch_size"] * s["context"]
+    short = proto.sweep_steps(s["train_steps"], s["eval_every"])[0]
+
+    def bits(x):
+        return f"{x:.3f}"
+
     lines = [
         f"Character-level language modelling on {corpus} ({first['corpus']['train_chars']:,} "
         f"training characters, vocabulary {first['vocab']}): {s['n_layers']} layers, "
         f"{s['n_heads']} heads, about {s['params']:,} parameters, context {s['context']}, batch "
-        f"{s['batch_size']}, AdamW at peak lr {s['lr']:g} (warmup, cosine to 0), "
-        f"{_budget_words(s)}; bits per character on {first['corpus']['eval_chars']:,} held-out "
-        f"characters:",
+        f"{s['batch_size']}, {s['train_steps']:,} AdamW steps (warmup, cosine to 0) = "
+        f"{tokens:,} training tokens for every mixer. Each mixer's peak lr chosen among "
+        f"{', '.join(f'{lr:g}' for lr in proto.lrs)} on the validation half of the held-out text "
+        f"({first['corpus']['eval_chars']:,} characters) after {short:,} steps (seed "
+        f"{proto.seeds[0]}), then seeds {', '.join(map(str, proto.seeds))} at that lr, each read "
+        f"once on the test half ({first['corpus'].get('test_chars', 0):,} characters). Test bits "
+        f"per character, mean ± half the range over the seeds:",
         "",
-        "| mixer | held-out bpc | parameters | d_model | steps | seconds of training | "
-        "steps/s in training | steps/s timed before (set the steps) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mixer | test bpc | lr | parameters | d_model | training tokens | steps/s | seconds of "
+        f"training | validation bpc by lr ({short:,} steps) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        timed = r.get("calibrated_steps_per_second")
-        lines.append(f"| {r['mixer']} | {r['bpc']:.3f} | {r['params']:,} | {r['d_model']} | "
-                     f"{r['train_steps']:,} | {r['train_seconds']:.1f} | "
-                     f"{r['steps_per_second']:.2f} | {'–' if timed is None else f'{timed:.2f}'} |")  # fmt: skip
+        runs = [x for x in r["runs"] if "history" in x]
+        size = runs[0] if runs else next((x for x in r["sweep"] if "params" in x), {})
+        rate = _mean([x.get("steps_per_second") for x in runs])
+        seconds = _mean([x.get("train_seconds") for x in runs])
+        cells = [
+            r["mixer"],
+            protocol.cell(r, "bpc", bits),
+            "–" if r["lr"] is None else f"{r['lr']:g}",
+            f"{size['params']:,}" if "params" in size else "–",
+            str(size.get("d_model", "–")),
+            f"{runs[0]['tokens']:,}" if runs else "–",
+            "–" if rate is None else f"{rate:.2f}",
+            "–" if seconds is None else f"{seconds:.0f}",
+            protocol.sweep_cell(r, "bpc", bits),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    limit, rows = equal_time(results)
+    if limit is not None:
+        lines += [
+            "",
+            f"Equal training time, read off the same runs' validation curves at {limit:.0f} s "
+            "(the fastest mixer's whole run; steps ÷ the rate measured in training; every "
+            "learning-rate schedule set for the full token budget, so a slower mixer is read "
+            "before its schedule ends):",
+            "",
+            "| mixer | validation bpc at the time | training tokens by then |",
+            "| --- | --- | --- |",
+        ]
+        for mixer, (value, seen) in rows.items():
+            lines.append(f"| {mixer} | {'–' if value is None else bits(value)} | {seen:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -415,29 +511,46 @@ def samples_markdown(results) -> str:
 def main(argv=None):
     args, out, settings, corpus = parse(argv)
     start = time.perf_counter()
-    runs = (cli.sweep_runs(settings, out, args.mixers or mixers.MIXERS) if args.sweep
-            else [(settings, out)])  # fmt: skip
+    if not args.sweep:
+        try:
+            r = run(settings, corpus, out, not args.no_progress, args.resume)
+        except checkpoints.ResumeError as error:  # one line, exit status 1: not a traceback
+            sys.exit(f"error: --resume: {error}")
+        print(f"{settings.mixer}: validation {r['bpc']:.3f}, test {r['test_bpc']:.3f} bits per "
+              f"character, {r['params']:,} params (d_model {r['d_model']}), {r['train_steps']} "
+              f"steps in {r['train_seconds']:.1f} s of training", flush=True)  # fmt: skip
+        wall = time.perf_counter() - start
+        summary = {**r, "wall_seconds": wall, "figures": ["curve.png"]}
+        cli.write_summary(out, {**summary, "quick": args.quick})
+        print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
+        return summary
+    cli.compile_cache()
 
-    def say(one, r):
-        print(f"{one.mixer}: held-out {r['bpc']:.3f} bits per character, {r['params']:,} params "
-              f"(d_model {r['d_model']}), {r['train_steps']} steps in {r['train_seconds']:.1f} s "
-              f"of training", flush=True)  # fmt: skip
+    def train(one, folder, test, resume):
+        return run(one, corpus, folder, not args.no_progress, resume, test)
 
-    results = cli.run_all(
-        runs, lambda one, folder: run(one, corpus, folder, not args.no_progress, args.resume),
-        sweep=args.sweep, say=say,
-    )  # fmt: skip
+    results = []
+    for mixer in args.mixers or mixers.MIXERS:
+        print(f"{mixer}:", flush=True)
+        results.append(protocol.tune(dataclasses.replace(settings, mixer=mixer), out / mixer,
+                                     train, args.protocol, say=lambda line: print(line, flush=True)))  # fmt: skip
     wall = time.perf_counter() - start
-    if args.sweep:
-        summary = {"runs": results, "wall_seconds": wall, "figures": ["curves.png"],
-                   "table": "table.md", "samples": "samples.md"}  # fmt: skip
-        (out / "table.md").write_text(table(results))
-        (out / "samples.md").write_text(samples_markdown(results))
-        figure(results, out / "curves.png")
-    else:
-        summary = {**results[0], "wall_seconds": wall, "figures": ["curve.png"]}
+    summary = {"runs": results, "wall_seconds": wall, "figures": ["curves.png", "lrs.png"],
+               "table": "table.md", "samples": "samples.md",
+               "protocol": dataclasses.asdict(args.protocol)}  # fmt: skip
+    (out / "table.md").write_text(table(results, args.protocol))
+    first_seeds = [x for r in results for x in r["runs"][:1] if "sample" in x]
+    if first_seeds:
+        (out / "samples.md").write_text(samples_markdown(first_seeds))
+    runs = _seed_runs(results)
+    if runs:
+        figure(runs, out / "curves.png")
+    protocol.lr_figure({"character LM": results}, "bpc", out / "lrs.png",
+                       ylabel="validation bits per character",
+                       title=f"the rate sweep ({args.protocol.sweep_steps(settings.train_steps, settings.eval_every)[0]} "
+                             f"steps, seed {args.protocol.seeds[0]}; ringed: chosen)")  # fmt: skip
     cli.write_summary(out, {**summary, "quick": args.quick})
-    print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
+    print(f"wrote {out}/summary.json, table.md and the figures in {wall:.0f} s")
     return summary
 
 

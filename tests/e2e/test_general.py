@@ -15,7 +15,7 @@ def test_report_says_what_did_not_run(tmp_path):
     for name, title in general.TITLES.items():
         assert f"## {title}" in text
         assert f"_not run (`{general.command(name, 'CPU', tmp_path)}`)_" in text
-    assert "--d-model 64 --out" in general.command("mqar", "CPU", tmp_path)
+    assert general.command("mqar", "CPU", tmp_path).startswith("python -m experiments.mqar --sweep --out")
 
 
 def test_smoke_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
@@ -35,9 +35,45 @@ def test_smoke_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
     for anchor, accuracy in experiment.ANCHORS:  # LRA's published numbers beside ours
         assert f"| {anchor} | {accuracy:.1%} |" in report
     lm = json.loads((tmp_path / "lm" / "summary.json").read_text())
-    for r in lm["runs"]:  # every mixer's sample, generated with the recurrent form
-        assert len(r["sample"]) == r["settings"]["sample_chars"] and r["sample"] in report
-        assert f"| {r['train_seconds']:.1f} |" in report  # the seconds each mixer trained
+    for tuned in lm["runs"]:  # the protocol: two rates at half the steps, then two seeds
+        assert [r["settings"]["lr"] for r in tuned["sweep"]] == [1e-3, 3e-3]
+        assert [r["settings"]["train_steps"] for r in tuned["sweep"]] == [2, 2]
+        assert [r["settings"]["seed"] for r in tuned["runs"]] == [0, 1]
+        assert all(r["settings"]["lr"] == tuned["lr"] for r in tuned["runs"])
+        first = tuned["runs"][0]  # its sample, generated with the recurrent form
+        assert len(first["sample"]) == first["settings"]["sample_chars"] and first["sample"] in report
+        assert "test_bpc" in first and "test_bpc" not in tuned["sweep"][0]
+    assert "Equal training time" in report and "## GRIL against each mixer" in report
+
+
+def _tuned(mixer, values, **settings):
+    return {"mixer": mixer, "lr": 1e-3, "settings": {"mixer": mixer, **settings}, "sweep": [{}],
+            "runs": [{"test_accuracy": v} for v in values]}  # fmt: skip
+
+
+def test_the_verdict_separates_wins_ties_and_losses_by_the_seed_spread(tmp_path):
+    assert general.compare(_tuned("gril", [0.8, 0.9]), _tuned("ssm", [0.5, 0.7]), "accuracy",
+                           True) == ("wins", pytest.approx(0.25))  # fmt: skip
+    assert general.compare(_tuned("gril", [0.6, 0.9]), _tuned("ssm", [0.5, 0.7]), "accuracy",
+                           True)[0] == "ties"  # fmt: skip
+    assert general.compare(_tuned("gril", [0.1, 0.2]), _tuned("ssm", [0.5, 0.7]), "accuracy",
+                           True)[0] == "loses"  # fmt: skip
+    bpc = [{"test_bpc": 2.0}, {"test_bpc": 2.1}]  # lower is better: 2.0–2.1 beats 2.2–2.3
+    ours, other = {"runs": bpc}, {"runs": [{"test_bpc": 2.2}, {"test_bpc": 2.3}]}
+    assert general.compare(ours, other, "bpc", False) == ("wins", pytest.approx(-0.2))
+    assert general.compare(ours, {"runs": []}, "bpc", False) == ("–", None)
+    point = dict(seq_len=64, n_kv=4, d_model=64)
+    runs = [_tuned("gril", [0.8, 0.9], **point), _tuned("gril_scalar", [0.6, 0.7], **point),
+            _tuned("attention", [0.95, 1.0], **point)]  # fmt: skip
+    (tmp_path / "mqar-general").mkdir()
+    (tmp_path / "mqar-general" / "summary.json").write_text(json.dumps({"runs": runs}))
+    lines = general.verdict(tmp_path)
+    assert ("- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril loses against "
+            "gril_scalar" not in "\n".join(lines))  # fmt: skip
+    assert ("- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril wins against "
+            "gril_scalar (+0.200); loses against attention (−0.125).") in lines
+    assert ("- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril_scalar loses "
+            "against attention (−0.325).") in lines
 
 
 def test_general_checks_its_own_results_folder_first(tmp_path, capsys):
