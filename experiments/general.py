@@ -155,7 +155,9 @@ def verdict(results: pathlib.Path) -> list[str]:
                     if mixer in GRILS and mixer <= ours:
                         continue
                     word, diff = compare(tuned[ours], other, metric, higher)
-                    text = "–" if diff is None else ("+" if diff >= 0 else "−") + fmt.format(abs(diff))
+                    text = (
+                        "–" if diff is None else ("+" if diff >= 0 else "−") + fmt.format(abs(diff))
+                    )
                     cells.append(f"{word} against {mixer} ({text})")
                 if cells:
                     lines.append(f"- {TITLES[name]}, {where}: {ours} " + "; ".join(cells) + ".")

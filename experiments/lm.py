@@ -30,7 +30,7 @@ out: it compiles; a budget run of one segment: the calibration's rate) and ``tra
 (each history row, the summary) is steps ÷ that rate: compilation, evaluation and checkpoints
 are not counted.
 
-After training, ``--sample-chars`` characters are sampled (``--temperature``) with
+After training (a run that reads the test text), ``--sample-chars`` characters are sampled (``--temperature``) with
 :func:`ssm_gd.seq.models.generate` (every mixer in its step form) after the held-out
 text's first ``p = min(64, context // 2)`` characters. They are drawn in pieces of ``context − p``
 characters, each after the last ``p`` ones, so that no model reads more than ``--context``
@@ -41,7 +41,8 @@ A run writes ``summary.json`` (``mixer``, ``bpc`` (validation), ``test_bpc``, ``
 ``d_model``, ``train_steps``, ``tokens``, ``steps_per_second``, ``train_seconds``, the settings,
 the history with the tokens and seconds of each evaluation, ``prompt`` and ``sample``),
 ``curve.png`` (validation bits per character against the training tokens and seconds),
-``samples.txt`` and, from :func:`ssm_gd.trainer.fit`, ``config.json``, ``history.jsonl`` and
+``samples.txt`` (a run that reads the test text: not the rate sweep's) and, from
+:func:`ssm_gd.trainer.fit`, ``config.json``, ``history.jsonl`` and
 the checkpoints.
 
 ``--sweep`` compares the mixers (every mixer of :data:`ssm_gd.seq.models.MIXERS`, or
@@ -313,7 +314,8 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
     tokens = s.batch_size * s.context  # per step
     history = [{**row, "train_seconds": row["step"] / rate, "tokens": row["step"] * tokens}
                for row in fitted.history]  # fmt: skip
-    prompt, sample = sample_text(fitted.model, corpus, s)
+    # a sample for the runs that are reported (not the rate sweep's)
+    prompt, sample = sample_text(fitted.model, corpus, s) if test else (None, None)
     result = {
         "mixer": s.mixer,
         "bpc": history[-1]["val_bpc"],
@@ -341,12 +343,13 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
     }
     if test:
         result["test_bpc"] = float(evaluate(fitted.model, test_part))
-    (out / "samples.txt").write_text(
-        f"{s.mixer}, held-out {result['bpc']:.3f} bits per character, {result['params']:,} "
-        f"parameters, {train_steps} steps; temperature {s.temperature:g}.\n\n"
-        f"--- prompt (the held-out text's first {len(prompt)} characters) ---\n{prompt}\n"
-        f"--- sample ({len(sample)} characters) ---\n{sample}\n"
-    )
+        (out / "samples.txt").write_text(
+            f"{s.mixer}, validation {result['bpc']:.3f} and test {result['test_bpc']:.3f} bits "
+            f"per character, {result['params']:,} parameters, {train_steps} steps; temperature "
+            f"{s.temperature:g}.\n\n"
+            f"--- prompt (the held-out text's first {len(prompt)} characters) ---\n{prompt}\n"
+            f"--- sample ({len(sample)} characters) ---\n{sample}\n"
+        )
     figure([result], out / "curve.png")
     return result
 
@@ -539,7 +542,7 @@ def main(argv=None):
                "table": "table.md", "samples": "samples.md",
                "protocol": dataclasses.asdict(args.protocol)}  # fmt: skip
     (out / "table.md").write_text(table(results, args.protocol))
-    first_seeds = [x for r in results for x in r["runs"][:1] if "sample" in x]
+    first_seeds = [x for r in results for x in r["runs"][:1] if x.get("sample") is not None]
     if first_seeds:
         (out / "samples.md").write_text(samples_markdown(first_seeds))
     runs = _seed_runs(results)

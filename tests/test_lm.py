@@ -8,7 +8,6 @@ import math
 import pytest
 
 from experiments import lm as experiment
-from ssm_gd.seq import mixers
 
 
 def test_a_short_run_writes_its_summary_sample_and_curve(tmp_path):

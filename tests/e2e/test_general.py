@@ -15,7 +15,9 @@ def test_report_says_what_did_not_run(tmp_path):
     for name, title in general.TITLES.items():
         assert f"## {title}" in text
         assert f"_not run (`{general.command(name, 'CPU', tmp_path)}`)_" in text
-    assert general.command("mqar", "CPU", tmp_path).startswith("python -m experiments.mqar --sweep --out")
+    assert general.command("mqar", "CPU", tmp_path).startswith(
+        "python -m experiments.mqar --sweep --out"
+    )
 
 
 def test_smoke_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
@@ -41,7 +43,9 @@ def test_smoke_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
         assert [r["settings"]["seed"] for r in tuned["runs"]] == [0, 1]
         assert all(r["settings"]["lr"] == tuned["lr"] for r in tuned["runs"])
         first = tuned["runs"][0]  # its sample, generated with the recurrent form
-        assert len(first["sample"]) == first["settings"]["sample_chars"] and first["sample"] in report
+        assert (
+            len(first["sample"]) == first["settings"]["sample_chars"] and first["sample"] in report
+        )
         assert "test_bpc" in first and "test_bpc" not in tuned["sweep"][0]
     assert "Equal training time" in report and "## GRIL against each mixer" in report
 
@@ -70,10 +74,14 @@ def test_the_verdict_separates_wins_ties_and_losses_by_the_seed_spread(tmp_path)
     lines = general.verdict(tmp_path)
     assert ("- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril loses against "
             "gril_scalar" not in "\n".join(lines))  # fmt: skip
-    assert ("- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril wins against "
-            "gril_scalar (+0.200); loses against attention (−0.125).") in lines
-    assert ("- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril_scalar loses "
-            "against attention (−0.325).") in lines
+    assert (
+        "- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril wins against "
+        "gril_scalar (+0.200); loses against attention (−0.125)."
+    ) in lines
+    assert (
+        "- Multi-query associative recall, L 64, 4 pairs, d_model 64: gril_scalar loses "
+        "against attention (−0.325)."
+    ) in lines
 
 
 def test_general_checks_its_own_results_folder_first(tmp_path, capsys):
