@@ -57,8 +57,8 @@ COMPILE_CACHE = pathlib.Path.home() / ".cache" / "ssm-gd" / "jax"
 
 def compile_cache() -> None:
     """JAX's persistent compilation cache for a long sweep: a program compiled once (the same
-    model at another seed, or at another rate: :func:`ssm_gd.optim.adamw` keeps the rate out of
-    the program) is read back instead of compiled again, within a call and across calls. Uses
+    model, seed and steps at another rate — :func:`ssm_gd.optim.adamw` keeps the rate out of the
+    program — or any program of a repeated call) is read back instead of compiled again. Uses
     ``JAX_COMPILATION_CACHE_DIR`` if set, else :data:`COMPILE_CACHE`."""
     import jax
 

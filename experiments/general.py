@@ -23,6 +23,7 @@ steps, a million-parameter language model) for a GPU or TPU.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import sys
 import time
@@ -90,6 +91,15 @@ def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list
     lines = [f"## {TITLES[name]}", ""]
     if summary is None or "runs" not in summary:
         return lines + [f"_not run (`{command(name, mode, results)}`)_", ""]
+    if not all("sweep" in r for r in summary["runs"]):  # written before the protocol
+        return lines + [
+            f"_Not yet run under the protocol (`{command(name, mode, results)}`); the table "
+            "below is the earlier one: one learning rate for every mixer, one seed, no "
+            "validation split._",
+            "",
+            (folder / summary["table"]).read_text().rstrip(),
+            "",
+        ]
     took = seconds.get(name, summary.get("wall_seconds"))
     trained = _trained(summary)
     lines += [
@@ -126,7 +136,7 @@ def compare(ours: dict, other: dict, metric: str, higher: bool) -> tuple[str, fl
     difference of the means (ours − other), or ``None`` when either has no finished seed."""
     a = [r.get("test_" + metric) for r in ours["runs"]]
     b = [r.get("test_" + metric) for r in other["runs"]]
-    if not a or not b or None in a or None in b:
+    if not a or not b or any(v is None or not math.isfinite(v) for v in a + b):
         return "–", None
     better = (min(a) > max(b)) if higher else (max(a) < min(b))
     worse = (max(a) < min(b)) if higher else (min(a) > max(b))

@@ -116,6 +116,7 @@ def parse(argv=None):
     size = QUICK if args.quick else LRA if args.lra else {}
     settings = dataclasses.replace(Settings(), **{**size, **given})
     _check(parser, settings)
+    protocol.check_mode(parser, args, given)
     args.protocol = protocol.from_args(parser, args, "accuracy", True, tiebreak="val_loss")
     return args, out, settings
 

@@ -19,7 +19,8 @@ corpus's vocabulary) of about ``--params`` parameters (``d_model`` from
 AdamW (warmup, then a cosine decay to 0 at the last step) on random crops of ``--context`` + 1
 characters of the training part (:func:`ssm_gd.seq.text.windows`), to minimise the bits per character
 of the next character. Every ``--eval-every`` steps it is evaluated on ``--eval-windows`` fixed
-windows of the validation text (:func:`ssm_gd.seq.text.eval_windows`, from its start).
+windows spread evenly over the validation text (:func:`spread_windows`); the test text is read
+on every one of its windows (``--test-windows``: fewer).
 
 ``--steps S`` trains S steps (S × batch × context training tokens). ``--budget SECONDS`` (one run
 only) trains for a wall-clock budget: the mixer's training step is compiled and timed first
@@ -52,7 +53,7 @@ quarter of the steps, then ``--seeds`` runs at the chosen rate, each read once o
 text; every run in ``<out>/<mixer>/lr-<lr>`` or ``seed-<seed>``, read back when finished. It
 writes ``table.md`` (test bits per character, mean ± half the range over the seeds, the chosen
 lr, parameters, tokens, steps/s and seconds; then the **equal-time table**: every mixer's
-validation bits per character at the training time of the fastest mixer's whole run, read off
+validation bits per character at the training time of the shortest seed run, read off
 its curves), ``curves.png`` (against tokens and against seconds), ``lrs.png``, ``samples.md``
 (each mixer's first seed) and ``summary.json``.
 
@@ -91,6 +92,8 @@ QUICK = dict(params=20_000, n_layers=2, context=32, batch_size=8, train_steps=40
              eval_windows=16, max_chars=50_000)  # fmt: skip
 #: The sample's prompt: the held-out text's first characters (at most half the context).
 PROMPT_CHARS = 64
+#: Windows per evaluated batch (attention holds B·H·L² scores).
+EVAL_BATCH = 64
 #: The training steps of one timed call of :func:`calibrate` (the first call compiles).
 CALIBRATION_STEPS = 4
 #: :func:`calibrate` repeats the timed call until it has timed at least this many seconds.
@@ -112,6 +115,7 @@ class Settings:
     lr: float = 3e-3
     eval_every: int = 50
     eval_windows: int = 64
+    test_windows: int | None = None  # None: every window of the test half
     sample_chars: int = 300
     temperature: float = 0.8
     seed: int = 0
@@ -123,7 +127,8 @@ _HELP = dict(
     params="the parameter count each model is sized to (d_model from match_d_model)",
     train_steps="training steps (not with --budget)",
     budget="seconds of training (not with --steps): steps = budget × the measured steps/s",
-    eval_windows="held-out windows of --context characters evaluated",
+    eval_windows="validation windows of --context characters, spread over the validation half",
+    test_windows="test windows, spread over the test half (default: all of them)",
     sample_chars="characters sampled after training",
 )
 
@@ -149,6 +154,7 @@ def parse(argv=None):
         fields["max_chars"] = None
     settings = dataclasses.replace(Settings(), **fields)
     cli.check_settings(parser, settings, spellings={"train_steps": "--steps"})
+    protocol.check_mode(parser, args, given)
     args.protocol = protocol.from_args(parser, args, "bpc", False)
     try:
         trainer.check_divisible(batch_size=settings.batch_size)
@@ -252,6 +258,16 @@ def sample_text(model, corpus: text.Corpus, s: Settings) -> tuple[str, str]:
     return text.decode(prompt, corpus.chars), text.decode(sample, corpus.chars)
 
 
+def spread_windows(part, length: int, count: int | None) -> np.ndarray:
+    """``count`` windows of ``length + 1`` characters spread evenly over ``part`` (every one of
+    its non-overlapping windows when ``count`` is ``None`` or larger): a sample of the whole part,
+    not of the one or two files at its start."""
+    windows = text.eval_windows(part, length=length)
+    if count is None or count >= len(windows):
+        return windows
+    return windows[np.linspace(0, len(windows) - 1, count).round().astype(int)]
+
+
 def held_out_parts(corpus: text.Corpus):
     """``(validation, test)``: the held-out text's first and second halves. The curves and the
     rate sweep read the first; the test half is read once, at the end of a run."""
@@ -274,21 +290,30 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
                          rngs=nnx.Rngs(s.seed))  # fmt: skip
     train_ids = jnp.asarray(corpus.train)
     validation, test_part = (
-        jnp.asarray(text.eval_windows(part, length=s.context, max_windows=s.eval_windows))
-        for part in held_out_parts(corpus)
+        jnp.asarray(spread_windows(part, s.context, n))
+        for part, n in zip(held_out_parts(corpus), (s.eval_windows, s.test_windows), strict=True)
     )
 
     def bits(model, windows):
         return text.bits_per_character(model(windows[:, :-1]), windows[:, 1:])
 
     @nnx.jit
-    def evaluate(model, windows):
+    def batch_bits(model, windows):
         return bits(model, windows)
+
+    def evaluate(model, windows):
+        """Bits per character over ``windows``, :data:`EVAL_BATCH` windows at a time (every
+        window has the same number of characters: the mean of the batches' means, weighted)."""
+        total = 0.0
+        for i in range(0, windows.shape[0], EVAL_BATCH):
+            part = windows[i : i + EVAL_BATCH]
+            total += float(batch_bits(model, part)) * part.shape[0]
+        return total / windows.shape[0]
 
     task = trainer.Task(
         sample=lambda key, batch: text.windows(key, train_ids, batch=batch, length=s.context),
         loss=bits,
-        evaluate=lambda model: {"val_bpc": float(evaluate(model, validation))},
+        evaluate=lambda model: {"val_bpc": evaluate(model, validation)},
         postfix=lambda row: {"bpc": f"{row['val_bpc']:.3f}"},
     )
     key = jax.random.key(s.seed + 2)
@@ -342,7 +367,7 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
         "sample": sample,
     }
     if test:
-        result["test_bpc"] = float(evaluate(fitted.model, test_part))
+        result["test_bpc"] = evaluate(fitted.model, test_part)
         (out / "samples.txt").write_text(
             f"{s.mixer}, validation {result['bpc']:.3f} and test {result['test_bpc']:.3f} bits "
             f"per character, {result['params']:,} parameters, {train_steps} steps; temperature "
@@ -409,20 +434,19 @@ def bpc_at(history, seconds: float) -> float | None:
 
 def equal_time(results) -> tuple[float | None, dict]:
     """``(T, {mixer: (validation bpc at T, tokens by T)})``: ``T`` the shortest training time of
-    any mixer's seed runs (their mean), each mixer's seed runs read at ``T`` on their curves."""
-    times = {r["mixer"]: _mean([x.get("train_seconds") for x in r["runs"] if "history" in x])
-             for r in results}  # fmt: skip
-    known = [t for t in times.values() if t is not None]
-    if not known:
+    any seed run, so that every seed run of every mixer is read on its curve at ``T`` (the mean
+    over a mixer's seeds)."""
+    runs = {r["mixer"]: [x for x in r["runs"] if "history" in x] for r in results}
+    times = [x["train_seconds"] for found in runs.values() for x in found]
+    if not times:
         return None, {}
-    limit = min(known)
+    limit = min(times)
     rows = {}
-    for r in results:
-        runs = [x for x in r["runs"] if "history" in x]
-        if runs:  # the tokens by T: the share T is of the mixer's mean training time
-            share = min(1.0, limit / times[r["mixer"]])
-            rows[r["mixer"]] = (_mean([bpc_at(x["history"], limit) for x in runs]),
-                                share * runs[0]["tokens"])  # fmt: skip
+    for mixer, found in runs.items():
+        if found:  # the tokens by T: each run's share T is of its own training time
+            rows[mixer] = (_mean([bpc_at(x["history"], limit) for x in found]),
+                           _mean([min(1.0, limit / x["train_seconds"]) * x["tokens"]
+                                  for x in found]))  # fmt: skip
     return limit, rows
 
 
@@ -431,7 +455,10 @@ def table(results, proto: protocol.Protocol) -> str:
     the lr chosen on validation), then equal training time read off the same runs' curves."""
     s = results[0]["settings"]
     done = _seed_runs(results)
-    first = done[0] if done else next(x for r in results for x in r["sweep"] if "corpus" in x)
+    found = [x for r in results for x in r["sweep"] if "corpus" in x]
+    first = done[0] if done else found[0] if found else None
+    if first is None:
+        return "Every run of every mixer diverged: nothing to tabulate.\n"
     corpus = f"--text {s['text']}" if s["text"] is not None else "the Python standard library"
     tokens = s["train_steps"] * s["batch_size"] * s["context"]
     short = proto.sweep_steps(s["train_steps"], s["eval_every"])[0]
@@ -445,10 +472,11 @@ def table(results, proto: protocol.Protocol) -> str:
         f"{s['n_heads']} heads, about {s['params']:,} parameters, context {s['context']}, batch "
         f"{s['batch_size']}, {s['train_steps']:,} AdamW steps (warmup, cosine to 0) = "
         f"{tokens:,} training tokens for every mixer. Each mixer's peak lr chosen among "
-        f"{', '.join(f'{lr:g}' for lr in proto.lrs)} on the validation half of the held-out text "
-        f"({first['corpus']['eval_chars']:,} characters) after {short:,} steps (seed "
+        f"{', '.join(f'{lr:g}' for lr in proto.lrs)} on {first['corpus']['eval_chars']:,} "
+        f"characters spread over the validation half of the held-out text after {short:,} steps (seed "
         f"{proto.seeds[0]}), then seeds {', '.join(map(str, proto.seeds))} at that lr, each read "
-        f"once on the test half ({first['corpus'].get('test_chars', 0):,} characters). Test bits "
+        f"once on the test half (all {first['corpus'].get('test_chars', 0):,} characters of its "
+        "windows). Test bits "
         f"per character, mean ± half the range over the seeds:",
         "",
         "| mixer | test bpc | lr | parameters | d_model | training tokens | steps/s | seconds of "
@@ -477,7 +505,7 @@ def table(results, proto: protocol.Protocol) -> str:
         lines += [
             "",
             f"Equal training time, read off the same runs' validation curves at {limit:.0f} s "
-            "(the fastest mixer's whole run; steps ÷ the rate measured in training; every "
+            "(the shortest seed run's whole training; steps ÷ the rate measured in training; every "
             "learning-rate schedule set for the full token budget, so a slower mixer is read "
             "before its schedule ends):",
             "",
@@ -506,7 +534,7 @@ def samples_markdown(results) -> str:
         _fenced(results[0]["prompt"]),
     ]
     for r in results:
-        parts += ["", f"## {r['mixer']} (held-out {r['bpc']:.3f} bits per character)", "",
+        parts += ["", f"## {r['mixer']} (test {r['test_bpc']:.3f} bits per character)", "",
                   _fenced(r["sample"])]  # fmt: skip
     return "\n".join(parts) + "\n"
 

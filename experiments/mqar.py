@@ -91,6 +91,7 @@ def parse(argv=None):
         points = ((settings.seq_len, settings.n_kv),)
     d_models = (settings.d_model,) if "d_model" in given else grid.get("d_models", ())
     args.grid = [(length, n, d) for length, n in points for d in d_models]
+    protocol.check_mode(parser, args, given)
     args.protocol = protocol.from_args(parser, args, "accuracy", True, tiebreak="val_loss")
     for s in [settings] + [dataclasses.replace(settings, seq_len=length, n_kv=n, d_model=d)
                            for length, n, d in args.grid]:  # fmt: skip
@@ -282,12 +283,16 @@ def table(results, proto: protocol.Protocol) -> str:
         head,
         rule,
     ]
-    lines += [row(p, lambda r: f"{r['sweep'][0].get('params', 0):,}, {_rate(r)}")
-              for p in points]  # fmt: skip
+    lines += [row(p, lambda r: f"{_params(r)}, {_rate(r)}") for p in points]
     lines += ["", f"The rate sweep: validation accuracy after {short:,} steps at each lr (the "
               "chosen one in bold; div.: diverged):", "", head, rule]  # fmt: skip
     lines += [row(p, lambda r: protocol.sweep_cell(r, "accuracy", acc)) for p in points]
     return "\n".join(lines) + "\n"
+
+
+def _params(result) -> str:
+    found = [r["params"] for r in result["runs"] + result["sweep"] if "params" in r]
+    return f"{found[0]:,}" if found else "–"
 
 
 def _rate(result) -> str:

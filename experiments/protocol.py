@@ -11,9 +11,9 @@ For each mixer (at each point of a task's grid), :func:`tune`
    evaluated on the **test** split once, after its last step (its curve is on validation).
 
 Every run has its own folder, ``<folder>/lr-<lr>`` and ``<folder>/seed-<seed>``; a run whose
-``summary.json`` holds the same settings and role is read back, not trained again, and a run
-stopped part-way continues from its last checkpoint, so a call interrupted at any point resumes
-where it stopped. A diverged run writes its summary too (``diverged``: the message), so it is
+``summary.json`` holds the same settings and role is read back, not trained again, so a call
+interrupted at any point resumes with the run it stopped in (trained again from its start, so
+that its training rate is timed in one go). A diverged run writes its summary too (``diverged``: the message), so it is
 not retried. :func:`cell` and :func:`sweep_cell` give a mixer's table entries: the mean over
 seeds ± half their range, and the validation metric of every rate.
 """
@@ -27,7 +27,6 @@ import pathlib
 from collections.abc import Callable
 
 from ssm_gd import validate
-from ssm_gd.checkpoints import ResumeError
 from ssm_gd.trainer import TrainingDiverged
 
 __all__ = [
@@ -44,7 +43,7 @@ __all__ = [
 
 #: ``(settings, folder, test, resume) → summary``: one training run of a task. ``test``: evaluate
 #: the test split once at the end (the summary's ``test_<metric>``); ``resume``: continue the run
-#: in ``folder`` from its checkpoint (raise :class:`~ssm_gd.checkpoints.ResumeError` if it has none).
+#: in ``folder`` from its checkpoint (the protocol passes ``False``: a stopped run is retrained).
 Train = Callable[[object, pathlib.Path, bool, bool], dict]
 
 
@@ -89,7 +88,7 @@ class Protocol:
     def sweep_steps(self, steps: int, eval_every: int) -> tuple[int, int]:
         """``(steps, eval_every)`` of a sweep run: ``ceil(fraction · steps)``, evaluated as often
         as the full run (at most once per step count)."""
-        short = max(1, math.ceil(self.sweep_fraction * steps))
+        short = max(1, math.ceil(round(self.sweep_fraction * steps, 9)))  # 0.07 × 100 is 7
         return short, min(eval_every, short)
 
     def rank(self, summary: dict) -> tuple[float, float]:
@@ -122,16 +121,14 @@ def _read(folder: pathlib.Path, settings: dict, role: str) -> dict | None:
 
 
 def _run(train: Train, settings, folder: pathlib.Path, role: str, *, test: bool) -> dict:
-    """One run, read back when finished before; continued from its checkpoint when stopped."""
+    """One run, read back when an earlier call finished it; otherwise trained from its start (a
+    run stopped part-way is trained again whole: its rate and seconds are then timed in one go)."""
     wanted = dataclasses.asdict(settings)
     done = _read(folder, wanted, role)
     if done is not None:
         return {**done, "read_back": True}
     try:
-        try:
-            summary = train(settings, folder, test, (folder / "config.json").exists())
-        except ResumeError:  # another run's folder, or no checkpoint yet: start afresh
-            summary = train(settings, folder, test, False)
+        summary = train(settings, folder, test, False)
     except TrainingDiverged as error:
         summary = {"mixer": settings.mixer, "settings": wanted, "diverged": str(error)}
     summary = {**summary, "role": role}
@@ -230,6 +227,25 @@ def add_flags(parser) -> None:
     parser.add_argument("--sweep-fraction", type=float, default=None,
                         help="the rate sweep's share of the full budget's steps (default "
                              f"{defaults.sweep_fraction:g})")  # fmt: skip
+
+
+def check_mode(parser, args, given: dict) -> None:
+    """Refuse the flags a call would ignore: the protocol's without ``--sweep`` (one run), and
+    ``--lr``, ``--seed``, ``--resume`` with it (the protocol sets the rates and seeds, and
+    continues a stopped sweep by itself)."""
+    if not args.sweep:
+        for name in ("lrs", "seeds", "sweep_fraction"):
+            if getattr(args, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                parser.error(f"{flag} is for a --sweep (the protocol); one run takes --lr/--seed")
+        return
+    for name, flag in (("lr", "--lr"), ("seed", "--seed")):
+        if name in given:
+            parser.error(f"{flag} is for one run: a --sweep chooses the rate among --lrs and "
+                         "runs --seeds")  # fmt: skip
+    if getattr(args, "resume", False):
+        parser.error("--resume is for one run: a --sweep reads its finished runs back and "
+                     "retrains the one it stopped in, by itself")  # fmt: skip
 
 
 def from_args(parser, args, metric: str, higher_is_better: bool, **defaults) -> Protocol:

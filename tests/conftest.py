@@ -8,6 +8,8 @@
 
 import os
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 ).strip()
@@ -24,3 +26,12 @@ LONGEST_FIRST = ("test_reproduce.py::test_quick_reproduce_writes_every_experimen
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: not item.nodeid.endswith(LONGEST_FIRST))
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_compile_cache(monkeypatch):
+    """The sweeps turn on JAX's persistent compilation cache in the user's home
+    (``experiments.cli.compile_cache``); a test writes only into its own temporary folders."""
+    from experiments import cli
+
+    monkeypatch.setattr(cli, "compile_cache", lambda: None)

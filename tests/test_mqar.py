@@ -206,3 +206,19 @@ def test_quick_runs_write_apart_from_full_size_results(tmp_path, monkeypatch, ca
         experiment.parse(["--quick", "--out", str(full)])
     assert info.value.code == 2 and "holds full-size results" in capsys.readouterr().err
     assert json.loads((full / "summary.json").read_text())["accuracy"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lrs", "1e-3"], "--lrs is for a --sweep"),
+        (["--seeds", "0", "1"], "--seeds is for a --sweep"),
+        (["--sweep", "--lr", "1e-3"], "--lr is for one run"),
+        (["--sweep", "--seed", "2"], "--seed is for one run"),
+        (["--sweep", "--resume"], "--resume is for one run"),
+    ],
+)
+def test_flags_a_mode_would_ignore_are_refused(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        experiment.main(["--quick", *argv, "--out", str(tmp_path)])
+    assert info.value.code == 2 and message in capsys.readouterr().err

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from experiments import protocol
-from ssm_gd.checkpoints import ResumeError
 from ssm_gd.trainer import TrainingDiverged
 
 
@@ -42,6 +41,7 @@ def test_the_sweep_budget_and_the_ranking_of_rates():
     p = protocol.Protocol("accuracy", True, tiebreak="val_loss")
     assert p.lrs == (3e-4, 1e-3, 3e-3, 1e-2) and math.log10(p.lrs[-1] / p.lrs[0]) >= 1.5
     assert p.sweep_steps(1000, 100) == (250, 100) and p.sweep_steps(10, 50) == (3, 3)
+    assert protocol.Protocol("bpc", False, sweep_fraction=0.07).sweep_steps(100, 10) == (7, 7)
     better, worse = {"accuracy": 0.9, "val_loss": 2.0}, {"accuracy": 0.8, "val_loss": 0.1}
     assert sorted([worse, better], key=p.rank) == [better, worse]
     tie = {"accuracy": 0.9, "val_loss": 1.0}  # equal accuracy: the lower loss first
@@ -93,24 +93,19 @@ def test_tune_sweeps_chooses_on_validation_then_runs_the_seeds(tmp_path):
     assert calls[4:] == [(1e-2, 3, 100, 40, True)]
 
 
-def test_a_started_run_resumes_and_a_folder_without_checkpoint_starts_afresh(tmp_path):
+def test_a_run_stopped_part_way_is_trained_again_from_its_start(tmp_path):
     resumes = []
 
     def train(settings, folder, test, resume):
         resumes.append(resume)
-        if resume and not (folder / "checkpoints").exists():
-            raise ResumeError(f"cannot resume {folder}: no checkpoint")
         return {"mixer": "ssm", "accuracy": 0.5, "settings": dataclasses.asdict(settings),
                 **({"test_accuracy": 0.5} if test else {})}  # fmt: skip
 
     p = protocol.Protocol("accuracy", True, lrs=(1e-3,), seeds=(0,))
-    for name in ("lr-0.001", "seed-0"):  # both runs were started: their config.json is there
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text("{}")
-    (tmp_path / "seed-0" / "checkpoints").mkdir()  # … and the seed run reached a checkpoint
-    protocol.tune(Settings(), tmp_path, train, p, say=lambda line: None)
-    # the sweep run: resume refused (no checkpoint), trained afresh; the seed run: resumed
-    assert resumes == [True, False, True]
+    (tmp_path / "seed-0" / "checkpoints").mkdir(parents=True)  # started, never finished
+    (tmp_path / "seed-0" / "config.json").write_text("{}")
+    result = protocol.tune(Settings(), tmp_path, train, p, say=lambda line: None)
+    assert resumes == [False, False] and not result["runs"][0]["read_back"]
 
 
 def test_every_rate_diverging_is_said_and_no_seed_runs(tmp_path):
@@ -123,3 +118,31 @@ def test_every_rate_diverging_is_said_and_no_seed_runs(tmp_path):
     assert result["lr"] is None and result["runs"] == []
     assert all("nan at step 2" in r["diverged"] for r in result["sweep"])
     assert "every rate diverged" in lines[-1]
+
+
+def test_optim_adamw_takes_the_steps_of_optax_adamw():
+    # The peak rate moved into the optimiser's state (one compiled step for every rate): the
+    # updates are optax.adamw's on the same schedule, to float32 rounding of the schedule's value
+    # (the rate is now multiplied after the unit schedule instead of inside it).
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from ssm_gd import optim
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.arange(4.0)}
+    ours = optim.adamw(3e-3, 40, warmup=5, weight_decay=0.1, final_fraction=0.1)
+    reference = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(optim.schedule(3e-3, 40, 5, 0.1), weight_decay=0.1),
+    )
+    a_state, b_state, a = ours.init(params), reference.init(params), params
+    for t in range(40):
+        grads = jax.tree.map(lambda x, t=t: jnp.sin(3.0 * x + t), a)  # the same for both
+        a_up, a_state = ours.update(grads, a_state, a)
+        b_up, b_state = reference.update(grads, b_state, a)
+        np.testing.assert_allclose(a_up["w"], b_up["w"], rtol=1e-6, atol=1e-12)
+        a = optax.apply_updates(a, a_up)
+    lr = a_state[1][3].hyperparams["step_size"]  # the rate is a value of the state
+    assert float(lr) == -3e-3

@@ -78,8 +78,10 @@ def _mqar(key, batch, seq_len, n_kv, vocab):
         pairs = jnp.stack([keys, values], axis=1).reshape(-1)
         order = jax.random.permutation(k_order, n_kv)
         where = jax.random.choice(k_where, rest, (n_kv,), replace=False)
-        allowed = ~jnp.isin(jnp.arange(vocab), keys)  # every token but this sequence's keys
-        fillers = jax.random.choice(k_fill, vocab, (rest,), p=allowed / jnp.sum(allowed))
+        # Uniform over the vocab − n_kv tokens that are not keys, in integers: draw an index u
+        # among them and step over each key at or below it (sorted keys minus their rank).
+        u = jax.random.randint(k_fill, (rest,), 0, vocab - n_kv, jnp.int32)
+        fillers = u + jnp.searchsorted(jnp.sort(keys) - jnp.arange(n_kv), u, side="right")
         queries = fillers.astype(jnp.int32).at[where].set(keys[order])
         answers = jnp.full((rest,), -1, jnp.int32).at[where].set(values[order])
         tokens = jnp.concatenate([pairs, queries])

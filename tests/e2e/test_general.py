@@ -110,3 +110,15 @@ def test_a_small_call_never_writes_over_full_size_results(tmp_path, capsys):
     with pytest.raises(SystemExit):  # nor a full-size call over a small one
         general.main(["--only", "listops", "--results", str(small)])
     assert "holds a small-size REPORT-general.md" in capsys.readouterr().err
+
+
+def test_a_table_from_before_the_protocol_is_marked_as_such(tmp_path):
+    folder = tmp_path / "listops"
+    folder.mkdir()
+    (folder / "table.md").write_text("| gril | 39.7% |\n")
+    (folder / "summary.json").write_text(
+        json.dumps({"runs": [{"mixer": "gril"}], "table": "table.md"})
+    )
+    report = general.build(tmp_path, {}, "CPU").read_text()
+    assert "_Not yet run under the protocol (`python -m experiments.listops --sweep" in report
+    assert "| gril | 39.7% |" in report
