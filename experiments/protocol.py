@@ -206,13 +206,16 @@ def cell(result: dict, metric: str, fmt: Callable[[float], str]) -> str:
 
 
 def sweep_cell(result: dict, metric: str, fmt: Callable[[float], str]) -> str:
-    """The validation metric of each swept rate, the chosen one in bold (``3e-3: **0.91**``)."""
-    parts = []
+    """The validation metric of each swept rate, the chosen one in bold (``3e-3: **0.91**``),
+    marked when the best rate is the smallest or the largest swept (a wider range might do
+    better)."""
+    parts, lrs = [], [r["settings"]["lr"] for r in result["sweep"]]
     for r in result["sweep"]:
         lr, value = r["settings"]["lr"], r.get(metric)
         text = "div." if value is None else fmt(value)
         parts.append(f"{lr:g}: " + (f"**{text}**" if lr == result["lr"] else text))
-    return ", ".join(parts)
+    edge = len(lrs) > 1 and result["lr"] in (min(lrs), max(lrs))
+    return ", ".join(parts) + (" (best at an end of the range)" if edge else "")
 
 
 def add_flags(parser) -> None:

@@ -61,7 +61,14 @@ def test_spread_and_the_table_cells():
               "sweep": [{"accuracy": 0.5, "settings": {"lr": 1e-3}},
                         {"settings": {"lr": 1e-2}, "diverged": "nan"}]}  # fmt: skip
     assert protocol.cell(result, "accuracy", "{:.2f}".format) == "0.85 ± 0.05"
-    assert protocol.sweep_cell(result, "accuracy", "{:.2f}".format) == "0.001: **0.50**, 0.01: div."
+    assert protocol.sweep_cell(result, "accuracy", "{:.2f}".format) == (
+        "0.001: **0.50**, 0.01: div. (best at an end of the range)"
+    )
+    middle = {"lr": 1e-3, "sweep": [{"accuracy": a, "settings": {"lr": lr}}
+                                    for lr, a in ((3e-4, 0.4), (1e-3, 0.6), (3e-3, 0.5))]}  # fmt: skip
+    assert protocol.sweep_cell(middle, "accuracy", "{:.1f}".format) == (
+        "0.0003: 0.4, 0.001: **0.6**, 0.003: 0.5"
+    )
     result["runs"][1] = {"settings": {"seed": 1}, "diverged": "nan"}
     assert protocol.cell(result, "accuracy", "{:.2f}".format) == "diverged (seed 1)"
     assert protocol.cell({"lr": None, "runs": []}, "accuracy", str) == "every lr diverged"
