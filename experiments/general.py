@@ -184,9 +184,14 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
         *([cli.SMALL_MARK, ""] if mode in ("quick", "smoke") else []),
         "# GRIL on general tasks",
         "",
-        f"`make reproduce-general` ({mode} sizes): this call took {total / 60:.1f} min; its runs, "
-        f"each timed when it was trained (a finished run is read back, not trained again), "
-        f"{trained / 60:.1f} min in all. Within a task every mixer has the same data, training "
+        f"`make reproduce-general` ({mode} sizes): "
+        + (
+            f"this call took {total / 60:.1f} min; "
+            if seconds
+            else "rebuilt from the runs' summaries; "
+        )
+        + f"its runs, each timed when it was trained (a finished run is read back, not trained "
+        f"again), {trained / 60:.1f} min in all. Within a task every mixer has the same data, training "
         "steps, batch and parameter target (the language model: the same training tokens; "
         "parameters stated beside each number) and the same protocol "
         "(`experiments/protocol.py`): its peak learning rate chosen on a validation split at a "
