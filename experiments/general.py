@@ -35,8 +35,9 @@ SMOKE_MIXERS = ("linear_attention", "attention")
 #: The language model's sweep: every mixer, and GRIL with one decay per head, whose training form
 #: is matrix products.
 LM_MIXERS = ("gril", "gril_scalar", "linear_attention", "attention", "ssm", "griffin")
-#: A smoke run's protocol: two rates, two seeds, the sweep at half the steps.
-SMOKE_PROTOCOL = ["--lrs", "1e-3", "3e-3", "--seeds", "0", "1", "--sweep-fraction", "0.5"]
+#: A smoke run's protocol: two rates, one seed, the sweep at half the steps (the seeds' loop and
+#: spread are tested with stand-in runs, tests/test_protocol.py).
+SMOKE_PROTOCOL = ["--lrs", "1e-3", "3e-3", "--seeds", "0", "--sweep-fraction", "0.5"]
 # name: (entry point, {size: its flags}), each run with --sweep --no-progress --out <results>/<name>
 EXPERIMENTS = {
     "mqar": (mqar.main, {
