@@ -8,7 +8,9 @@ For each mixer (at each point of a task's grid), :func:`tune`
    **validation** split;
 2. takes the rate with the best validation metric (a run that diverged ranks last);
 3. trains one run per seed of :attr:`Protocol.seeds` at the full budget with that rate, each
-   evaluated on the **test** split once, after its last step (its curve is on validation).
+   evaluated on the **test** split once, after its last step (its curve is on validation). With
+   ``sweep_fraction`` 1 the sweep's run at the chosen rate *is* the first seed's run: it is resumed
+   at its last checkpoint (nothing trained) to read the test split, not trained twice.
 
 Every run has its own folder, ``<folder>/lr-<lr>`` and ``<folder>/seed-<seed>``; a run whose
 ``summary.json`` holds the same settings and role is read back, not trained again, so a call
@@ -137,6 +139,20 @@ def _run(train: Train, settings, folder: pathlib.Path, role: str, *, test: bool)
     return {**summary, "read_back": False}
 
 
+def _reuse(train: Train, settings, swept: pathlib.Path, folder: pathlib.Path) -> dict:
+    """The test run that the sweep already trained (in ``swept``): resumed at its last step, which
+    trains nothing and reads the test split once; its summary (with ``trained_in``) goes to
+    ``folder``."""
+    wanted = dataclasses.asdict(settings)
+    done = _read(folder, wanted, "test")
+    if done is not None:
+        return {**done, "read_back": True}
+    summary = {**train(settings, swept, True, True), "role": "test", "trained_in": swept.name}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {**summary, "read_back": False}
+
+
 def tune(settings, folder, train: Train, protocol: Protocol,
          say: Callable[[str], None] = print) -> dict:  # fmt: skip
     """The protocol for one mixer: ``settings`` (a dataclass with ``mixer``, ``lr``, ``seed``,
@@ -170,7 +186,12 @@ def tune(settings, folder, train: Train, protocol: Protocol,
     runs = []
     for seed in protocol.seeds:
         one = dataclasses.replace(settings, lr=best, seed=seed)
-        r = _run(train, one, folder / f"seed-{seed}", "test", test=True)
+        if short == settings.train_steps and seed == protocol.seeds[0]:
+            # the sweep ran this very run (full budget, first seed): its test split is read from
+            # its last checkpoint, not trained a second time
+            r = _reuse(train, one, folder / lr_folder(best), folder / f"seed-{seed}")
+        else:
+            r = _run(train, one, folder / f"seed-{seed}", "test", test=True)
         runs.append(r)
         value = r.get("test_" + protocol.metric)
         say(f"  {settings.mixer} lr {best:g} seed {seed}: test {protocol.metric} "
@@ -229,7 +250,8 @@ def add_flags(parser) -> None:
                              f"{' '.join(map(str, defaults.seeds))})")  # fmt: skip
     parser.add_argument("--sweep-fraction", type=float, default=None,
                         help="the rate sweep's share of the full budget's steps (default "
-                             f"{defaults.sweep_fraction:g})")  # fmt: skip
+                             f"{defaults.sweep_fraction:g}; mqar: 1, and its chosen rate's run is "
+                             "the first seed's)")  # fmt: skip
 
 
 def check_mode(parser, args, given: dict) -> None:

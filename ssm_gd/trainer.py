@@ -194,7 +194,12 @@ def fit(
         run.close()
     timings = {"train_steps_per_second": _rate(rates), "wall_seconds": time.perf_counter() - start}
     if step == first and run.stored_summary:  # a finished run, resumed: the timings of its training
-        timings.update({k: run.stored_summary[k] for k in timings if k in run.stored_summary})
+        stored = run.stored_summary  # the experiments name the rate ``steps_per_second``
+        for key, names in (("train_steps_per_second", ("train_steps_per_second", "steps_per_second")),
+                           ("wall_seconds", ("wall_seconds",))):  # fmt: skip
+            found = [stored[name] for name in names if isinstance(stored.get(name), (int, float))]
+            if found:
+                timings[key] = found[0]
     return Fit(model=nnx.merge(graphdef, params), history=run.history,
                steps_trained=step - first, **timings)  # fmt: skip
 

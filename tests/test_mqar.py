@@ -89,7 +89,7 @@ def test_sweep_tunes_each_mixer_runs_the_seeds_continues_and_tabulates(tmp_path,
 
     def fake_run(settings, out, progress=True, resume=False, test=True):
         calls.append((settings.mixer, settings.d_model, settings.lr, settings.seed,
-                      settings.train_steps, test))  # fmt: skip
+                      settings.train_steps, test, resume, out.name))  # fmt: skip
         acc = 0.9 if settings.lr == best[settings.mixer] else 0.5
         result = {"mixer": settings.mixer, "accuracy": acc, "val_loss": 1.0,
                   "params": 100 * settings.d_model, "steps_per_second": 2.0 + settings.seed,
@@ -106,10 +106,17 @@ def test_sweep_tunes_each_mixer_runs_the_seeds_continues_and_tabulates(tmp_path,
     expected = []
     for d in (16, 32):
         for mixer in ("linear_attention", "attention"):
-            expected += [(mixer, d, lr, 0, 25, False) for lr in (1e-3, 1e-2)]  # a quarter of 100
-            expected += [(mixer, d, best[mixer], seed, 100, True) for seed in (0, 1)]
+            # the sweep at the full budget (100 steps); the first seed's run is the chosen
+            # rate's sweep run, resumed to read the test sequences
+            expected += [(mixer, d, lr, 0, 100, False, False, f"lr-{lr!r}") for lr in (1e-3, 1e-2)]
+            expected += [(mixer, d, best[mixer], 0, 100, True, True, f"lr-{best[mixer]!r}"),
+                         (mixer, d, best[mixer], 1, 100, True, False, "seed-1")]  # fmt: skip
     assert calls == expected
     assert [r["lr"] for r in summary["runs"]] == [1e-3, 1e-2, 1e-3, 1e-2]
+    reused = json.loads(
+        (tmp_path / "L32-kv2-d16" / "attention" / "seed-0" / "summary.json").read_text()
+    )
+    assert reused["trained_in"] == "lr-0.01" and reused["test_accuracy"] == 0.9
     table = (tmp_path / "table.md").read_text()
     # test accuracy 0.9 and 0.8 over the two seeds: mean 0.85, half the range 0.05
     assert "| 32 | 2 | 16 | 0.850 ± 0.050 (0.001) | 0.850 ± 0.050 (0.01) |" in table
@@ -222,3 +229,22 @@ def test_flags_a_mode_would_ignore_are_refused(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         experiment.main(["--quick", *argv, "--out", str(tmp_path)])
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_first_seed_reads_the_test_split_off_the_sweep_run_it_equals(tmp_path):
+    """MQAR's sweep runs at the full budget: the chosen rate's run is the first seed's, resumed at
+    its last step (nothing trained) to read the test sequences, exactly as a fresh run reads them."""
+    one = ["--quick", "--mixer", "ssm", "--n-layers", "1", "--steps", "4", "--eval-every", "2",
+           "--eval-size", "8", "--d-model", "16", "--no-progress"]  # fmt: skip
+    fresh = experiment.main([*one, "--lr", "0.003", "--out", str(tmp_path / "fresh")])
+    argv = [a for a in one if a not in ("--mixer", "ssm")]
+    experiment.main(["--sweep", *argv, "--mixers", "ssm", "--lrs", "0.003", "--seeds", "0",
+                     "--seq-len", "32", "--n-kv", "2", "--out", str(tmp_path / "sweep")])  # fmt: skip
+    folder = tmp_path / "sweep" / "L32-kv2-d16" / "ssm"
+    swept = json.loads((folder / "lr-0.003" / "summary.json").read_text())
+    reused = json.loads((folder / "seed-0" / "summary.json").read_text())
+    assert reused["settings"] == fresh["settings"] and reused["trained_in"] == "lr-0.003"
+    assert reused["test_accuracy"] == fresh["test_accuracy"]
+    assert reused["test_loss"] == fresh["test_loss"]
+    assert reused["steps_per_second"] == swept["steps_per_second"] > 0  # its training's rate
+    assert not (folder / "seed-0" / "checkpoints").exists()  # nothing trained there
