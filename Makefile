@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test reproduce reproduce-general lint clean
+.PHONY: install test reproduce reproduce-general device-check lint clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ reproduce: install
 # sizes (GPU/TPU).
 reproduce-general: install
 	$(PY) -m experiments.general $(if $(QUICK),--quick)$(if $(ACCELERATOR),--accelerator)
+
+# The accelerator check (experiments/device_check.py): backend, the backend-dependent tests, the
+# mixers' benchmark in float32 and bfloat16, the linear experiment's time to GD level, peak memory;
+# writes results/bench/<device>.json. QUICK=1: a smoke size (the CPU).
+device-check: install
+	$(PY) -m experiments.device_check $(if $(QUICK),--quick)
 
 lint: install
 	$(VENV)/bin/ruff check ssm_gd experiments tests

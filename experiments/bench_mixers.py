@@ -8,7 +8,7 @@ generation time per token.
 
 For each length L, every mixer of :data:`ssm_gd.seq.models.MIXERS` and GRIL's factorised-decay
 variants ``gril_scalar`` and ``gril_structured`` (one layer, ``(B, L, d_model)`` in and out,
-float32; each GRIL row names its decay, training form and chunk) is compiled twice: ``forward`` (the output) and ``forward+backward`` (the
+float32 or ``--dtype bfloat16``; each GRIL row names its decay, training form and chunk) is compiled twice: ``forward`` (the output) and ``forward+backward`` (the
 gradient of the output's mean square with respect to every parameter). Reported per program: the
 compile time, the steady-state time (the median of ``--repeats`` calls after
 ``block_until_ready``; a length's programs are called in turn, round after round, so that they
@@ -19,7 +19,8 @@ memory passes ``--max-gb`` is compiled but not run, and the JSON says so.
 Generation: a one-layer :class:`ssm_gd.seq.models.Model` (vocabulary 256) around each mixer reads a
 prompt of ``P`` tokens (``--positions``), then the time per generated token is measured over 32
 tokens, every mixer in its step form (:meth:`Model.step`, what :func:`ssm_gd.seq.generate.generate`
-runs): the recurrent mixers' constant state, attention's key-value cache of ``P + 32`` positions.
+runs): the recurrent mixers' constant state, attention's key-value cache of ``P + 32`` positions;
+in float32 whatever ``--dtype`` (``--no-generation``: none).
 
 The machine's load average (``os.getloadavg``) before and after is written beside the timings: a
 benchmark is meant for a quiet machine, and one run's figures compare with each other only.
@@ -52,6 +53,7 @@ from ssm_gd.seq.gril import IMPLS, GRILMixer, auto_impl
 BENCHED = (*mixers.MIXERS, "gril_scalar", "gril_structured")
 GRIL_IMPLS = (*IMPLS[1:], "every_state")  # the training forms --forms takes
 GRILS = ("gril", "linear_attention")  # the GRIL mixers: every name that starts with one of these
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 QUICK = dict(lengths=[64, 128], positions=[64, 128], d_model=32, n_heads=2, repeats=2)
 GEN_TOKENS, GEN_VOCAB = 32, 256
 
@@ -66,6 +68,8 @@ def parse(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-gb", type=float, default=8.0, help="skip programs above this")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per program")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="the parameters' and inputs' dtype (default float32)")  # fmt: skip
     parser.add_argument("--mixers", nargs="+", default=list(BENCHED), choices=mixers.CHOICES,
                         metavar="MIXER", help=f"of {', '.join(mixers.CHOICES)}; default: "
                         f"{', '.join(BENCHED)}")  # fmt: skip
@@ -74,6 +78,8 @@ def parse(argv=None):
                         f"with training form IMPL (one of {', '.join(GRIL_IMPLS)}; every_state: "
                         "the associative scan over every state; empty: auto) and CHUNK (empty: "
                         "the default), e.g. gril:chunk_scan:32 or gril_scalar::16")  # fmt: skip
+    parser.add_argument("--no-generation", action="store_true",
+                        help="time training programs only, not generation")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
     if parser.parse_known_args(argv)[0].quick:  # --quick sets defaults; flags given still win
         parser.set_defaults(**QUICK)
@@ -112,20 +118,22 @@ def _mixer_programs(mixer, args, length):
     entry ``"MIXER:IMPL:CHUNK"``: that GRIL mixer with that training form and chunk
     (``every_state``: :meth:`GRILMixer.scan_states`)."""
     name, impl, chunk = _form_spec(mixer)
-    module = mixers.make_mixer(name, args.d_model, n_heads=args.n_heads, rngs=nnx.Rngs(0))
+    dtype = DTYPES[args.dtype]
+    module = mixers.make_mixer(name, args.d_model, n_heads=args.n_heads, param_dtype=dtype,
+                               rngs=nnx.Rngs(0))  # fmt: skip
     if impl and impl != "every_state":
         module.impl = impl
     if chunk:
         module.chunk = int(chunk)
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-    u = jax.random.normal(jax.random.key(1), (args.batch, length, args.d_model))
+    u = jax.random.normal(jax.random.key(1), (args.batch, length, args.d_model), dtype)
 
     def forward(params, u):
         layer = nnx.merge(graphdef, params, rest)
         return layer.scan_states(u) if impl == "every_state" else layer(u)
 
     def gradient(params, u):
-        return jax.grad(lambda p: jnp.mean(forward(p, u) ** 2))(params)
+        return jax.grad(lambda p: jnp.mean(forward(p, u).astype(jnp.float32) ** 2))(params)
 
     programs = {"forward": (forward, (params, u)), "forward+backward": (gradient, (params, u))}
     form = _form(module) | ({"impl": impl} if impl == "every_state" else {})
@@ -157,9 +165,19 @@ def throughput(args, limit_bytes):
     for length in args.lengths:
         compiled, point = {}, []
         for mixer in _throughput_names(args):
-            programs, form = _mixer_programs(mixer, args, length)
+            try:
+                programs, form = _mixer_programs(mixer, args, length)
+            except Exception as error:  # a mixer that fails here (a dtype, a backend): said, kept
+                point.append({"mixer": mixer, "length": length, "program": "build",
+                              "failed": _failure(error)})  # fmt: skip
+                continue
             for name, (fn, example) in programs.items():
-                program = compile_program(fn, example)
+                try:
+                    program = compile_program(fn, example)
+                except Exception as error:
+                    point.append({"mixer": mixer, "length": length, "program": name, **form,
+                                  "failed": _failure(error)})  # fmt: skip
+                    continue
                 row = {"mixer": mixer, "length": length, "program": name,
                        "compile_seconds": program.compile_seconds,
                        "memory_gb": (program.memory_bytes or 0) / 1e9, **form}  # fmt: skip
@@ -183,9 +201,15 @@ def throughput(args, limit_bytes):
     return rows
 
 
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+
+
 def _line(row):
     form = f" ({row['decay']}, {row['impl']}, chunk {row['chunk']})" if "decay" in row else ""
     head = f"{row['mixer'] + form:>48} L={row['length']:<6} {row['program']:<17}"
+    if "failed" in row:
+        return f"{head} FAILED: {row['failed']}"
     if "skipped" in row:
         return f"{head} skipped: {row['skipped']}"
     return (f"{head} {row['tokens_per_second']:>11,.0f} tok/s  compile {row['compile_seconds']:.1f} s"
@@ -267,13 +291,14 @@ def main(argv=None):
     args, out = parse(argv)
     limit = args.max_gb * 1e9
     settings = {k: getattr(args, k) for k in ("mixers", "lengths", "positions", "d_model",
-                                              "n_heads", "batch", "max_gb", "repeats",
+                                              "n_heads", "batch", "max_gb", "repeats", "dtype",
                                               "forms")}  # fmt: skip
     result = {"device": device_name(), "settings": settings, "load_before": os.getloadavg()}
     result["throughput"] = throughput(args, limit)
-    result["generation"] = generation(args, limit)
+    result["generation"] = [] if args.no_generation else generation(args, limit)
     result["load_after"] = os.getloadavg()
-    stem = out / f"mixers-{result['device']}"
+    dtype = "" if args.dtype == "float32" else f"-{args.dtype}"  # float32: the name it always had
+    stem = out / f"mixers-{result['device']}{dtype}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     figure(result, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and .png")
