@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 
 from experiments import protocol
 from ssm_gd import config as run_config
@@ -34,6 +35,7 @@ __all__ = [
     "finished_run",
     "given_settings",
     "grid_runs",
+    "one_run",
     "out_flag",
     "output_folder",
     "SMALL_MARK",
@@ -293,3 +295,23 @@ def base_config(parser, args, base: dict, quick: dict, variants=({},)):
     except (ValueError, TypeError) as error:
         parser.error(run_config.with_flags(str(error)))
     return config
+
+
+def one_run(args, out: pathlib.Path, start: float, train, describe, figure: str,
+            draw=None) -> dict:  # fmt: skip
+    """A sequence experiment called without ``--sweep``: ``train()`` (one run's summary; a
+    ``--resume`` that cannot resume ends the program with one ``error:`` line, exit status 1),
+    ``describe(summary)`` printed, the figure ``out/figure`` drawn by ``draw([summary], path)``
+    (``None``: the run drew it), and the summary written with its wall seconds."""
+    try:
+        summary = train()
+    except ResumeError as error:  # one line, exit status 1: not a traceback
+        sys.exit(f"error: --resume: {error}")
+    print(describe(summary), flush=True)
+    wall = time.perf_counter() - start
+    summary = {**summary, "wall_seconds": wall, "figures": [figure]}
+    if draw is not None:
+        draw([summary], out / figure)
+    write_summary(out, {**summary, "quick": args.quick})
+    print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
+    return summary

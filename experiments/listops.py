@@ -52,7 +52,6 @@ steps.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import jax
@@ -64,7 +63,6 @@ from matplotlib.figure import Figure
 
 from experiments import cli, protocol
 from ssm_gd import flags, optim, plots, trainer
-from ssm_gd.checkpoints import ResumeError
 from ssm_gd.seq import listops, mixers, models
 
 ANCHORS = (  # LRA test accuracy at LRA's settings (max_depth 10, max_args 10, 500–2,000 tokens)
@@ -342,19 +340,13 @@ def main(argv=None):
     if args.sweep:
         cli.compile_cache()
     if not args.sweep:
-        try:
-            summary = run(settings, out, not args.no_progress, resume=args.resume)
-        except ResumeError as error:  # one line, exit status 1: not a traceback
-            sys.exit(f"error: --resume: {error}")
-        print(f"{settings.mixer}: validation accuracy {summary['accuracy']:.3f}, test "
-              f"{summary['test_accuracy']:.3f} (train {summary['train_accuracy']:.3f}), "
-              f"{summary['params']:,} params, {summary['steps_per_second']:.1f} steps/s")  # fmt: skip
-        wall = time.perf_counter() - start
-        summary = {**summary, "wall_seconds": wall, "figures": ["accuracy.png"]}
-        figure([summary], out / "accuracy.png")
-        cli.write_summary(out, {**summary, "quick": args.quick})
-        print(f"wrote {out}/summary.json and the figure in {wall:.0f} s")
-        return summary
+        return cli.one_run(
+            args, out, start, lambda: run(settings, out, not args.no_progress, resume=args.resume),
+            lambda r: f"{settings.mixer}: validation accuracy {r['accuracy']:.3f}, test "
+                      f"{r['test_accuracy']:.3f} (train {r['train_accuracy']:.3f}), "
+                      f"{r['params']:,} params, {r['steps_per_second']:.1f} steps/s",
+            "accuracy.png", figure,
+        )  # fmt: skip
 
     data = []  # drawn once, for the first run that trains: every run sees the same sets
 

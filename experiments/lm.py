@@ -73,7 +73,6 @@ import json
 import math
 import pathlib
 import re
-import sys
 import time
 
 import jax
@@ -543,18 +542,13 @@ def main(argv=None):
     args, out, settings, corpus = parse(argv)
     start = time.perf_counter()
     if not args.sweep:
-        try:
-            r = run(settings, corpus, out, not args.no_progress, args.resume)
-        except checkpoints.ResumeError as error:  # one line, exit status 1: not a traceback
-            sys.exit(f"error: --resume: {error}")
-        print(f"{settings.mixer}: validation {r['bpc']:.3f}, test {r['test_bpc']:.3f} bits per "
-              f"character, {r['params']:,} params (d_model {r['d_model']}), {r['train_steps']} "
-              f"steps in {r['train_seconds']:.1f} s of training", flush=True)  # fmt: skip
-        wall = time.perf_counter() - start
-        summary = {**r, "wall_seconds": wall, "figures": ["curve.png"]}
-        cli.write_summary(out, {**summary, "quick": args.quick})
-        print(f"wrote {out}/summary.json and the figures in {wall:.0f} s")
-        return summary
+        return cli.one_run(
+            args, out, start, lambda: run(settings, corpus, out, not args.no_progress, args.resume),
+            lambda r: f"{settings.mixer}: validation {r['bpc']:.3f}, test {r['test_bpc']:.3f} bits "
+                      f"per character, {r['params']:,} params (d_model {r['d_model']}), "
+                      f"{r['train_steps']} steps in {r['train_seconds']:.1f} s of training",
+            "curve.png",
+        )  # fmt: skip
     cli.compile_cache()
 
     def train(one, folder, test, resume):

@@ -38,7 +38,6 @@ it reaches 0.98 (batch 32) to 1.00 (batch 64) held-out accuracy in 1,000 steps a
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import jax
@@ -47,7 +46,6 @@ from matplotlib.figure import Figure
 
 from experiments import cli, protocol
 from ssm_gd import flags, optim, plots, trainer
-from ssm_gd.checkpoints import ResumeError
 from ssm_gd.seq import mixers, models
 from ssm_gd.seq.mqar import mqar, recall_loss
 
@@ -312,19 +310,13 @@ def main(argv=None):
     if args.sweep:
         cli.compile_cache()
     if not args.sweep:
-        try:
-            summary = run(settings, out, not args.no_progress, args.resume)
-        except ResumeError as error:  # one line, exit status 1: not a traceback
-            sys.exit(f"error: --resume: {error}")
-        print(f"{settings.mixer}: validation accuracy {summary['accuracy']:.3f}, test "
-              f"{summary['test_accuracy']:.3f}, {summary['params']:,} params, "
-              f"{summary['steps_per_second']:.1f} steps/s")  # fmt: skip
-        wall = time.perf_counter() - start
-        summary = {**summary, "wall_seconds": wall, "figures": ["accuracy.png"]}
-        figure([summary], out / "accuracy.png")
-        cli.write_summary(out, {**summary, "quick": args.quick})
-        print(f"wrote {out}/summary.json and the figure in {wall:.0f} s")
-        return summary
+        return cli.one_run(
+            args, out, start, lambda: run(settings, out, not args.no_progress, args.resume),
+            lambda r: f"{settings.mixer}: validation accuracy {r['accuracy']:.3f}, test "
+                      f"{r['test_accuracy']:.3f}, {r['params']:,} params, "
+                      f"{r['steps_per_second']:.1f} steps/s",
+            "accuracy.png", figure,
+        )  # fmt: skip
 
     def train(one, folder, test, resume):
         return run(one, folder, not args.no_progress, resume, test)
