@@ -184,8 +184,11 @@ def throughput(args, limit_bytes):
                 if program.memory_bytes and program.memory_bytes > limit_bytes:
                     row["skipped"] = f"needs {row['memory_gb']:.1f} GB > --max-gb"
                 else:
-                    compiled[(mixer, name)] = program
-                    _time(program)  # a first call: buffers and caches warm
+                    try:
+                        _time(program)  # a first call: buffers and caches warm
+                        compiled[(mixer, name)] = program
+                    except Exception as error:  # out of the device's memory, say: said, kept
+                        row["failed"] = _failure(error)
                 point.append(row)
         times = {k: [] for k in compiled}
         for _ in range(args.repeats):

@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,10 @@ def parse(argv=None):
                         help="seconds after which no part starts (default 450)")  # fmt: skip
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
                         help=f"the parts to run, of {', '.join(PARTS)} (default: all)")  # fmt: skip
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384],
+                        help="the benchmark's sequence lengths (default 4096 16384)")  # fmt: skip
+    parser.add_argument("--positions", type=int, nargs="+", default=[4096, 16384],
+                        help="the prompt lengths of the generation benchmark (default 4096 16384)")  # fmt: skip
     parser.add_argument("--test-workers", type=int, default=0,
                         help="pytest-xdist workers for the tests (default 0: one process; on an "
                              "accelerator several share it, compiling in parallel)")  # fmt: skip
@@ -76,6 +81,9 @@ def parse(argv=None):
     args = parser.parse_args(argv)
     if args.test_workers < 0:
         parser.error("--test-workers must be a non-negative integer")
+    for name in ("lengths", "positions"):
+        if any(v < 1 for v in getattr(args, name)):
+            parser.error(f"--{name} must be positive integers")
     for name in ("deadline", "test_timeout"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive number of seconds")
@@ -120,42 +128,51 @@ def linear(quick: bool) -> dict:
 
 def tests(files, timeout: float, workers: int = 0) -> dict:
     """pytest on ``files`` in a child process (``workers``: pytest-xdist's, sharing the device,
-    its memory taken as needed), its tally read from the JUnit report."""
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    its memory taken as needed). The tally: the JUnit report's when pytest finishes; when it is
+    stopped at ``timeout`` (the child and its workers killed together), the results it had
+    printed, one line per test (``stopped``: true)."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        report = os.path.join(scratch, "junit.xml")
-        command = [sys.executable, "-m", "pytest", *files, "-o", "addopts=", "-q", "-rfE",
+        report, log = os.path.join(scratch, "junit.xml"), os.path.join(scratch, "log")
+        command = [sys.executable, "-m", "pytest", *files, "-o", "addopts=", "-v", "-rfE",
                    *(["-n", str(workers)] if workers else ["-p", "no:xdist"]),
                    "-p", "no:cacheprovider", "-p", "no:warnings", f"--junitxml={report}"]  # fmt: skip
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                  env=env)  # fmt: skip
-            output, code = done.stdout + done.stderr, done.returncode
-        except subprocess.TimeoutExpired as expired:
-            partial = expired.stdout or ""
-            output = partial.decode() if isinstance(partial, bytes) else partial
-            output, code = output + f"\n(stopped after {timeout:g} s)", None
+        with open(log, "w") as sink:
+            child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)  # fmt: skip
+            try:
+                code, stopped = child.wait(timeout=timeout), False
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)  # the workers too: they hold device memory
+                code, stopped = child.wait(), True
+        output = open(log).read()
         tally = {}
-        if os.path.exists(report):
+        if not stopped and os.path.exists(report):
             suite = ElementTree.parse(report).getroot()
             suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
             tally = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    failures = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    counted = bool(tally)
-    passed = tally.get("tests", 0) - sum(tally.get(k, 0) for k in ("failures", "errors", "skipped"))
-    return {"files": list(files), "returncode": code, "seconds": time.perf_counter() - start,
-            "passed": passed if counted else None, "failed": tally.get("failures"),
-            "errors": tally.get("errors"), "skipped": tally.get("skipped"),
-            "failures": failures[:40], "tail": output[-3000:]}  # fmt: skip
+    lines = output.splitlines()
+    failures = sorted({line.split("FAILED", 1)[1].strip() for line in lines if " FAILED " in line
+                       or line.startswith("FAILED ")})  # fmt: skip
+    if tally:
+        passed = tally["tests"] - tally["failures"] - tally["errors"] - tally["skipped"]
+        counts = (passed, tally["failures"], tally["errors"], tally["skipped"])
+    else:  # stopped, or no report: what it printed
+        counts = tuple(sum(f" {word}" in line and "::" in line for line in lines)
+                       for word in ("PASSED", "FAILED", "ERROR", "SKIPPED"))  # fmt: skip
+    return {"files": list(files), "returncode": None if stopped else code, "stopped": stopped,
+            "seconds": time.perf_counter() - start, "passed": counts[0], "failed": counts[1],
+            "errors": counts[2], "skipped": counts[3], "failures": failures[:40],
+            "tail": output[-12000:]}  # fmt: skip
 
 
-def bench(out, dtype: str, quick: bool) -> dict:
-    argv = ["--out", str(out), "--dtype", dtype, "--repeats", "3"]
-    if quick:
+def bench(out, dtype: str, args) -> dict:
+    argv = ["--out", str(out), "--dtype", dtype, "--repeats", "3", "--max-gb", "40"]
+    if args.quick:
         argv += ["--quick", "--lengths", "64", "--positions", "64", "--repeats", "1"]
     else:
-        argv += ["--lengths", "4096", "16384", "--positions", "4096", "16384", "--max-gb", "40"]
+        argv += ["--lengths", *map(str, args.lengths), "--positions", *map(str, args.positions)]
     if dtype != "float32":
         argv += ["--no-generation"]
     result = bench_mixers.main(argv)
@@ -191,11 +208,12 @@ def table(result: dict) -> str:
                     + ("not reached" if gd is None else
                        f"at step {part['step_at_gd_level']}, {gd:.1f} s"))  # fmt: skip
         elif name == "tests":
-            if part["passed"] is None:  # no report: stopped at --test-timeout, or pytest broke
-                text = f"no tally (exit {part['returncode']}) after {part['seconds']:.0f} s"
-            else:
-                text = (f"{part['passed']} passed, {part['failed']} failed, {part['errors']} "
-                        f"errors in {part['seconds']:.0f} s")  # fmt: skip
+            text = (f"{part['passed']} passed, {part['failed']} failed, {part['errors']} errors "
+                    f"in {part['seconds']:.0f} s")  # fmt: skip
+            if part.get("stopped"):
+                text += " (stopped at --test-timeout: the tests not yet run are not counted)"
+            if part.get("failures"):
+                text += "; failed: " + ", ".join(part["failures"][:6])
         elif name.startswith("bench"):
             rows = part["throughput"]
             ok = [
@@ -228,8 +246,8 @@ def main(argv=None):
         "tests": lambda: tests(
             QUICK_TESTS if args.quick else TESTS, args.test_timeout, args.test_workers
         ),
-        "bench-float32": lambda: bench(out, "float32", args.quick),
-        "bench-bfloat16": lambda: bench(out, "bfloat16", args.quick),
+        "bench-float32": lambda: bench(out, "float32", args),
+        "bench-bfloat16": lambda: bench(out, "bfloat16", args),
         "memory": memory,
     }
     for name, part in parts.items():

@@ -195,10 +195,10 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
         f"again), {trained / 60:.1f} min in all. Within a task every mixer has the same data, training "
         "steps, batch and parameter target (the language model: the same training tokens; "
         "parameters stated beside each number) and the same protocol "
-        "(`experiments/protocol.py`): its peak learning rate chosen on a validation split at a "
-        "shorter budget among the rates each table lists, then one run per seed at that rate, "
-        "each evaluated once on the test split; a number is the mean over the seeds ± half their "
-        "range.",
+        "(`experiments/protocol.py`): its peak learning rate chosen on a validation split among "
+        "the rates each table lists (at a quarter of the budget; MQAR, whose accuracy leaves a "
+        "plateau late, at the full budget), then one run per seed at that rate, each evaluated "
+        "once on the test split; a number is the mean over the seeds ± half their range.",
         "",
     ]
     lines += verdict(results)

@@ -259,7 +259,9 @@ def table(results, proto: protocol.Protocol) -> str:
         f"{s['batch_size']}, {s['train_steps']:,} AdamW steps ({s['train_steps'] * s['batch_size']:,} "
         f"sequences); each mixer's peak lr chosen among {', '.join(f'{lr:g}' for lr in proto.lrs)} "
         f"on {s['eval_size']} validation sequences after {short:,} steps (seed "
-        f"{proto.seeds[0]}), then {len(proto.seeds)} seeds at that lr evaluated once on "
+        f"{proto.seeds[0]}), then {len(proto.seeds)} seeds at that lr"
+        + (f" (seed {proto.seeds[0]}'s run is the sweep's)" if short == s["train_steps"] else "")
+        + " evaluated once on "
         f"{s['eval_size']} test sequences. Test accuracy on the queries, mean ± half the range "
         f"over the seeds (the chosen lr):",
         "",

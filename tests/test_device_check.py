@@ -3,6 +3,7 @@ pytest child, a part that fails or runs past the deadline, and the table it prin
 (the linear experiment, the benchmark) are the experiments' own code paths, tested beside them."""
 
 import json
+import time
 
 import pytest
 
@@ -48,6 +49,19 @@ def test_the_tests_part_counts_what_a_real_pytest_run_passed_and_failed(tmp_path
     assert "1 passed, 1 failed, 0 errors" in table
 
 
+def test_tests_stopped_at_the_timeout_count_what_ran_and_kill_the_child(tmp_path, monkeypatch):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_slow.py").write_text(
+        "import time\n\n\ndef test_quick():\n    pass\n\n\ndef test_slow():\n    time.sleep(600)\n"
+    )
+    started = time.perf_counter()
+    part = device_check.tests([str(suite / "test_slow.py")], timeout=8.0)
+    assert time.perf_counter() - started < 60  # the sleeping test was killed, not waited for
+    assert part["stopped"] and part["returncode"] is None
+    assert (part["passed"], part["failed"], part["errors"]) == (1, 0, 0)
+
+
 def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
     def broken(quick):
         raise RuntimeError("no such backend feature")
@@ -87,7 +101,14 @@ def test_the_table_has_a_line_per_part():
                 "step_at_gd_level": 500,
                 "seconds_to_gd_level": 4.5,
             },  # fmt: skip
-            "tests": {"passed": None, "returncode": None, "seconds": 240.0, "skipped": None},
+            "tests": {
+                "passed": 320,
+                "failed": 1,
+                "errors": 0,
+                "stopped": True,
+                "failures": ["tests/test_x.py::test_y"],
+                "seconds": 240.0,
+            },  # fmt: skip
             "bench-float32": {
                 "throughput": [
                     {
@@ -118,7 +139,8 @@ def test_the_table_has_a_line_per_part():
     assert lines[0] == "device check on nvidia_h200-x1 (300 s)"
     assert lines[2].startswith("backend") and "gpu · NVIDIA H200 × 1" in lines[2]
     assert "GD level (≤ 1.01) at step 500, 4.5 s" in lines[3]
-    assert "no tally (exit None) after 240 s" in lines[4]
+    assert lines[4].startswith("tests            320 passed, 1 failed, 0 errors in 240 s (stopped")
+    assert lines[4].endswith("; failed: tests/test_x.py::test_y")
     assert "L=16384: gril 3.00M; 1 programs failed" in lines[5]
     assert lines[6].endswith("not started: 460 s > --deadline")
     assert "device peak 12.50 GB" in lines[7]
