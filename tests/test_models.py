@@ -68,6 +68,23 @@ def test_attention_key_value_cache_equals_the_parallel_form(dtype):
     assert int(state[0]["t"]) == tokens.shape[1]
 
 
+def test_attention_is_float64_throughout():
+    """``mixers.attend`` against softmax attention written out in numpy, in float64: to float64
+    rounding (values O(1), rows of at most 9 terms). ``jax.nn.dot_product_attention`` misses this
+    by ~1e-7 (its softmax is always float32)."""
+    keys = jax.random.split(jax.random.key(3), 3)
+    q, k, v = (np.asarray(jax.random.normal(key, (2, 9, 2, 8), F64)) for key in keys)
+    causal = np.tril(np.ones((9, 9), bool))
+    expected = np.zeros_like(q)
+    for b, h, i in np.ndindex(2, 2, 9):
+        scores = np.array([q[b, i, h] @ k[b, j, h] / np.sqrt(8) for j in range(i + 1)])
+        weights = np.exp(scores - scores.max())
+        expected[b, i, h] = (weights / weights.sum()) @ v[b, : i + 1, h]
+    got = mixers.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), causal)
+    assert got.dtype == F64
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-13)
+
+
 def test_attention_step_past_the_cache_is_nan_not_a_wrong_answer():
     model = _model("attention")
     state = model.init_state(B, 3)

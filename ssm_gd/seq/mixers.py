@@ -11,7 +11,7 @@ param_dtype, rngs) → module``); :func:`make_mixer` checks the sizes and looks 
   decays that factorise (one per head; ``α βᵀ``), whose training form is matrix products;
 * ``"linear_attention"`` — the same mixer with ``window=1, decay="none"``: causal linear attention
   (docs/design.md §13);
-* ``"attention"`` — causal softmax attention (:func:`jax.nn.dot_product_attention`) with rotary
+* ``"attention"`` — causal softmax attention (:func:`attend`, in the inputs' precision) with rotary
   position embeddings on the queries and keys (without them it cannot tell a key's neighbour); its
   step form keeps a key-value cache of a fixed length (``init_state(batch, length)``);
 * ``"ssm"`` — :class:`ssm_gd.recurrence.DiagonalSSM`, ``s_t = Λ ⊙ s_t−1 + B u_t``,
@@ -65,6 +65,20 @@ def rotary(x: Array, base: float = 10_000.0, offset=0) -> Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
+def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Softmax attention ``(B, Lq, H, dh) × (B, Lk, H, dh) → (B, Lq, H, dh)`` where ``mask``
+    (broadcast to ``(B, H, Lq, Lk)``) is true. Scores and softmax in the inputs' dtype, at least
+    float32 (bfloat16 inputs: float32 scores, as usual): float64 attention is float64 throughout.
+    ``jax.nn.dot_product_attention`` always takes its softmax in float32, so its float64 output is
+    float32-accurate (1e-7 off) and two forms of one model agree only as far as their float32
+    roundings happen to coincide — on a GPU they did not."""
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    scores = jnp.einsum("bqhe,bkhe->bhqk", q, k, preferred_element_type=dtype)
+    scores = scores * jnp.asarray(q.shape[-1] ** -0.5, dtype)
+    probs = jax.nn.softmax(scores, axis=-1, where=mask).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhe->bqhe", probs, v)
+
+
 class Attention(nnx.Module):
     """Causal multi-head softmax attention ``(B, L, D) → (B, L, D)``, rotary positions.
 
@@ -83,7 +97,8 @@ class Attention(nnx.Module):
 
     def __call__(self, u: Array) -> Array:
         q, k, v = jnp.einsum("bld,dthe->tblhe", u, self.w_qkv[...])
-        o = jax.nn.dot_product_attention(rotary(q), rotary(k), v, is_causal=True)  # (B, L, H, dh)
+        causal = jnp.tril(jnp.ones((u.shape[1], u.shape[1]), bool))
+        o = attend(rotary(q), rotary(k), v, causal)  # (B, L, H, dh)
         return jnp.einsum("blhe,hed->bld", o, self.w_o[...])
 
     def init_state(self, batch: int, length: int) -> dict[str, Array]:
@@ -109,7 +124,7 @@ class Attention(nnx.Module):
         keys, values = (jax.lax.dynamic_update_slice_in_dim(state[name], x, t, axis=1)
                         for name, x in (("k", k), ("v", v)))  # fmt: skip
         seen = (jnp.arange(length) <= t)[None, None, None, :]  # (1, 1, 1, length): positions ≤ t
-        o = jax.nn.dot_product_attention(q, keys, values, mask=seen)[:, 0]  # (B, H, dh)
+        o = attend(q, keys, values, seen)[:, 0]  # (B, H, dh)
         y = jnp.einsum("bhe,hed->bd", o, self.w_o[...])
         y = jnp.where(t < length, y, jnp.nan)
         return {"k": keys, "v": values, "t": t + 1}, y
