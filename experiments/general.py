@@ -76,14 +76,20 @@ def command(name: str, mode: str, results) -> str:
     return f"python -m experiments.{name} {flags} --out {pathlib.Path(results) / FOLDERS[name]}"
 
 
+def _own_runs(summary) -> list[dict]:
+    """A sweep's runs, each once: a seed run that is a sweep run read again (``trained_in``, MQAR's
+    full-budget sweep) is not counted twice."""
+    runs = [x for r in summary["runs"] for x in (*r.get("sweep", ()), *r.get("runs", ()))]
+    return [x for x in runs if not x.get("trained_in")]
+
+
 def _trained(summary) -> float:
     """The seconds of every run of a sweep's summary, each timed when it was trained."""
-    runs = [x for r in summary["runs"] for x in (*r.get("sweep", ()), *r.get("runs", ()))]
-    return sum(x.get("wall_seconds", 0.0) for x in runs)
+    return sum(x.get("wall_seconds", 0.0) for x in _own_runs(summary))
 
 
 def _count(summary) -> int:
-    return sum(len(r.get("sweep", ())) + len(r.get("runs", ())) for r in summary["runs"])
+    return len(_own_runs(summary))
 
 
 def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list[str]:
@@ -110,6 +116,10 @@ def _section(results: pathlib.Path, name: str, seconds: dict, mode: str) -> list
         (folder / summary["table"]).read_text().rstrip(),
         "",
     ]
+    if summary.get("not_yet_run"):  # a grid tabulated before every point finished
+        points = ", ".join(str(tuple(p)) for p in summary["not_yet_run"])
+        lines += [f"_Not yet run: the grid point(s) {points}; the table holds the points whose "
+                  "every run finished._", ""]  # fmt: skip
     lines += [f"![{f}]({FOLDERS[name]}/{f})" for f in summary.get("figures", [])]
     if (folder / "samples.md").exists():
         samples = (folder / "samples.md").read_text().rstrip()

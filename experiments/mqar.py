@@ -345,7 +345,9 @@ def main(argv=None):
             f"L {p['seq_len']}, {p['n_kv']} pairs, d_model {p['d_model']}", []
         ).append(r)
     protocol.lr_figure(panels, "accuracy", out / "lrs.png", ylabel="validation accuracy",
-                       title="MQAR: the rate sweep (short budget, seed "
+                       title="MQAR: the rate sweep ("
+                             + ("full" if args.protocol.sweep_fraction == 1 else "short")
+                             + " budget, seed "
                              f"{args.protocol.seeds[0]}; ringed: chosen)")  # fmt: skip
     figure(_seed_runs(results), out / "curves.png")
     cli.write_summary(out, {**summary, "quick": args.quick})

@@ -122,3 +122,14 @@ def test_a_table_from_before_the_protocol_is_marked_as_such(tmp_path):
     report = general.build(tmp_path, {}, "CPU").read_text()
     assert "_Not yet run under the protocol (`python -m experiments.listops --sweep" in report
     assert "| gril | 39.7% |" in report
+
+
+def test_a_seed_run_read_off_the_sweep_is_counted_once():
+    """MQAR's first seed is its sweep's run at the chosen rate (``trained_in``): the report counts
+    it, and its training time, once."""
+    from experiments import general
+
+    summary = {"runs": [{"sweep": [{"wall_seconds": 10.0}, {"wall_seconds": 20.0}],
+                         "runs": [{"wall_seconds": 20.0, "trained_in": "lr-0.003"},
+                                  {"wall_seconds": 15.0}]}]}  # fmt: skip
+    assert general._count(summary) == 3 and general._trained(summary) == 45.0
