@@ -122,32 +122,25 @@ def _read(folder: pathlib.Path, settings: dict, role: str) -> dict | None:
     return summary if same else None
 
 
-def _run(train: Train, settings, folder: pathlib.Path, role: str, *, test: bool) -> dict:
+def _run(train: Train, settings, folder: pathlib.Path, role: str, *, test: bool,
+         trained_in: pathlib.Path | None = None) -> dict:  # fmt: skip
     """One run, read back when an earlier call finished it; otherwise trained from its start (a
-    run stopped part-way is trained again whole: its rate and seconds are then timed in one go)."""
+    run stopped part-way is trained again whole: its rate and seconds are then timed in one go).
+    ``trained_in``: the finished run in that folder is this one (MQAR's full-budget sweep): it is
+    resumed at its last step, which trains nothing and reads the test split; the summary, naming
+    it, goes to ``folder``."""
     wanted = dataclasses.asdict(settings)
     done = _read(folder, wanted, role)
     if done is not None:
         return {**done, "read_back": True}
-    try:
-        summary = train(settings, folder, test, False)
-    except TrainingDiverged as error:
-        summary = {"mixer": settings.mixer, "settings": wanted, "diverged": str(error)}
+    if trained_in is not None:
+        summary = {**train(settings, trained_in, test, True), "trained_in": trained_in.name}
+    else:
+        try:
+            summary = train(settings, folder, test, False)
+        except TrainingDiverged as error:
+            summary = {"mixer": settings.mixer, "settings": wanted, "diverged": str(error)}
     summary = {**summary, "role": role}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {**summary, "read_back": False}
-
-
-def _reuse(train: Train, settings, swept: pathlib.Path, folder: pathlib.Path) -> dict:
-    """The test run that the sweep already trained (in ``swept``): resumed at its last step, which
-    trains nothing and reads the test split once; its summary (with ``trained_in``) goes to
-    ``folder``."""
-    wanted = dataclasses.asdict(settings)
-    done = _read(folder, wanted, "test")
-    if done is not None:
-        return {**done, "read_back": True}
-    summary = {**train(settings, swept, True, True), "role": "test", "trained_in": swept.name}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "read_back": False}
@@ -186,12 +179,10 @@ def tune(settings, folder, train: Train, protocol: Protocol,
     runs = []
     for seed in protocol.seeds:
         one = dataclasses.replace(settings, lr=best, seed=seed)
-        if short == settings.train_steps and seed == protocol.seeds[0]:
-            # the sweep ran this very run (full budget, first seed): its test split is read from
-            # its last checkpoint, not trained a second time
-            r = _reuse(train, one, folder / lr_folder(best), folder / f"seed-{seed}")
-        else:
-            r = _run(train, one, folder / f"seed-{seed}", "test", test=True)
+        # the sweep ran this very run (full budget, first seed): not trained a second time
+        same = short == settings.train_steps and seed == protocol.seeds[0]
+        r = _run(train, one, folder / f"seed-{seed}", "test", test=True,
+                 trained_in=folder / lr_folder(best) if same else None)  # fmt: skip
         runs.append(r)
         value = r.get("test_" + protocol.metric)
         say(f"  {settings.mixer} lr {best:g} seed {seed}: test {protocol.metric} "

@@ -195,11 +195,11 @@ def fit(
     timings = {"train_steps_per_second": _rate(rates), "wall_seconds": time.perf_counter() - start}
     if step == first and run.stored_summary:  # a finished run, resumed: the timings of its training
         stored = run.stored_summary  # the experiments name the rate ``steps_per_second``
-        for key, names in (("train_steps_per_second", ("train_steps_per_second", "steps_per_second")),
-                           ("wall_seconds", ("wall_seconds",))):  # fmt: skip
-            found = [stored[name] for name in names if isinstance(stored.get(name), (int, float))]
-            if found:
-                timings[key] = found[0]
+        rate = stored.get("train_steps_per_second", stored.get("steps_per_second"))
+        if rate is not None:
+            timings["train_steps_per_second"] = rate
+        if stored.get("wall_seconds") is not None:
+            timings["wall_seconds"] = stored["wall_seconds"]
     return Fit(model=nnx.merge(graphdef, params), history=run.history,
                steps_trained=step - first, **timings)  # fmt: skip
 
