@@ -22,7 +22,7 @@ import time
 
 from experiments import protocol
 from ssm_gd import config as run_config
-from ssm_gd import flags, validate
+from ssm_gd import distributed, flags, validate
 from ssm_gd.checkpoints import ResumeError
 
 __all__ = [
@@ -75,7 +75,14 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
     A folder that cannot be made or written to ends the program as argparse does (exit status 2,
     one ``error:`` line naming ``flag``), not with a traceback after the training.
     """
+    if distributed.launched() and not distributed.joined():
+        parser.error(
+            "this program runs in one process; python -m experiments.launch runs "
+            "experiments.linear and experiments.lm (one run, not --sweep) over several"
+        )
     folder = pathlib.Path(path)
+    if distributed.launched() and not distributed.is_writer():  # process 0 makes and writes it
+        return folder
     probe = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -307,6 +314,8 @@ def one_run(args, out: pathlib.Path, start: float, train, describe, figure: str,
         summary = train()
     except ResumeError as error:  # one line, exit status 1: not a traceback
         sys.exit(f"error: --resume: {error}")
+    if not distributed.is_writer():  # one of several processes: process 0 speaks and writes
+        return summary
     print(describe(summary), flush=True)
     wall = time.perf_counter() - start
     summary = {**summary, "wall_seconds": wall, "figures": [figure]}

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from experiments import cli
-from ssm_gd import gd, metrics, plots, tasks, train
+from ssm_gd import distributed, gd, metrics, plots, tasks, train
 
 # A smoke run: the same pipeline at a size that finishes in well under a minute on 2 CPU cores.
 QUICK = dict(train_steps=300, eval_every=100, eval_size=4096, sens_size=1024, batch_size=256)
@@ -89,6 +89,11 @@ def run(config: train.Config, out, *, resume=False, progress=True) -> dict:
     out = pathlib.Path(out)
     result = train.train(config, out, resume=resume, progress=progress)
     summary = result.summary
+    curves = icl_curves(result, config)
+    summary["icl_curve"] = {k: [float(v) for v in vals] for k, vals in curves.items()}
+    summary["figures"] = ["loss.png", "alignment.png", "parameters.png", "icl_curve.png"]
+    if not distributed.is_writer():  # one of several processes: process 0 writes
+        return summary
     if progress:
         print("drawing the figures", file=sys.stderr, flush=True)
     what = f"N={config.n_context}, d_in={config.d_in}, d_out={config.d_out}, {config.layout}"
@@ -107,10 +112,7 @@ def run(config: train.Config, out, *, resume=False, progress=True) -> dict:
         out / "parameters.png",
         title="unit-norm blocks, sign aligned (the output sees (αQ, βC, γD) with αβγ = 1)",
     )
-    curves = icl_curves(result, config)
     plots.icl_curve(curves, out / "icl_curve.png", title=what)
-    summary["icl_curve"] = {k: [float(v) for v in vals] for k, vals in curves.items()}
-    summary["figures"] = ["loss.png", "alignment.png", "parameters.png", "icl_curve.png"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -137,11 +139,18 @@ def table(summary: dict) -> str:
 
 
 def main(argv=None):
+    # One of several processes (python -m experiments.launch): join the others before anything
+    # touches a device (the flags' checks count the devices). Process 0 speaks and writes.
+    distributed.initialize()
     config, args = parse(argv)
+    writer = distributed.is_writer()
     try:
-        summary = run(config, args.out, resume=args.resume, progress=not args.no_progress)
+        summary = run(config, args.out, resume=args.resume,
+                      progress=not args.no_progress and writer)  # fmt: skip
     except train.ResumeError as error:  # one line, exit status 1: not a traceback
         sys.exit(f"error: {error}")
+    if not writer:
+        return summary
     print(table(summary))
     print(f"wrote {args.out}/summary.json, history.jsonl and figures")
     return summary

@@ -83,7 +83,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from experiments import cli, protocol
-from ssm_gd import checkpoints, optim, plots, trainer
+from ssm_gd import checkpoints, distributed, optim, plots, trainer
 from ssm_gd.seq import mixers, models, text
 from ssm_gd.seq.generate import generate
 
@@ -143,6 +143,9 @@ def parse(argv=None):
         parser.error("--steps and --budget: give one of them, not both")
     if "text" in given and "max_chars" in given:
         parser.error("--max-chars caps the standard library corpus; it does not apply to --text")
+    if args.sweep and distributed.launched():
+        parser.error("--sweep runs in one process: several processes (experiments.launch) "
+                     "train one run")  # fmt: skip
     if args.sweep and "budget" in given:
         parser.error("--budget is for one run: a --sweep compares the mixers at equal tokens "
                      "(--steps; the equal-time table is read off their curves)")  # fmt: skip
@@ -324,6 +327,7 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
         trainer.say(progress, f"{s.mixer}: compiling and timing the training step")
         calibration = calibrate(model, task, s, key)
         train_steps = budget_steps(s.budget, calibration["steps_per_second"], s.eval_every)
+        train_steps = distributed.agree(train_steps)  # several processes: process 0's count
         trainer.say(progress, f"{s.mixer}: {calibration['steps_per_second']:.2f} steps/s: "
                               f"{train_steps} steps in {s.budget:g} s")  # fmt: skip
     fitted = trainer.fit(
@@ -367,6 +371,9 @@ def run(settings: Settings, corpus: text.Corpus, out, progress: bool = True,
     }
     if test:
         result["test_bpc"] = evaluate(fitted.model, test_part)
+    if not distributed.is_writer():  # one of several processes: process 0 writes
+        return result
+    if test:
         (out / "samples.txt").write_text(
             f"{s.mixer}, validation {result['bpc']:.3f} and test {result['test_bpc']:.3f} bits "
             f"per character, {result['params']:,} parameters, {train_steps} steps; temperature "
@@ -539,11 +546,15 @@ def samples_markdown(results) -> str:
 
 
 def main(argv=None):
+    # One of several processes (python -m experiments.launch; one run, not --sweep): join the
+    # others before anything touches a device (the flags' checks count the devices).
+    distributed.initialize()
     args, out, settings, corpus = parse(argv)
     start = time.perf_counter()
     if not args.sweep:
+        progress = not args.no_progress and distributed.is_writer()
         return cli.one_run(
-            args, out, start, lambda: run(settings, corpus, out, not args.no_progress, args.resume),
+            args, out, start, lambda: run(settings, corpus, out, progress, args.resume),
             lambda r: f"{settings.mixer}: validation {r['bpc']:.3f}, test {r['test_bpc']:.3f} bits "
                       f"per character, {r['params']:,} params (d_model {r['d_model']}), "
                       f"{r['train_steps']} steps in {r['train_seconds']:.1f} s of training",

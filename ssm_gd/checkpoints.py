@@ -36,6 +36,7 @@ __all__ = [
     "save",
     "state_digest",
     "write_config",
+    "write_history",
 ]
 
 # What a run writes at the top level of ``out``, in one place: a fresh run (not ``resume``)
@@ -220,8 +221,9 @@ def restore_latest(manager, folder: pathlib.Path, params, opt_state):
     )
 
 
-def read_history(path: pathlib.Path, up_to: int, eval_every: int):
-    """The history up to the restored step, checked to lead to it; the file is cut there."""
+def read_history(path: pathlib.Path, up_to: int, eval_every: int, *, write: bool = True):
+    """The history up to the restored step, checked to lead to it; the file is cut there
+    (``write``; the processes other than the writer of a run over several only read it)."""
     if not path.exists():
         raise ResumeError(
             f"cannot resume: {path} is missing, so the evaluations before the checkpoint (step "
@@ -242,5 +244,11 @@ def read_history(path: pathlib.Path, up_to: int, eval_every: int):
             f"cannot resume: {path} does not match the checkpoint at step {up_to}: it has the "
             f"evaluations at steps {got}, expected {expected}; start a fresh run (without --resume)"
         )
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if write:
+        write_history(path, records)
     return records
+
+
+def write_history(path: pathlib.Path, records) -> None:
+    """``history.jsonl``: one JSON line per record."""
+    pathlib.Path(path).write_text("".join(json.dumps(r) + "\n" for r in records))

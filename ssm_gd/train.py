@@ -29,7 +29,17 @@ import jax
 import optax
 from flax import nnx
 
-from ssm_gd import checkpoints, classify, neighbours, optim, regression, scan, tokens, trainer
+from ssm_gd import (
+    checkpoints,
+    classify,
+    distributed,
+    neighbours,
+    optim,
+    regression,
+    scan,
+    tokens,
+    trainer,
+)
 from ssm_gd.checkpoints import NoCheckpoint, ResumeError, clear_outputs
 from ssm_gd.config import (
     ALIASES,
@@ -231,7 +241,7 @@ def train(
     }
     if fitted.steps_trained == 0 and resume:  # a finished run, resumed: its own timings
         summary["wall_seconds"] = fitted.wall_seconds
-    if out is not None:
+    if out is not None and distributed.is_writer():
         (pathlib.Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
     return Result(
         model=fitted.model,

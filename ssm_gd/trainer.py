@@ -11,6 +11,9 @@
   the mean training loss of the segment's last 50 steps and the seconds since the start.
 * **Output folder** (:mod:`ssm_gd.checkpoints`): ``config.json``, ``history.jsonl``, checkpoints
   at every evaluation, exact resume (or a refusal that says why).
+* **Several processes** (:mod:`ssm_gd.distributed`): the mesh spans every process's devices and
+  each runs the same program; process 0 alone writes the run's files, every process takes part
+  in a checkpoint's save and restore.
 * **Non-finite loss** stops the run (:class:`TrainingDiverged`, naming the step); the state stops
   updating at that step inside the segment and the last good checkpoint is kept.
 * **Progress**: a bar with the task's postfix and the training rate (steps per second of the
@@ -37,7 +40,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssm_gd import checkpoints, validate
+from ssm_gd import checkpoints, distributed, validate
 
 __all__ = [
     "Fit",
@@ -236,9 +239,11 @@ class _Run:
         if self.out is None:
             return 0, params, opt_state
         if not resume:
-            self.out.mkdir(parents=True, exist_ok=True)
-            checkpoints.clear_outputs(self.out)
-            checkpoints.write_config(self.out, config or {})
+            if distributed.is_writer():
+                self.out.mkdir(parents=True, exist_ok=True)
+                checkpoints.clear_outputs(self.out)
+                checkpoints.write_config(self.out, config or {})
+            distributed.sync("ssm_gd.trainer: a fresh run's folder")
             self.manager = checkpoints.open_manager(self.out / "checkpoints")
             return 0, params, opt_state
         # Everything is checked before anything in out changes: the newest intact checkpoint and
@@ -250,19 +255,22 @@ class _Run:
                 self.manager, folder, params, opt_state
             )
             self.history = checkpoints.read_history(
-                self.out / "history.jsonl", up_to=step, eval_every=eval_every
+                self.out / "history.jsonl", up_to=step, eval_every=eval_every, write=False
             )
         except BaseException:
             self.close()
             raise
         summary = self.out / "summary.json"
-        if step < train_steps:  # training continues: the old summary no longer describes it
-            summary.unlink(missing_ok=True)
-        elif summary.exists():  # finished: keep the timings of the run that trained
+        if step >= train_steps and summary.exists():  # finished: the timings of its training
             try:
                 self.stored_summary = json.loads(summary.read_text())
             except json.JSONDecodeError:
                 self.stored_summary = None
+        distributed.sync("ssm_gd.trainer: the run folder read")  # every process read it
+        if distributed.is_writer():  # the history cut at the checkpoint's step
+            checkpoints.write_history(self.out / "history.jsonl", self.history)
+            if step < train_steps:  # training continues: the old summary no longer describes it
+                summary.unlink(missing_ok=True)
         return step, params, opt_state
 
     def record(self, step, params, opt_state, train_loss):
@@ -272,8 +280,9 @@ class _Run:
         row["elapsed"] = time.perf_counter() - self.start
         self.history.append(row)
         if self.out is not None:
-            with open(self.out / "history.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if distributed.is_writer():
+                with open(self.out / "history.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
             checkpoints.save(self.manager, step, params, opt_state)
         return row
 
