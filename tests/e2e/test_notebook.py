@@ -69,7 +69,8 @@ def not_importable(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "ssm_gd" else real(name, *a)
     )
-    for name in ("SSM_GD_PACKAGE", "SSM_GD_REPO", "SSM_GD_EXTRAS"):
+    for name in ("SSM_GD_PACKAGE", "SSM_GD_REPO", "SSM_GD_EXTRAS", "COLAB_TPU_ADDR",
+                 "TPU_ACCELERATOR_TYPE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
 
 
@@ -96,6 +97,7 @@ def test_install_cell_installs_a_given_package(not_importable, monkeypatch, tmp_
 
 def test_install_cell_clones_a_given_repository_once(not_importable, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")  # a Colab TPU runtime
     calls = _recording(monkeypatch)
     monkeypatch.setenv("SSM_GD_REPO", "https://example.org/ssm-gd.git")
     _run(_install_cell(), {})
@@ -105,3 +107,26 @@ def test_install_cell_clones_a_given_repository_once(not_importable, monkeypatch
     (tmp_path / "ssm-gd" / "pyproject.toml").write_text("")
     _run(_install_cell(), {})  # a second run: the clone is there, only pip runs
     assert [c[0] for c in calls[2:]] != ["git"] and len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("tpu", "nvidia_smi", "extras"),
+    [(True, False, "[tpu]"), (False, True, "[cuda]"), (False, False, "")],
+)
+def test_install_cell_picks_the_extras_of_the_runtimes_accelerator(
+    not_importable, monkeypatch, tmp_path, tpu, nvidia_smi, extras
+):
+    import shutil
+
+    calls = _recording(monkeypatch)
+    if tpu:
+        monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: (
+        ("/usr/bin/nvidia-smi" if nvidia_smi else None) if name == "nvidia-smi"
+        else real_which(name, *a, **k)))  # fmt: skip
+    monkeypatch.setenv("SSM_GD_PACKAGE", str(tmp_path / "ssm-gd"))
+    _run(_install_cell(), {})
+    has_accel = any(pathlib.Path("/dev").glob("accel[0-9]*"))  # this machine's own TPU chips
+    expected = "[tpu]" if has_accel else extras
+    assert calls[0][-1] == f"{tmp_path / 'ssm-gd'}{expected}"
