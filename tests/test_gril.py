@@ -43,8 +43,8 @@ def _recurrent(mixer, u):
 # At stride 1 each window with two decays and each decay with two windows; each decay at stride 2;
 # strides 3 and 2 at windows 5 and 2. What is checked here is the streams, the stride and the form
 # each decay picks; every form of every decay, lengths and chunks are tests/test_gril_forms.py's.
-CASES = [(w, 1, decay) for w, decay in zip((1, 2, 3, 5), DECAYS, strict=True)]
-CASES += [(w, 1, decay) for w, decay in zip((5, 3, 2, 1), DECAYS, strict=True)]
+CASES = [(w, 1, decay) for w, decay in zip((1, 2, 3, 2, 5), DECAYS, strict=True)]
+CASES += [(w, 1, decay) for w, decay in zip((5, 3, 2, 5, 1), DECAYS, strict=True)]
 CASES += [(3, 2, decay) for decay in DECAYS] + [(5, 3, "entry"), (2, 2, "none")]
 
 
@@ -139,12 +139,126 @@ def test_window_three_stride_two_on_interleaved_tokens_is_the_gd_ssm(d_in, d_out
     np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
 
 
+OPTIONS = {"gate": True, "norm": True, "qk_norm": True, "decay_init": "multiscale"}
+
+
+def _three_forms(mixer, u, grads=True):
+    """The training, recurrent and reference forms' outputs, and (``grads``) their gradients with
+    respect to the parameters and the input, for a random cotangent."""
+    cotangent = jax.random.normal(jax.random.key(2), (B, L, D), F64)
+    graphdef, params = nnx.split(mixer, nnx.Param)
+    out = []
+    for form in (GRILMixer.__call__, _recurrent, GRILMixer.scan_states):
+
+        def loss(params, u, form=form):
+            return jnp.sum(form(nnx.merge(graphdef, params), u) * cotangent)
+
+        value = form(mixer, u)
+        out.append((value, jax.grad(loss, argnums=(0, 1))(params, u)) if grads else (value,))
+    return out
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_every_option_at_once_in_every_form(decay):
+    """The output gate, each head's normalisation, unit keys and queries and multiscale decays
+    together, at stride 2: the three forms' values and gradients agree for every decay kind."""
+    mixer, u = _mixer(3, 2, decay, **OPTIONS), _inputs()
+    chunked, recurrent, reference = _three_forms(mixer, u)
+    for got in (chunked, recurrent):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
+    assert np.abs(reference[0]).max() > 0.1
+
+
+@pytest.mark.parametrize("decay", ["entry", "data"])
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_each_option_alone_in_every_form(option, decay):
+    mixer, u = _mixer(3, 1, decay, **{option: OPTIONS[option]}), _inputs()
+    (chunked,), (recurrent,), (reference,) = _three_forms(mixer, u, grads=False)
+    np.testing.assert_allclose(chunked, reference, rtol=0, atol=TOL)
+    np.testing.assert_allclose(recurrent, reference, rtol=0, atol=TOL)
+
+
+def test_the_gate_multiplies_by_the_swish_of_the_token():
+    """One head read out through the identity: the gated output is the plain one times
+    ``swish(W_g u_t)``, channel by channel."""
+    plain = _mixer(3, 1, "entry", n_heads=1, d_value=D)
+    gated = _mixer(3, 1, "entry", gate=True, n_heads=1, d_value=D)
+    eye = jnp.eye(D, dtype=F64)[None]
+    plain.w_o[...], gated.w_o[...] = eye, eye
+    u = _inputs()
+    want = plain(u) * jax.nn.silu(jnp.einsum("btd,dhv->bthv", u, gated.w_g[...])[:, :, 0])
+    np.testing.assert_allclose(gated(u), want, rtol=0, atol=TOL)
+
+
+def test_unit_keys_and_queries():
+    """``qk_norm=True``: the window's keys are the projections divided by their length, each
+    position's on its own (``+ 1e-6``), and the windowed query mixes unit queries; the values are
+    left as they are."""
+    from ssm_gd.seq import gril_forms as forms
+
+    mixer, u = _mixer(window=2, qk_norm=True), _inputs()
+    weights = [x[...] for x in (mixer.w_k, mixer.w_v, mixer.w_q, mixer.q_mix, mixer.d_mix)]
+    keys, mixed, query = forms.streams(u, *weights, window=2, stride=1, qk_norm=True)
+    k = jnp.einsum("bld,dhx->bhlx", u, mixer.w_k[...])
+    q = jnp.einsum("bld,dhx->bhlx", u, mixer.w_q[...])
+    unit_k = k / (np.linalg.norm(k, axis=-1, keepdims=True) + 1e-6)
+    unit_q = q / (np.linalg.norm(q, axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(keys[:, :, :, -1], unit_k, rtol=1e-14)  # the current position's
+    np.testing.assert_allclose(keys[:, :, 1:, 0], unit_k[:, :, :-1], rtol=1e-14)  # the one before
+    d = mixer.d_mix[...]
+    want_q = d[None, :, 1, None, None] * unit_q
+    want_q = want_q.at[:, :, 1:].add(d[None, :, 0, None, None] * unit_q[:, :, :-1])
+    np.testing.assert_allclose(query, want_q, rtol=1e-13, atol=1e-15)
+    plain = forms.streams(u, *weights, window=2, stride=1)
+    np.testing.assert_allclose(mixed, plain[1], rtol=0, atol=0)  # values untouched
+
+
+@pytest.mark.parametrize("decay", ["entry", "structured", "scalar", "data"])
+def test_multiscale_decays_give_each_head_its_time_scale(decay):
+    """``decay_init="multiscale"``: head ``h``'s decays (a zero token's, for ``"data"``) are
+    ``1 − 2^−e_h``, ``e_h`` from 5 to 12 across the heads."""
+    mixer = _mixer(decay=decay, decay_init="multiscale", n_heads=4)
+    gamma = 1 - 2.0 ** -np.linspace(5, 12, 4)
+    if decay == "data":
+        got = np.exp(mixer.data_log_decay(jnp.zeros((1, D), F64)))[0]
+        np.testing.assert_allclose(got, gamma, rtol=1e-6)  # drawn in float32, then float64
+    elif decay == "structured":
+        np.testing.assert_allclose(np.exp(mixer.log_decays()[0]), np.repeat(gamma[:, None], 3, 1),
+                                   rtol=1e-12)  # fmt: skip
+    else:
+        np.testing.assert_allclose(mixer.lam, np.broadcast_to(gamma[:, None, None], (4, 3, 4)),
+                                   rtol=1e-12)  # fmt: skip
+    uniform = _mixer(decay=decay, decay_init="uniform", n_heads=4)
+    spread = np.exp(uniform.data_log_decay(jnp.zeros((1, D), F64))) if decay == "data" else None
+    lam = spread if decay == "data" else np.asarray(uniform.lam if decay != "structured"
+                                                    else np.exp(uniform.log_decays()[0]))  # fmt: skip
+    assert ((lam >= 0.9 - 1e-9) & (lam <= 0.999 + 1e-9)).all()
+
+
+def test_a_data_dependent_decay_follows_the_token():
+    """``λ_t = exp(−softplus(w · u_t + b))``: the mixer's decay of a token, and a decay with no
+    time-invariant ``Λ``."""
+    mixer = _mixer(decay="data")
+    u = _inputs()[:, 0]
+    want = np.exp(
+        -np.logaddexp(0, u @ np.asarray(mixer.w_dt[...]) + np.asarray(mixer.dt_bias[...]))
+    )
+    np.testing.assert_allclose(np.exp(mixer.data_log_decay(u)), want, rtol=1e-13)
+    with pytest.raises(ValueError, match="decay per token"):
+        _ = mixer.lam
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         (dict(decay="gated"), "decay must be one of"),
         (dict(impl="fast"), "impl must be one of"),
         (dict(norm="yes"), "norm must be True or False"),
+        (dict(gate=1), "gate must be True or False"),
+        (dict(qk_norm="no"), "qk_norm must be True or False"),
+        (dict(decay_init="log"), "decay_init must be one of"),
+        (dict(decay="data", impl="scan"), 'does not run decay="data"'),
         (dict(window=0), "window must be a positive integer"),
         (dict(stride=-1), "stride must be a positive integer"),
         (dict(n_heads=0), "n_heads must be a positive integer"),

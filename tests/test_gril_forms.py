@@ -147,3 +147,58 @@ def test_entry_forms_are_finite_and_exact_for_extreme_decays(name):
     f32 = jax.tree.map(lambda x: x.astype(jnp.float32), (lam, k, vt, q))
     out, grads = _value_and_grads(lambda *a: form(*a, chunk=64), f32, cotangent)
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves((out, grads)))
+
+
+def _data_log_decay(length, seed=3, low=0.5, high=1.0):
+    """A decay per head and update, ``(B, H, L)``, drawn in ``[low, high]``."""
+    return jnp.log(jax.random.uniform(jax.random.key(seed), (B, H, length), F64, low, high))
+
+
+def test_data_dependent_decay_chunk_form_equals_the_reference():
+    for length, chunk, window in SIZES:
+        log_lam = _data_log_decay(length, seed=length + chunk)
+        k, vt, q = _streams(length, window)
+        cotangent = jax.random.normal(jax.random.key(9), (B, H, length, DV), F64)
+        args = (log_lam, k, vt, q)
+        got = _value_and_grads(lambda *a, c=chunk: forms.selective(*a, chunk=c), args, cotangent)
+        want = _value_and_grads(forms.selective_states, args, cotangent)
+        assert got[0].shape == (B, H, length, DV)
+        _assert_close(got, want)
+        assert float(jnp.abs(want[0]).max()) > 0.1
+
+
+def test_data_dependent_decay_reference_is_the_recurrence():
+    """The reference itself, against the recurrence written out a step at a time in numpy."""
+    log_lam, (k, vt, q) = _data_log_decay(7), _streams(7, 2)
+    s = np.zeros((B, H, DK, DV))
+    want = []
+    for t in range(7):
+        s = np.exp(np.asarray(log_lam[:, :, t]))[..., None, None] * s + np.einsum(
+            "bhak,bhav->bhkv", k[:, :, t], vt[:, :, t]
+        )
+        want.append(np.einsum("bhkv,bhk->bhv", s, q[:, :, t]))
+    np.testing.assert_allclose(forms.selective_states(log_lam, k, vt, q),
+                               np.stack(want, axis=2), rtol=1e-13, atol=1e-13)  # fmt: skip
+
+
+def test_data_dependent_decay_is_finite_and_exact_for_extreme_decays():
+    """Decays of 1e-6 and exactly 1 in turn inside chunks of 64: every exponent of the chunk form
+    is a sum of logs ≤ 0 (a form dividing by the cumulative decay would meet 1e6^63)."""
+    log_lam = jnp.resize(jnp.asarray(EXTREMES, F64), (B, H, 129))
+    k, vt, q = _streams(129, 3)
+    cotangent = jnp.ones((B, H, 129, DV), F64)
+    args = (log_lam, k, vt, q)
+    got = _value_and_grads(lambda *a: forms.selective(*a, chunk=64), args, cotangent)
+    _assert_close(got, _value_and_grads(forms.selective_states, args, cotangent))
+    f32 = jax.tree.map(lambda x: x.astype(jnp.float32), args)
+    out, grads = _value_and_grads(lambda *a: forms.selective(*a, chunk=64), f32, cotangent)
+    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves((out, grads)))
+
+
+def test_segment_sums_are_the_sums_between():
+    a = np.random.default_rng(0).normal(size=(3, 6))
+    got = np.asarray(forms.segment_sums(jnp.asarray(a)))
+    for i in range(6):
+        for j in range(6):
+            want = a[:, j + 1 : i + 1].sum(-1) if i >= j else np.full(3, -np.inf)
+            np.testing.assert_allclose(got[:, i, j], want, rtol=0, atol=1e-15)

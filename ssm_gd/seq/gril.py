@@ -11,9 +11,15 @@ For tokens ``u_1 … u_L ∈ R^D`` and each of ``H`` heads:
    then an output projection.
 
 ``decay``: ``"entry"`` (one ``Λ`` per state entry, as in the paper), ``"structured"``
-(``Λ_jk = α_j β_k``), ``"scalar"`` (one ``γ`` per head, ``Λ = γ``: RetNet's and Mamba-2's, the
-heads initialised at time scales from 32 to 4096 positions) or ``"none"`` (``Λ = 1``); every decay
-is in ``(0, 1]``. With ``stride=s`` the state is updated, and read, only at the positions
+(``Λ_jk = α_j β_k``), ``"scalar"`` (one ``γ`` per head, ``Λ = γ``: RetNet's), ``"data"`` (one
+decay per head and position, ``λ_t = exp(−softplus(w · u_t + b))``: Mamba-2's; GRIL then leaves
+the paper's time-invariant ``Λ``) or ``"none"`` (``Λ = 1``); every decay is in ``(0, 1]``.
+``decay_init``: ``"uniform"`` (every decay drawn in ``[0.9, 0.999]``) or ``"multiscale"`` (head
+``h``'s decays at ``1 − 2^−(5 + 7h/(H−1))``: time scales from 32 to 4096 positions across the
+heads); by default multiscale for ``"scalar"`` and ``"data"``, uniform for the others. Options,
+off by default: ``norm`` (each head's output divided by its root mean square, times a learned
+scale), ``gate`` (the output times ``swish(W_g u_t)``, per head and channel), ``qk_norm`` (keys
+and queries L2-normalised per head). With ``stride=s`` the state is updated, and read, only at the positions
 ``p ≡ w − 1 (mod s)`` (0-based: the windows that start at multiples of ``s``, the first ones
 padded with zeros); the output is zero elsewhere.
 
@@ -38,10 +44,12 @@ from flax import nnx
 from ssm_gd import validate
 from ssm_gd.seq import gril_forms as forms
 
-__all__ = ["CHUNKS", "DECAYS", "FACTORISED", "IMPLS", "GRILMixer", "auto_impl", "default_chunk"]
+__all__ = ["CHUNKS", "DECAYS", "DECAY_INITS", "FACTORISED", "IMPLS", "GRILMixer", "auto_impl",
+           "default_chunk"]  # fmt: skip
 
 Array = jax.Array
-DECAYS = ("entry", "structured", "scalar", "none")
+DECAYS = ("entry", "structured", "scalar", "data", "none")
+DECAY_INITS = ("uniform", "multiscale")
 FACTORISED = ("structured", "scalar", "none")  # Λ = α βᵀ: the chunk form is matrix products
 IMPLS = ("auto", "chunked", "chunk_scan", "scan", "scaled")
 # The training forms of any Λ; "chunked" with a factorised decay is forms.products instead.
@@ -73,7 +81,7 @@ def auto_impl(decay: str, backend: str | None = None) -> str:
     per-entry products and the scaled cumulative sum: results/bench/README.md) and
     ``"chunk_scan"`` elsewhere (``chunk`` sequential steps instead of ``L``; not yet measured on an
     accelerator)."""
-    if decay in FACTORISED:
+    if decay in (*FACTORISED, "data"):
         return "chunked"
     return "scan" if (backend or jax.default_backend()) == "cpu" else "chunk_scan"
 
@@ -92,6 +100,21 @@ def _raw_decay(key, shape, dtype, low=0.9, high=0.999):
     """The raw parameter of decays drawn uniformly in ``[low, high]``."""
     lam = jax.random.uniform(key, shape, jnp.float32, low, high)
     return jnp.log(-jnp.log(lam)).astype(dtype)
+
+
+def multiscale(n_heads: int) -> np.ndarray:
+    """One decay per head, ``1 − 2^−e`` with ``e`` from 5 to 12 evenly across the heads: time
+    scales ``1 / (1 − γ)`` from 32 to 4096 positions."""
+    return 1.0 - 2.0 ** -np.linspace(5.0, 12.0, n_heads)
+
+
+def _head_decays(key, n_heads, shape, dtype, init, low=0.9, high=0.999):
+    """The raw parameter (``exp(−exp(raw))``) of decays ``(H, *shape)``: ``init`` ``"uniform"``
+    (drawn in ``[low, high]``) or ``"multiscale"`` (each head's at :func:`multiscale`'s)."""
+    if init == "uniform":
+        return _raw_decay(key, (n_heads, *shape), dtype, low, high)
+    gamma = multiscale(n_heads).reshape(n_heads, *(1,) * len(shape))
+    return jnp.asarray(np.broadcast_to(np.log(-np.log(gamma)), (n_heads, *shape)), dtype)
 
 
 class GRILMixer(nnx.Module):
@@ -127,6 +150,9 @@ class GRILMixer(nnx.Module):
         chunk: int | None = None,
         impl: str = "auto",
         norm: bool = False,
+        gate: bool = False,
+        qk_norm: bool = False,
+        decay_init: str | None = None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -138,9 +164,16 @@ class GRILMixer(nnx.Module):
         self.chunk = (default_chunk(decay, window, d_key) if chunk is None
                       else validate.positive_int("chunk", chunk))  # fmt: skip
         self.impl = validate.one_of("impl", impl, IMPLS)
-        if not isinstance(norm, bool):
-            raise ValueError(f"norm must be True or False; got {norm!r}")
-        self.norm = norm
+        if decay == "data" and impl not in ("auto", "chunked"):
+            raise ValueError(f'impl {impl!r} does not run decay="data"; its training form is '
+                             'impl="chunked" (or "auto")')  # fmt: skip
+        for name, value in (("norm", norm), ("gate", gate), ("qk_norm", qk_norm)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False; got {value!r}")
+        self.norm, self.gate, self.qk_norm = norm, gate, qk_norm
+        default_init = "multiscale" if decay in ("scalar", "data") else "uniform"
+        init = validate.one_of("decay_init", decay_init or default_init, DECAY_INITS)
+        self.decay_init = init
         self.d_model, self.n_heads, self.d_key, self.d_value = d, h, dk, dv
 
         def normal(scale, shape, mean=0.0):
@@ -153,16 +186,21 @@ class GRILMixer(nnx.Module):
         self.q_mix = normal(0.02, (h, window, window), np.outer(last, last))
         self.d_mix = normal(0.02, (h, window), last)
         if decay == "entry":
-            self.lam_param = nnx.Param(_raw_decay(rngs.params(), (h, dk, dv), param_dtype))
+            self.lam_param = nnx.Param(_head_decays(rngs.params(), h, (dk, dv), param_dtype, init))
         elif decay == "structured":
-            self.alpha_param = nnx.Param(_raw_decay(rngs.params(), (h, dk), param_dtype))
+            self.alpha_param = nnx.Param(_head_decays(rngs.params(), h, (dk,), param_dtype, init))
             self.beta_param = nnx.Param(_raw_decay(rngs.params(), (h, dv), param_dtype, 0.99, 1.0))
-        elif decay == "scalar":  # time scales 1 / (1 − γ) from 2^5 to 2^12 positions across heads
-            gamma = 1.0 - 2.0 ** -np.linspace(5.0, 12.0, h)
-            self.gamma_param = nnx.Param(jnp.asarray(np.log(-np.log(gamma)), param_dtype))
+        elif decay == "scalar":
+            self.gamma_param = nnx.Param(_head_decays(rngs.params(), h, (), param_dtype, init))
+        elif decay == "data":  # softplus(b) = −log γ: the decay of a zero input, as decay_init says
+            raw = np.asarray(_head_decays(rngs.params(), h, (), jnp.float32, init), np.float64)
+            self.dt_bias = nnx.Param(jnp.asarray(np.log(np.expm1(np.exp(raw))), param_dtype))
+            self.w_dt = normal(0.02 * d**-0.5, (d, h))
         self.w_o = normal((h * dv) ** -0.5, (h, dv, d))
         if norm:
             self.o_scale = nnx.Param(jnp.ones((h, dv), param_dtype))
+        if gate:
+            self.w_g = normal(d**-0.5, (d, h, dv))
 
     def log_decays(self) -> tuple[Array | None, Array | None]:
         """A factorised decay's ``(log α, log β)``: ``(H, d_k)`` and ``(H, d_v)`` for
@@ -174,11 +212,19 @@ class GRILMixer(nnx.Module):
             return _log_bounded(self.gamma_param[...])[:, None], None
         if self.decay == "none":
             return None, None
-        raise ValueError('decay="entry" has one decay per state entry: it does not factorise')
+        raise ValueError(f"decay={self.decay!r} does not factorise into one decay per key and "
+                         "value channel")  # fmt: skip
+
+    def data_log_decay(self, u: Array) -> Array:
+        """``decay="data"``: ``log λ = −softplus(u · w + b)`` ``(…, H)`` for tokens ``u``
+        ``(…, D)``."""
+        return -jax.nn.softplus(jnp.einsum("...d,dh->...h", u, self.w_dt[...]) + self.dt_bias[...])
 
     @property
     def lam(self) -> Array:
-        """``Λ`` ``(H, d_k, d_v)``."""
+        """``Λ`` ``(H, d_k, d_v)`` (not for ``decay="data"``, whose decay depends on the token)."""
+        if self.decay == "data":
+            raise ValueError('decay="data" has a decay per token: data_log_decay(u), not lam')
         if self.decay == "entry":
             return _bounded(self.lam_param[...])
         shape = (self.n_heads, self.d_key, self.d_value)
@@ -192,6 +238,9 @@ class GRILMixer(nnx.Module):
         else :func:`~ssm_gd.seq.gril_forms.chunked`), :func:`~ssm_gd.seq.gril_forms.chunk_scan`,
         :func:`~ssm_gd.seq.gril_forms.scan` or :func:`~ssm_gd.seq.gril_forms.scaled`."""
         impl = auto_impl(self.decay, jax.default_backend()) if self.impl == "auto" else self.impl
+        if self.decay == "data":
+            return self._at_updates(u, lambda log_lam, *streams: forms.selective(
+                log_lam, *streams, chunk=self.chunk))  # fmt: skip
         if impl == "chunked" and self.decay in FACTORISED:
             log_alpha, log_beta = self.log_decays()
             return self._at_updates(
@@ -202,13 +251,16 @@ class GRILMixer(nnx.Module):
 
     def scan_states(self, u: Array) -> Array:
         """The reference form: every state by an associative scan (:func:`~ssm_gd.seq.gril_forms.
-        every_state`)."""
+        every_state`, :func:`~ssm_gd.seq.gril_forms.selective_states` for ``decay="data"``)."""
+        if self.decay == "data":
+            return self._at_updates(u, forms.selective_states)
         return self._at_updates(u, lambda *streams: forms.every_state(self.lam, *streams))
 
     def _at_updates(self, u: Array, readout) -> Array:
         """``readout(k, ṽ, q̃) → o`` ``(B, H, T, d_v)`` on the ``T`` positions where the state is
         updated (``p ≡ w − 1 (mod s)``), the window as streams (:func:`~ssm_gd.seq.gril_forms.
-        streams`), projected out; zero at the other positions."""
+        streams`; ``decay="data"``: ``readout(log λ, k, ṽ, q̃)``, ``log λ`` ``(B, H, T)``),
+        normalised and gated as asked, projected out; zero at the other positions."""
         u = jnp.asarray(u)  # a nested list of numbers too
         if u.ndim != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"u must be (B, L, d_model={self.d_model}); got shape {u.shape}")
@@ -217,8 +269,12 @@ class GRILMixer(nnx.Module):
             return jnp.zeros_like(u)
         weights = (self.w_k, self.w_v, self.w_q, self.q_mix, self.d_mix)
         windowed = forms.streams(u, *(x[...] for x in weights), window=self.window,
-                                 stride=self.stride)  # fmt: skip
-        y = jnp.einsum("bhtv,hvd->btd", self._normed(readout(*windowed)), self.w_o[...])
+                                 stride=self.stride, qk_norm=self.qk_norm)  # fmt: skip
+        at = u[:, first :: self.stride]  # the tokens of the update positions (B, T, D)
+        if self.decay == "data":
+            windowed = (jnp.moveaxis(self.data_log_decay(at), -1, 1), *windowed)
+        o = self._gated(self._normed(readout(*windowed)), at)
+        y = jnp.einsum("bhtv,hvd->btd", o, self.w_o[...])
         if y.shape[1] == length:
             return y
         return (
@@ -234,6 +290,14 @@ class GRILMixer(nnx.Module):
             return o
         scale = self.o_scale[...]
         return forms.head_norm(o, scale.reshape(scale.shape[0], *(1,) * (o.ndim - 3), -1))
+
+    def _gated(self, o: Array, u: Array) -> Array:
+        """``gate=True``: ``o ⊙ swish(W_g u)`` for ``o`` ``(B, H, T, d_v)`` and its tokens ``u``
+        ``(B, T, D)`` (or one position: ``(B, H, d_v)`` and ``(B, D)``); else ``o`` as it is."""
+        if not self.gate:
+            return o
+        spec = "btd,dhv->bhtv" if o.ndim == 4 else "bd,dhv->bhv"
+        return o * jax.nn.silu(jnp.einsum(spec, u, self.w_g[...]))
 
     def init_state(self, batch: int) -> dict[str, Array]:
         """The recurrent form's state before the first token: ``S = 0``, the window's last
@@ -254,15 +318,18 @@ class GRILMixer(nnx.Module):
         u_t = jnp.asarray(u_t)
         if u_t.ndim != 2 or u_t.shape[-1] != self.d_model:
             raise ValueError(f"u_t must be (B, d_model={self.d_model}); got shape {u_t.shape}")
-        new = {
-            name: jnp.concatenate(
-                [state[name], jnp.einsum("bd,dhx->bhx", u_t, weight[...])[:, None]], axis=1
-            )
-            for name, weight in (("k", self.w_k), ("v", self.w_v), ("q", self.w_q))
-        }  # each (B, w, H, d): the window ending at t
+        new = {}
+        for name, weight in (("k", self.w_k), ("v", self.w_v), ("q", self.w_q)):
+            x = jnp.einsum("bd,dhx->bhx", u_t, weight[...])
+            x = forms.unit(x) if self.qk_norm and name != "v" else x
+            new[name] = jnp.concatenate([state[name], x[:, None]], axis=1)  # the window ending at t
         active = (state["t"] - (self.window - 1)) % self.stride == 0
-        s, o = forms.step(self.lam, self.q_mix[...], self.d_mix[...], state["s"], new["k"],
-                          new["v"], new["q"], active)  # fmt: skip
-        y = jnp.einsum("bhv,hvd->bd", self._normed(o), self.w_o[...])
+        if self.decay == "data":
+            lam = jnp.exp(self.data_log_decay(u_t))[:, :, None, None]  # (B, H, 1, 1)
+        else:
+            lam = self.lam
+        s, o = forms.step(lam, self.q_mix[...], self.d_mix[...], state["s"], new["k"], new["v"],
+                          new["q"], active)  # fmt: skip
+        y = jnp.einsum("bhv,hvd->bd", self._gated(self._normed(o), u_t), self.w_o[...])
         state = {name: x[:, 1:] for name, x in new.items()} | {"s": s, "t": state["t"] + 1}
         return state, y

@@ -26,26 +26,30 @@ from ssm_gd import scan as linear_scan
 from ssm_gd.readout import chunked_readout
 
 __all__ = ["chunk_scan", "chunked", "every_state", "factorised_lam", "head_norm", "products", "scan",
-           "scaled", "step", "streams"]  # fmt: skip
+           "scaled", "segment_sums", "selective", "selective_states", "step", "streams",
+           "unit"]  # fmt: skip
 
 Array = jax.Array
 
 
-def streams(u: Array, w_k, w_v, w_q, q_mix, d_mix, *, window: int, stride: int):
+def streams(u: Array, w_k, w_v, w_q, q_mix, d_mix, *, window: int, stride: int,
+            qk_norm: bool = False):  # fmt: skip
     """The window as streams at the update positions ``p ≡ w − 1 (mod s)``: keys ``(B, H, T, w,
     d_k)`` (stream ``a`` the key of position ``t − w + 1 + a``, zero before the start), mixed
     values ``ṽ_a = Σ_b Q_ab v_b`` ``(B, H, T, w, d_v)`` and the windowed query ``q̃ = Σ_a D_a q_a``
     ``(B, H, T, d_k)``, from tokens ``u`` ``(B, L, D)``, projections ``(D, H, d)``, ``Q`` ``(H, w,
     w)`` and ``D`` ``(H, w)``. Head-major; shifted slices of the projections summed elementwise
-    (no window is stacked and contracted), the stride a strided slice."""
+    (no window is stacked and contracted), the stride a strided slice. ``qk_norm``: every key
+    and query of a head divided by its length first (:func:`unit`)."""
     length, first = u.shape[1], (window - 1) % stride
 
-    def shifted(weight):  # stream a at each update position t: (B, H, T, d)
+    def shifted(weight, norm=False):  # stream a at each update position t: (B, H, T, d)
         x = jnp.einsum("bld,dhx->bhlx", u, weight)
+        x = unit(x) if norm else x
         x = jnp.pad(x, [(0, 0), (0, 0), (window - 1, 0), (0, 0)])
         return [x[:, :, a : a + length][:, :, first::stride] for a in range(window)]
 
-    k, v, q = shifted(w_k), shifted(w_v), shifted(w_q)
+    k, v, q = shifted(w_k, qk_norm), shifted(w_v), shifted(w_q, qk_norm)
     keys = jnp.stack(k, axis=3)
     mixed = jnp.stack([sum(q_mix[:, a, b, None, None] * v[b] for b in range(window))
                        for a in range(window)], axis=3)  # fmt: skip
@@ -248,6 +252,55 @@ def scaled(lam: Array, k: Array, vt: Array, q: Array, *, chunk: int) -> Array:
     return o.reshape(*o.shape[:2], -1, o.shape[-1])[:, :, :length]
 
 
+def segment_sums(a: Array) -> Array:
+    """``L_ij = Σ_{j<m≤i} a_m`` for ``i ≥ j`` and ``−∞`` above the diagonal: ``(…, c) → (…, c,
+    c)``. Each entry is its own sum of the ``a`` between ``j`` and ``i`` (a masked cumulative sum
+    over ``i``), not a difference of two long cumulative sums, so it keeps full precision however
+    large the sums of the chunk grow."""
+    c = a.shape[-1]
+    rows = jnp.broadcast_to(a[..., :, None], (*a.shape, c))  # rows[m, j] = a_m
+    m, j = jnp.arange(c)[:, None], jnp.arange(c)[None, :]
+    sums = jnp.cumsum(jnp.where(m > j, rows, 0), axis=-2)  # sums[i, j] = Σ_{j<m≤i} a_m
+    return jnp.where(m >= j, sums, -jnp.inf)
+
+
+def selective(log_lam: Array, k: Array, vt: Array, q: Array, *, chunk: int) -> Array:
+    """``o_t`` for a data-dependent decay, one per head and update, ``S_t = λ_t S_{t−1} + U_t``
+    (``log_lam`` ``(B, H, T)``, every entry ≤ 0), by matrix products inside chunks (Mamba-2's
+    chunk form, docs/design.md §13). For a chunk and ``i, j`` inside it, ``L_ij`` the decay from
+    ``j`` to ``i`` in logs (:func:`segment_sums`) and ``A_i = Σ_{m≤i} log λ_m``:
+
+    * intra-chunk: ``o_i = Σ_{j ≤ i} exp(L_ij) Σ_a (q̃_i · k_{j,a}) ṽ_{j,a}``;
+    * inter-chunk: ``o_i += exp(A_i) S_{t0−1}ᵀ q̃_i``;
+    * carried state: ``S_{t0+c−1} = exp(A_{c−1}) S_{t0−1} + Σ_{j,a} exp(L_{c−1,j}) k_{j,a}
+      ṽ_{j,a}ᵀ``, every chunk's sum at once, then an associative scan over the chunks.
+
+    Every exponent is ≤ 0: nothing overflows, for any decays."""
+    batch, h, length, w = k.shape[:4]
+    c = min(chunk, length)
+    n = -(-length // c)
+    k, vt = (_to_chunks(x, c).reshape(batch, h, n, c * w, -1) for x in (k, vt))  # (B,H,n,c·w,d)
+    q = _to_chunks(q, c)  # (B, H, n, c, d_k)
+    a = _to_chunks(log_lam.astype(q.dtype), c)  # (B, H, n, c): 0 past the end (no decay there)
+    decay = jnp.exp(segment_sums(a))  # (B, H, n, c, c)
+    scores = jnp.einsum("bhnik,bhnjk->bhnij", q, k) * jnp.repeat(decay, w, axis=-1)
+    o = jnp.einsum("bhnij,bhnjv->bhniv", scores, vt)
+    to_end = jnp.repeat(decay[..., -1, :], w, axis=-1)  # exp(L_{c−1, j}) for the c·w rows
+    local = jnp.einsum("bhnjk,bhnj,bhnjv->bhnkv", k, to_end, vt)  # (B, H, n, d_k, d_v)
+    total = jnp.cumsum(a, axis=-1)  # A_i: for the carried state's own decay, as exp(A_i) ≤ 1
+    before = _carried(jnp.exp(total[..., -1])[..., None, None], local)
+    inter = jnp.einsum("bhnik,bhnkv->bhniv", q * jnp.exp(total)[..., None], before)
+    return (o + inter).reshape(batch, h, n * c, -1)[:, :, :length]
+
+
+def selective_states(log_lam: Array, k: Array, vt: Array, q: Array) -> Array:
+    """:func:`selective`'s ``o_t`` from every state, by an associative scan (the reference)."""
+    updates = jnp.einsum("bhtak,bhtav->bhtkv", k, vt)
+    lam = jnp.exp(log_lam.astype(updates.dtype))[..., None, None]  # (B, H, T, 1, 1)
+    states, _ = linear_scan.linear_recurrence(lam, updates, axis=2)
+    return jnp.einsum("bhtkv,bhtk->bhtv", states, q)
+
+
 def every_state(lam: Array, k: Array, vt: Array, q: Array) -> Array:
     """``o_t`` from every state ``S_t`` ``(B, H, T, d_k, d_v)``, by an associative scan."""
     updates = jnp.einsum("bhtak,bhtav->bhtkv", k, vt)
@@ -263,6 +316,12 @@ def step(lam, q_mix, d_mix, s, k, v, q, active) -> tuple[Array, Array]:
     s = jnp.where(active, lam * s + update, s)
     query = jnp.einsum("bahk,ha->bhk", q, d_mix)
     return s, jnp.where(active, jnp.einsum("bhkv,bhk->bhv", s, query), 0.0)
+
+
+def unit(x: Array) -> Array:
+    """``x`` divided by its length along the last axis (``+ 1e-6``): the keys' and queries' L2
+    normalisation."""
+    return x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)) + 1e-6)
 
 
 def head_norm(o: Array, scale: Array) -> Array:
