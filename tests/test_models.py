@@ -23,7 +23,24 @@ def _tokens(length=9, seed=0):
     return jax.random.randint(jax.random.key(seed), (B, length), 0, VOCAB)
 
 
-@pytest.mark.parametrize("mixer", mixers.CHOICES)
+# Every mixer and GRIL variant; the ablation's GRILs are GRIL with options, each tested in every
+# form on the mixer (tests/test_gril.py): here the full one stands for them.
+MODELS = mixers.MIXERS + mixers.VARIANTS
+
+
+def test_the_ablation_adds_each_ingredient_then_removes_each_from_the_full_gril():
+    names = list(mixers.ABLATION)
+    assert names == ["gril+ms", "gril+ms+data", "gril+ms+data+gate", "gril_gated",
+                     "gril_gated-ms", "gril_gated-data", "gril_gated-gate", "gril_gated-qk"]  # fmt: skip
+    full = mixers.ABLATION["gril_gated"]
+    assert full == dict(window=3, decay="data", decay_init="multiscale", gate=True, norm=True,
+                        qk_norm=True)  # fmt: skip
+    assert mixers.ABLATION["gril_gated-data"]["decay"] == "entry"
+    assert mixers.ABLATION["gril_gated-ms"]["decay_init"] == "uniform"
+    assert set(mixers.ABLATION) < set(mixers.CHOICES)
+
+
+@pytest.mark.parametrize("mixer", MODELS)
 def test_next_token_model_is_causal(mixer):
     model, tokens = _model(mixer), _tokens()
     logits = model(tokens)
@@ -34,7 +51,7 @@ def test_next_token_model_is_causal(mixer):
     assert np.abs(other[:, 6:] - logits[:, 6:]).max() > 1e-6
 
 
-@pytest.mark.parametrize("mixer", mixers.CHOICES)
+@pytest.mark.parametrize("mixer", MODELS)
 def test_generation_logits_equal_the_parallel_form(mixer):
     model, prompt = _model(mixer), _tokens(4)
     out, logits = generate(model, prompt, 5, jax.random.key(1), temperature=1.0)

@@ -193,8 +193,8 @@ class GRILMixer(nnx.Module):
         elif decay == "scalar":
             self.gamma_param = nnx.Param(_head_decays(rngs.params(), h, (), param_dtype, init))
         elif decay == "data":  # softplus(b) = −log γ: the decay of a zero input, as decay_init says
-            raw = np.asarray(_head_decays(rngs.params(), h, (), jnp.float32, init), np.float64)
-            self.dt_bias = nnx.Param(jnp.asarray(np.log(np.expm1(np.exp(raw))), param_dtype))
+            raw = _head_decays(rngs.params(), h, (), param_dtype, init)  # −log γ = exp(raw)
+            self.dt_bias = nnx.Param(jnp.log(jnp.expm1(jnp.exp(raw))))
             self.w_dt = normal(0.02 * d**-0.5, (d, h))
         self.w_o = normal((h * dv) ** -0.5, (h, dv, d))
         if norm:

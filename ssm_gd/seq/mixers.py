@@ -9,6 +9,9 @@ param_dtype, rngs) → module``); :func:`make_mixer` checks the sizes and looks 
   variants (:data:`VARIANTS`, not in the sweeps unless asked for): ``"gril_norm"`` divides each
   head's output by its root mean square, ``"gril_scalar"`` and ``"gril_structured"`` take the
   decays that factorise (one per head; ``α βᵀ``), whose training form is matrix products;
+  ``"gril_gated"`` takes every ingredient of :data:`INGREDIENTS` (a decay per head and token,
+  multiscale decays, an output gate after each head's normalisation, unit keys and queries), and
+  :data:`ABLATION` names GRIL with them added one at a time and the full one with each removed;
 * ``"linear_attention"`` — the same mixer with ``window=1, decay="none"``: causal linear attention
   (docs/design.md §13);
 * ``"attention"`` — causal softmax attention (:func:`attend`, in the inputs' precision) with rotary
@@ -33,16 +36,42 @@ from ssm_gd import validate
 from ssm_gd.recurrence import DiagonalSSM
 from ssm_gd.seq.gril import GRILMixer
 
-__all__ = ["CACHED", "CHOICES", "FACTORIES", "MIXERS", "RECURRENT", "VARIANTS", "Attention", "DiagonalSSM",
-           "Griffin", "make_mixer", "rotary"]  # fmt: skip
+__all__ = ["ABLATION", "CACHED", "CHOICES", "FACTORIES", "INGREDIENTS", "MIXERS", "RECURRENT", "VARIANTS",
+           "Attention", "DiagonalSSM", "Griffin", "make_mixer", "rotary"]  # fmt: skip
 
 Array = jax.Array
 MIXERS = ("gril", "linear_attention", "attention", "ssm", "griffin")
 # Variants a model may take that the sweeps leave out: "gril_norm" is GRIL with each head's output
 # divided by its root mean square (GRILMixer(norm=True)), as gated linear attention and RetNet do.
-VARIANTS = ("gril_norm", "gril_scalar", "gril_structured")
-CHOICES = MIXERS + VARIANTS
-RECURRENT = ("gril", "linear_attention", "ssm", "griffin", *VARIANTS)
+VARIANTS = ("gril_norm", "gril_scalar", "gril_structured", "gril_gated")
+#: What made gated linear attention, RetNet and Mamba-2 competitive, as GRILMixer options (each
+#: ingredient's name → its options); GRIL itself is one decay per state entry, drawn uniformly.
+PAPER_GRIL = dict(window=3, decay="entry", decay_init="uniform")
+INGREDIENTS = {
+    "ms": dict(decay_init="multiscale"),  # each head its time scale
+    "data": dict(decay="data"),  # a decay per head and token
+    "gate": dict(gate=True, norm=True),  # each head's output normalised, then gated
+    "qk": dict(qk_norm=True),  # unit keys and queries
+}
+
+
+def _with(names) -> dict:
+    options = dict(PAPER_GRIL)
+    for name in names:
+        options |= INGREDIENTS[name]
+    return options
+
+
+#: The ablation's GRILs: the ingredients added one at a time ("gril+ms", "gril+ms+data", …, the
+#: last of which is "gril_gated") and each removed from the full one ("gril_gated-ms", …).
+ABLATION = {
+    **{"gril+" + "+".join(list(INGREDIENTS)[:n]): _with(list(INGREDIENTS)[:n])
+       for n in range(1, len(INGREDIENTS))},
+    "gril_gated": _with(INGREDIENTS),
+    **{f"gril_gated-{name}": _with(i for i in INGREDIENTS if i != name) for name in INGREDIENTS},
+}  # fmt: skip
+CHOICES = MIXERS + VARIANTS + tuple(n for n in ABLATION if n not in VARIANTS)
+RECURRENT = ("gril", "linear_attention", "ssm", "griffin", *VARIANTS, *ABLATION)
 # Mixers whose step form keeps a cache that grows with the positions read: init_state needs a length.
 CACHED = ("attention",)
 
@@ -189,6 +218,7 @@ FACTORIES: dict[str, Callable[..., nnx.Module]] = {
     "gril_norm": _gril(window=3, decay="entry", norm=True),
     "gril_scalar": _gril(window=3, decay="scalar"),
     "gril_structured": _gril(window=3, decay="structured"),
+    **{name: _gril(**options) for name, options in ABLATION.items()},
 }
 
 
