@@ -10,7 +10,7 @@ import ssm_gd
 
 PACKAGE = pathlib.Path(ssm_gd.__file__).parent
 CORE = {"validate", "initializers", "sampling", "scan", "readout", "recurrence", "optim", "flags",
-        "trainer", "checkpoints", "plots"}  # fmt: skip
+        "trainer", "checkpoints", "plots", "distributed"}  # fmt: skip
 PAPER = {"tokens", "tasks", "gd", "layers", "construction", "neighbours", "metrics", "config",
          "regression", "classify", "train"}  # fmt: skip
 # The old paths of the moved sequence modules: aliases of ssm_gd.seq.*, kept for one release.
