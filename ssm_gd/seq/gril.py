@@ -130,11 +130,15 @@ class GRILMixer(nnx.Module):
       impl: one of :data:`IMPLS`, the training form's implementation; ``"auto"``:
         :func:`auto_impl`. ``"scaled"`` divides by ``Λ^i`` inside a chunk: exact only while
         ``(chunk − 1)·|log Λ|`` stays well inside the float range, never a default.
+        ``decay="data"`` runs its chunk form (:func:`~ssm_gd.seq.gril_forms.selective`).
+      norm, gate, qk_norm, decay_init: the options of the module docstring.
 
     Parameters: ``w_q``, ``w_k`` ``(D, H, d_k)``, ``w_v`` ``(D, H, d_v)``, ``q_mix`` ``(H, w, w)``
     (initialised to the current position's ``k_t v_tᵀ`` plus noise), ``d_mix`` ``(H, w)`` (the
     current query plus noise), the decay (``lam_param`` ``(H, d_k, d_v)``, or ``alpha_param``
-    ``(H, d_k)`` and ``beta_param`` ``(H, d_v)``; ``Λ = exp(−exp(·))``) and ``w_o`` ``(H, d_v, D)``.
+    ``(H, d_k)`` and ``beta_param`` ``(H, d_v)``, or ``gamma_param`` ``(H,)``; ``Λ = exp(−exp(·))``;
+    ``decay="data"``: ``w_dt`` ``(D, H)`` and ``dt_bias`` ``(H,)``), ``w_o`` ``(H, d_v, D)``, and with
+    the options ``o_scale`` ``(H, d_v)`` (``norm``) and ``w_g`` ``(D, H, d_v)`` (``gate``).
     """
 
     def __init__(
