@@ -81,15 +81,18 @@ def writable_folder(parser: argparse.ArgumentParser, path, flag: str = "--out") 
             "experiments.linear and experiments.lm (one run, not --sweep) over several"
         )
     folder = pathlib.Path(path)
-    if distributed.launched() and not distributed.is_writer():  # process 0 makes and writes it
-        return folder
-    probe = folder / f".write-probe-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        reason = error.strerror or str(error)
+    reason = None
+    if not distributed.launched() or distributed.is_writer():  # process 0 makes and writes it
+        probe = folder / f".write-probe-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            reason = error.strerror or str(error)
+    if distributed.launched() and distributed.agree(int(reason is not None)):  # all stop together
+        reason = reason or "process 0 could not write to it"
+    if reason is not None:
         parser.error(f"{flag} {str(path)!r} is not a writable folder: {reason}")
     return folder
 

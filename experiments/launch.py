@@ -130,9 +130,10 @@ def launch(command, processes: int, *, cpu_devices=None, port=None, timeout=None
             failed = [(i, p.returncode) for i, p in enumerate(procs) if p.poll() not in (None, 0)]
             if failed:
                 i, code = failed[0]
-                print(f"launch: process {i} exited with status {code}; stopping the others",
-                      file=sys.stderr)  # fmt: skip
-                return code
+                how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+                       else f"exited with status {code}")  # fmt: skip
+                print(f"launch: process {i} {how}; stopping the others", file=sys.stderr)
+                return 128 - code if code < 0 else code  # a shell's status for a signal
             if all(p.returncode == 0 for p in procs):
                 return 0
             if timeout is not None and time.monotonic() - start > timeout:

@@ -222,7 +222,8 @@ def calibrate(model, task: trainer.Task, s: Settings, key) -> dict:
     steps = jnp.arange(CALIBRATION_STEPS)
     jax.block_until_ready(segment(params, opt_state, steps))  # compiles
     timed, calls = 0.0, 0
-    while timed < CALIBRATION_SECONDS and calls < 100:
+    # Every call spans every process's devices: with several, all make as many as process 0 does.
+    while distributed.agree(int(timed < CALIBRATION_SECONDS and calls < 100)):
         t0 = time.perf_counter()
         jax.block_until_ready(segment(params, opt_state, steps + CALIBRATION_STEPS * (calls + 1)))
         timed += time.perf_counter() - t0

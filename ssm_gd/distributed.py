@@ -8,7 +8,9 @@ coordinator listens, how many processes there are and which one it is (:data:`CO
 (``jax.devices()``) and the trainer's mesh (:func:`ssm_gd.trainer.batch_sharding`) spans them all:
 the batch is split over every device, the parameters are replicated, and every process runs the
 same program on the same numbers. Process 0 alone writes the run's files (:func:`is_writer`);
-a checkpoint is orbax's multi-process save, to which every process contributes.
+a checkpoint is orbax's multi-process save, to which every process contributes. The run folder
+must be one folder that every process sees (a shared file system): every process reads the
+checkpoint, ``config.json`` and ``history.jsonl`` on resume.
 
 On the CPU, arrays cross processes through gloo (``jax_cpu_collectives_implementation``), which
 :func:`initialize` selects; GPUs and TPUs use their own collectives.

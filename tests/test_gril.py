@@ -193,8 +193,8 @@ def test_the_gate_multiplies_by_the_swish_of_the_token():
 
 def test_unit_keys_and_queries():
     """``qk_norm=True``: the window's keys are the projections divided by their length, each
-    position's on its own (``+ 1e-6``), and the windowed query mixes unit queries; the values are
-    left as they are."""
+    position's on its own, and the windowed query mixes unit queries; the values are left as they
+    are. A zero key (the window before the start) has a finite gradient."""
     from ssm_gd.seq import gril_forms as forms
 
     mixer, u = _mixer(window=2, qk_norm=True), _inputs()
@@ -202,8 +202,8 @@ def test_unit_keys_and_queries():
     keys, mixed, query = forms.streams(u, *weights, window=2, stride=1, qk_norm=True)
     k = jnp.einsum("bld,dhx->bhlx", u, mixer.w_k[...])
     q = jnp.einsum("bld,dhx->bhlx", u, mixer.w_q[...])
-    unit_k = k / (np.linalg.norm(k, axis=-1, keepdims=True) + 1e-6)
-    unit_q = q / (np.linalg.norm(q, axis=-1, keepdims=True) + 1e-6)
+    unit_k = k / np.sqrt(np.sum(np.square(k), axis=-1, keepdims=True) + 1e-12)
+    unit_q = q / np.sqrt(np.sum(np.square(q), axis=-1, keepdims=True) + 1e-12)
     np.testing.assert_allclose(keys[:, :, :, -1], unit_k, rtol=1e-14)  # the current position's
     np.testing.assert_allclose(keys[:, :, 1:, 0], unit_k[:, :, :-1], rtol=1e-14)  # the one before
     d = mixer.d_mix[...]
@@ -212,6 +212,8 @@ def test_unit_keys_and_queries():
     np.testing.assert_allclose(query, want_q, rtol=1e-13, atol=1e-15)
     plain = forms.streams(u, *weights, window=2, stride=1)
     np.testing.assert_allclose(mixed, plain[1], rtol=0, atol=0)  # values untouched
+    grad = jax.grad(lambda x: jnp.sum(forms.unit(x) * jnp.arange(3.0)))(jnp.zeros(3, F64))
+    assert bool(jnp.isfinite(grad).all())
 
 
 @pytest.mark.parametrize("decay", ["entry", "structured", "scalar", "data"])

@@ -202,3 +202,19 @@ def test_segment_sums_are_the_sums_between():
         for j in range(6):
             want = a[:, j + 1 : i + 1].sum(-1) if i >= j else np.full(3, -np.inf)
             np.testing.assert_allclose(got[:, i, j], want, rtol=0, atol=1e-15)
+
+
+def test_segment_sums_keep_small_decays_exact_after_large_ones_in_float32():
+    """Decays near 1 (log λ = −1e-4) after a few tiny ones (log λ = −14) in a chunk of 64: the
+    sums over segments of near-1 decays keep float32's relative precision, where the difference
+    of two cumulative sums from the chunk's start loses the digits the large sums hold (it is
+    shown to, so that this test can tell the two apart)."""
+    a = np.concatenate([np.full(4, -14.0), np.full(60, -1e-4)])
+    exact = np.asarray(forms.segment_sums(jnp.asarray(a, F64)))
+    got = np.asarray(forms.segment_sums(jnp.asarray(a, jnp.float32)))
+    late = np.tril(np.ones((64, 64), bool)) & (np.arange(64)[None, :] >= 4)  # j past the tiny ones
+    # float32 eps 6e-8 per addition, at most 60 additions of the segment's own terms
+    np.testing.assert_allclose(got[late], exact[late], rtol=60 * 6e-8, atol=0)
+    cumsum = np.cumsum(a.astype(np.float32))
+    naive = cumsum[:, None] - cumsum[None, :]
+    assert np.abs(naive[late] - exact[late]).max() > 100 * np.abs(got[late] - exact[late]).max()

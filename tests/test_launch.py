@@ -59,6 +59,15 @@ def test_a_failing_process_stops_the_others_with_its_status():
     assert time.monotonic() - start < 60  # process 0 did not sleep its 120 s
 
 
+def test_a_process_killed_by_a_signal_is_named_and_its_status_is_the_shells():
+    code = ("import os, signal, time\n"
+            "if os.environ['SSM_GD_PROCESS_ID'] == '1': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "time.sleep(120)")  # fmt: skip
+    done = _run("--", sys.executable, "-c", code)
+    assert done.returncode == 128 + 9
+    assert "process 1 was killed by SIGKILL; stopping the others" in done.stderr
+
+
 def test_timeout_stops_every_process():
     start = time.monotonic()
     done = _run("--timeout", "1", "--", sys.executable, "-c", "import time; time.sleep(120)")

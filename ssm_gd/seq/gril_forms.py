@@ -319,9 +319,9 @@ def step(lam, q_mix, d_mix, s, k, v, q, active) -> tuple[Array, Array]:
 
 
 def unit(x: Array) -> Array:
-    """``x`` divided by its length along the last axis (``+ 1e-6``): the keys' and queries' L2
-    normalisation."""
-    return x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)) + 1e-6)
+    """``x / sqrt(‖x‖² + 1e-12)`` along the last axis: the keys' and queries' L2 normalisation
+    (finite, with a finite gradient, at ``x = 0``)."""
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
 
 
 def head_norm(o: Array, scale: Array) -> Array:

@@ -110,23 +110,32 @@ def test_install_cell_clones_a_given_repository_once(not_importable, monkeypatch
 
 
 @pytest.mark.parametrize(
-    ("tpu", "nvidia_smi", "extras"),
-    [(True, False, "[tpu]"), (False, True, "[cuda]"), (False, False, "")],
-)
+    ("tpu", "chips", "nvidia_smi", "extras"),
+    [(True, None, False, "[tpu]"), (False, "/dev/accel0", False, "[tpu]"),
+     (False, "/dev/vfio/0", False, "[tpu]"), (False, None, True, "[cuda]"),
+     (False, None, False, "")],
+)  # fmt: skip
 def test_install_cell_picks_the_extras_of_the_runtimes_accelerator(
-    not_importable, monkeypatch, tmp_path, tpu, nvidia_smi, extras
+    not_importable, monkeypatch, tmp_path, tpu, chips, nvidia_smi, extras
 ):
     import shutil
 
     calls = _recording(monkeypatch)
     if tpu:
         monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+    real_glob = pathlib.Path.glob  # this machine's /dev stood in for: only the chips given
+
+    def glob(self, pattern):
+        if not str(self).startswith("/dev"):
+            return real_glob(self, pattern)
+        found = [pathlib.Path(chips)] if chips else []
+        return iter([p for p in found if p.parent == self and p.match(pattern)])
+
+    monkeypatch.setattr(pathlib.Path, "glob", glob)
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: (
         ("/usr/bin/nvidia-smi" if nvidia_smi else None) if name == "nvidia-smi"
         else real_which(name, *a, **k)))  # fmt: skip
     monkeypatch.setenv("SSM_GD_PACKAGE", str(tmp_path / "ssm-gd"))
     _run(_install_cell(), {})
-    has_accel = any(pathlib.Path("/dev").glob("accel[0-9]*"))  # this machine's own TPU chips
-    expected = "[tpu]" if has_accel else extras
-    assert calls[0][-1] == f"{tmp_path / 'ssm-gd'}{expected}"
+    assert calls[0][-1] == f"{tmp_path / 'ssm-gd'}{extras}"
