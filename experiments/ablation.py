@@ -4,13 +4,14 @@
                                    [--rows gril gril_gated ...]
 
 Runs the language model's and MQAR's protocol (:mod:`experiments.protocol`: each variant's rate
-chosen on validation, two seeds at it, the test split read once per seed) for the paper's GRIL,
-GRIL with the ingredients added one at a time and the full GRIL with each removed
+chosen on validation, two seeds at it, the test split read once per seed) for GRIL with the
+ingredients added one at a time and the full GRIL with each removed
 (:data:`ssm_gd.seq.mixers.ABLATION`: multiscale decays ``ms``, a decay per head and token
 ``data``, an output gate after each head's normalisation ``gate``, unit keys and queries ``qk``),
 each under ``<results>/ablation/<task>/``; then ``<results>/ablation/table.md`` and
 ``ablation.png``, with attention, linear attention and Griffin from the general sweeps
-(``<results>/lm``, ``<results>/mqar-general``) beside them where those ran at the same settings.
+(``<results>/lm``, ``<results>/mqar-general``) beside them where those ran at the same settings
+and rates. The paper's GRIL is read from there too, and trained here only where it is missing.
 The language model runs at its CPU settings (equal training tokens); MQAR at (L, pairs, d_model) =
 (64, 4, 64), where attention leaves the plateau. Finished runs are read back.
 """
@@ -32,11 +33,14 @@ from ssm_gd.seq import mixers
 ROWS = ("gril", *mixers.ABLATION)
 #: The mixers read from the general sweeps and shown beside the rows.
 BASELINES = ("attention", "linear_attention", "griffin")
+#: What the general sweeps give where they ran at the ablation's settings and rates: the paper's
+#: GRIL (trained there; ``--rows gril`` trains it here instead) and the baselines.
+SHARED = ("gril", *BASELINES)
 SMOKE = ["--lrs", "1e-3", "3e-3", "--seeds", "0", "--sweep-fraction", "0.5"]
 #: task: (entry point, its general sweep's folder, metric, higher is better, {size: flags}).
 TASKS = {
     "lm": (lm.main, "lm", "bpc", False, {
-        "CPU": [], "quick": ["--quick"],
+        "CPU": ["--lrs", *lm.RATES], "quick": ["--quick"],
         "smoke": ["--quick", "--steps", "4", "--eval-every", "2", "--eval-windows", "2",
                   "--sample-chars", "8", "--max-chars", "5000", *SMOKE],
     }),
@@ -56,22 +60,22 @@ def _load(path: pathlib.Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _same(a: dict, b: dict) -> bool:
-    """Whether two runs' settings agree but for :data:`FREE`."""
-    return {k: v for k, v in a.items() if k not in FREE} == {
-        k: v for k, v in b.items() if k not in FREE
-    }
+def _fixed(result: dict) -> dict:
+    """A tune result's settings but for :data:`FREE`, and the rates its sweep tried."""
+    fixed = {k: v for k, v in result["settings"].items() if k not in FREE}
+    return fixed | {"rates": sorted(r["settings"]["lr"] for r in result.get("sweep", []))}
 
 
-def tuned(summary, baseline=None) -> dict:
-    """``{mixer: tune result}`` of a task's ablation sweep, then the baselines of its general sweep
-    (``baseline``) that ran at the ablation's settings."""
+def tuned(summary, general=None) -> dict:
+    """``{mixer: tune result}`` of a task's ablation sweep, then the :data:`SHARED` mixers of its
+    general sweep (``general``) that ran at the ablation's settings over the same rates (the rows
+    trained here first); ``{}`` before the ablation ran."""
     if not summary or "runs" not in summary:
         return {}
     out = {r["mixer"]: r for r in summary["runs"]}
-    reference = summary["runs"][0]["settings"]
-    for r in (baseline or {}).get("runs", []):
-        if r["mixer"] in BASELINES and _same(r["settings"], reference):
+    reference = _fixed(summary["runs"][0])
+    for r in (general or {}).get("runs", []):
+        if r["mixer"] in SHARED and _fixed(r) == reference:
             out.setdefault(r["mixer"], r)
     return out
 
@@ -150,8 +154,8 @@ INTRO = (
     "peak lr chosen on validation, then a run per seed at it, the test split read once; mean ± "
     "half the seeds' range). Columns ms, data, gate, qk: multiscale decays, a decay per head and "
     "token, an output gate after each head's normalisation, unit keys and queries. Rows in "
-    "italics: the general sweeps' mixers at the same settings. The tasks' settings: "
-    "{settings}."
+    "italics: the general sweeps' mixers at the same settings and rates. Read from the general "
+    "sweeps: {shared}. The tasks' settings: {settings}."
 )
 
 
@@ -159,17 +163,21 @@ def build(results, only, small: bool = False) -> pathlib.Path:
     """``<results>/ablation/table.md`` and ``ablation.png`` from the sweeps' summaries."""
     results = pathlib.Path(results)
     folder = results / "ablation"
-    by_task, settings = {}, []
+    by_task, settings, shared = {}, [], []
     for task in only:
         general = _load(results / TASKS[task][1] / "summary.json")
-        by_task[task] = tuned(_load(folder / task / "summary.json"), general)
+        own = _load(folder / task / "summary.json")
+        by_task[task] = tuned(own, general)
         first = next(iter(by_task[task].values()), None)
         if first is not None:
-            fixed = {k: v for k, v in first["settings"].items() if k not in FREE}
-            settings.append(f"{task} {json.dumps(fixed)}")
+            settings.append(f"{task} {json.dumps(_fixed(first))}")
+            read = [n for n in by_task[task] if n not in {r["mixer"] for r in own["runs"]}]
+            shared.append(f"{task} ({', '.join(read) or 'none'})")
+    intro = INTRO.format(
+        shared="; ".join(shared) or "none", settings="; ".join(settings) or "none run"
+    )
     text = "\n".join([*([cli.SMALL_MARK, ""] if small else []), "# GRIL's ingredients, ablated",
-                      "", INTRO.format(settings="; ".join(settings) or "none run"), "",
-                      table(by_task)])  # fmt: skip
+                      "", intro, "", table(by_task)])  # fmt: skip
     (folder / "table.md").write_text(text)
     figure(by_task, folder / "ablation.png")
     return folder / "table.md"
@@ -178,13 +186,15 @@ def build(results, only, small: bool = False) -> pathlib.Path:
 def main(argv=None):
     parser = cli.report_parser(__doc__.splitlines()[0], TASKS, what="task",
                                smoke="a handful of steps")  # fmt: skip
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), metavar="MIXER",
-                        help=f"the variants to run (default: all of {', '.join(ROWS)})")  # fmt: skip
+    parser.add_argument("--rows", nargs="+", default=None, metavar="MIXER",
+                        help="the variants to train (of " + ", ".join(ROWS) + "; default: all "
+                             "but gril, read from the general sweep where it ran at the same "
+                             "settings and rates, else trained too)")  # fmt: skip
     args = parser.parse_args(argv)
     unknown = [n for n in args.only or () if n not in TASKS]
     if unknown:
         parser.error(f"--only: unknown task(s) {unknown}; choose from {list(TASKS)}")
-    bad = [r for r in args.rows if r not in ROWS]
+    bad = [r for r in args.rows or () if r not in ROWS]
     if bad:
         parser.error(f"--rows: unknown variant(s) {bad}; choose from {list(ROWS)}")
     mode = "quick" if args.quick else "smoke" if args.smoke else "CPU"
@@ -194,11 +204,18 @@ def main(argv=None):
     sys.stdout.reconfigure(line_buffering=True)
     only = args.only or list(TASKS)
     for task in only:
-        entry, sizes = TASKS[task][0], TASKS[task][4]
+        entry, general, sizes = TASKS[task][0], TASKS[task][1], TASKS[task][4]
         print(f"\n== {task} ==", flush=True)
         begin = time.perf_counter()
-        entry(["--sweep", "--no-progress", *sizes[mode], "--mixers", *args.rows,
-               "--out", str(results / "ablation" / task)])  # fmt: skip
+        rows = args.rows or [r for r in ROWS if r not in SHARED]
+        folder = results / "ablation" / task
+        entry(["--sweep", "--no-progress", *sizes[mode], "--mixers", *rows, "--out", str(folder)])
+        found = tuned(_load(folder / "summary.json"), _load(results / general / "summary.json"))
+        if args.rows is None and "gril" not in found:
+            print(f"{results / general} has no gril at these settings and rates: training it "
+                  "here (the other rows are read back)", flush=True)  # fmt: skip
+            entry(["--sweep", "--no-progress", *sizes[mode], "--mixers", "gril", *rows,
+                   "--out", str(folder)])  # fmt: skip
         print(f"{task}: {(time.perf_counter() - begin) / 60:.1f} min", flush=True)
     path = build(results, only, small=mode != "CPU")
     print(f"wrote {path} and {path.with_name('ablation.png')}")

@@ -35,8 +35,6 @@ SMOKE_MIXERS = ("linear_attention", "attention")
 #: The language model's sweep: every mixer, and GRIL with one decay per head, whose training form
 #: is matrix products.
 LM_MIXERS = ("gril", "gril_scalar", "linear_attention", "attention", "ssm", "griffin")
-#: The language model's rates: one past the default's top, which every mixer chose at first.
-LM_RATES = ("3e-4", "1e-3", "3e-3", "1e-2", "3e-2")
 #: A smoke run's protocol: two rates, one seed, the sweep at half the steps (the seeds' loop and
 #: spread are tested with stand-in runs, tests/test_protocol.py).
 SMOKE_PROTOCOL = ["--lrs", "1e-3", "3e-3", "--seeds", "0", "--sweep-fraction", "0.5"]
@@ -53,7 +51,7 @@ EXPERIMENTS = {
                                "smoke": ["--quick", "--steps", "4", "--eval-every", "2",
                                          "--n-train", "40", "--n-val", "10", "--n-test", "10",
                                          "--mixers", *SMOKE_MIXERS, *SMOKE_PROTOCOL]}),
-    "lm": (lm.main, {"CPU": ["--mixers", *LM_MIXERS, "--lrs", *LM_RATES], "quick": ["--quick"],
+    "lm": (lm.main, {"CPU": ["--mixers", *LM_MIXERS, "--lrs", *lm.RATES], "quick": ["--quick"],
                      "accelerator": ["--params", "1000000", "--batch-size", "32", "--steps", "5000"],
                      "smoke": ["--quick", "--steps", "4", "--eval-every", "2", "--eval-windows", "2",
                                "--sample-chars", "8", "--max-chars", "5000",

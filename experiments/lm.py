@@ -89,6 +89,9 @@ from ssm_gd.seq.generate import generate
 
 QUICK = dict(params=20_000, n_layers=2, context=32, batch_size=8, train_steps=40, eval_every=20,
              eval_windows=16, max_chars=50_000)  # fmt: skip
+#: The rates of the comparison's sweeps (general, ablation): one past the protocol's default top,
+#: which every mixer chose at first.
+RATES = ("3e-4", "1e-3", "3e-3", "1e-2", "3e-2")
 #: The sample's prompt: the held-out text's first characters (at most half the context).
 PROMPT_CHARS = 64
 #: Windows per evaluated batch (attention holds B·H·L² scores).

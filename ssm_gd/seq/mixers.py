@@ -63,12 +63,15 @@ def _with(names) -> dict:
 
 
 #: The ablation's GRILs: the ingredients added one at a time ("gril+ms", "gril+ms+data", …, the
-#: last of which is "gril_gated") and each removed from the full one ("gril_gated-ms", …).
+#: last of which is "gril_gated") and each removed from the full one ("gril_gated-ms", …) but the
+#: last added: the full one without it is the row before it ("gril+ms+data+gate" is
+#: "gril_gated-qk"), trained once.
 ABLATION = {
     **{"gril+" + "+".join(list(INGREDIENTS)[:n]): _with(list(INGREDIENTS)[:n])
        for n in range(1, len(INGREDIENTS))},
     "gril_gated": _with(INGREDIENTS),
-    **{f"gril_gated-{name}": _with(i for i in INGREDIENTS if i != name) for name in INGREDIENTS},
+    **{f"gril_gated-{name}": _with(i for i in INGREDIENTS if i != name)
+       for name in list(INGREDIENTS)[:-1]},
 }  # fmt: skip
 CHOICES = MIXERS + VARIANTS + tuple(n for n in ABLATION if n not in VARIANTS)
 RECURRENT = ("gril", "linear_attention", "ssm", "griffin", *VARIANTS, *ABLATION)
