@@ -28,7 +28,7 @@ import pathlib
 import sys
 import time
 
-from experiments import cli, listops, lm, mqar
+from experiments import ablation, cli, listops, lm, mqar
 
 #: The mixers of a smoke run (the test suite's size): one recurrent, one attention.
 SMOKE_MIXERS = ("linear_attention", "attention")
@@ -137,8 +137,10 @@ VERDICT = {
     "listops": ("accuracy", True, "{:.1%}", lambda s: "test accuracy"),
     "lm": ("bpc", False, "{:.3f}", lambda s: "test bits per character, equal tokens"),
 }  # fmt: skip
-#: The GRIL variants compared with every other mixer.
-GRILS = ("gril", "gril_scalar")
+#: The GRIL variants compared with every other mixer: the paper's, one decay per head, and the
+#: ablation's full variant (its runs read from ``<results>/ablation/<task>`` where they ran at the
+#: general sweep's settings and rates).
+GRILS = ("gril", "gril_scalar", "gril_gated")
 
 
 def compare(ours: dict, other: dict, metric: str, higher: bool) -> tuple[str, float | None]:
@@ -155,6 +157,32 @@ def compare(ours: dict, other: dict, metric: str, higher: bool) -> tuple[str, fl
     return ("wins" if better else "loses" if worse else "ties"), difference
 
 
+def _ablated(results: pathlib.Path, name: str, summary: dict) -> list[dict]:
+    """The ablation's :data:`GRILS` runs of task ``name`` that ran at the settings and rates of a
+    run of its general sweep (``summary``), for the verdict."""
+    extra = _load(results / "ablation" / name / "summary.json")
+    if name not in ablation.TASKS or not extra or "runs" not in extra:
+        return []
+    alike = [ablation._fixed(r) for r in summary["runs"]]
+    return [r for r in extra["runs"]
+            if r["mixer"] in GRILS and r["mixer"] not in {g["mixer"] for g in summary["runs"]}
+            and ablation._fixed(r) in alike]  # fmt: skip
+
+
+def ablation_section(results: pathlib.Path, small: bool) -> list[str]:
+    """The report's section of the ablation (``python -m experiments.ablation``): its table and
+    figure when they are of the report's size (``small``: quick or smoke), else what to run."""
+    lines = ["## GRIL's ingredients, ablated", ""]
+    path = results / "ablation" / "table.md"
+    text = path.read_text().splitlines() if path.exists() else None
+    if text is None or (text[0] == cli.SMALL_MARK) != small:
+        size = "" if text is None else " at this report's size"
+        return lines + [f"_not run{size} (`python -m experiments.ablation`)_", ""]
+    body = [line for line in text if line != cli.SMALL_MARK and not line.startswith("# ")]
+    return lines + ["`python -m experiments.ablation`:", "", "\n".join(body).strip(), "",
+                    "![ablation.png](ablation/ablation.png)", ""]  # fmt: skip
+
+
 def verdict(results: pathlib.Path) -> list[str]:
     """The report's section: each GRIL variant against each other mixer, task by task and point
     by point — the difference of the test means and whether the seeds' ranges separate them."""
@@ -167,7 +195,7 @@ def verdict(results: pathlib.Path) -> list[str]:
         if not summary or not all("sweep" in r for r in summary.get("runs", [])):
             continue
         groups = {}
-        for r in summary["runs"]:
+        for r in summary["runs"] + _ablated(results, name, summary):
             groups.setdefault(point(r["settings"]), {})[r["mixer"]] = r
         for where, tuned in groups.items():
             for ours in (g for g in GRILS if g in tuned):
@@ -214,6 +242,7 @@ def build(results, seconds: dict, mode: str) -> pathlib.Path:
     lines += verdict(results)
     for name in EXPERIMENTS:
         lines += _section(results, name, seconds, mode)
+    lines += ablation_section(results, small=mode in ("quick", "smoke"))
     path = results / "REPORT-general.md"
     path.write_text("\n".join(lines))
     return path

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments import general
+from experiments import cli, general
 from experiments import listops as experiment
 
 
@@ -18,6 +18,46 @@ def test_report_says_what_did_not_run(tmp_path):
     assert general.command("mqar", "CPU", tmp_path).startswith(
         "python -m experiments.mqar --sweep --out"
     )
+    assert "## GRIL's ingredients, ablated\n\n_not run (`python -m experiments.ablation`)_" in text
+
+
+def _lm(mixer, values, context=32):
+    settings = {"mixer": mixer, "context": context, "train_steps": 8, "lr": 1e-2, "seed": 0}
+    sweep = [{"settings": {**settings, "lr": lr}} for lr in (1e-3, 1e-2)]
+    return {"mixer": mixer, "lr": 1e-2, "settings": settings, "sweep": sweep,
+            "runs": [{"test_bpc": v} for v in values]}  # fmt: skip
+
+
+def test_the_report_takes_the_ablation_and_its_full_variant_where_it_ran_alike(tmp_path):
+    for folder, runs in [("lm", [_lm("gril", [2.0, 2.1]), _lm("attention", [1.9, 1.95])]),
+                         ("ablation/lm", [_lm("gril_gated", [1.8, 1.85]),
+                                          _lm("gril+ms", [1.95, 1.96])]),
+                         ("ablation/mqar", [_lm("gril_gated", [0.5, 0.6])])]:  # fmt: skip
+        (tmp_path / folder).mkdir(parents=True)
+        summary = {"runs": runs, "wall_seconds": 1.0, "table": "table.md"}
+        (tmp_path / folder / "summary.json").write_text(json.dumps(summary))
+        (tmp_path / folder / "table.md").write_text(f"| {folder} |\n")
+    (tmp_path / "ablation" / "table.md").write_text(
+        "# GRIL's ingredients, ablated\n\n| gril_gated |\n"
+    )
+    report = general.build(tmp_path, {}, "CPU").read_text()
+    assert "`python -m experiments.ablation`:\n\n| gril_gated |\n" in report
+    lm = next(line for line in report.splitlines() if line.startswith("- Character-level"))
+    assert lm.endswith("gril loses against attention (+0.125); loses against gril_gated (+0.225).")
+    gated = "gril_gated wins against attention (−0.100)."  # its own line; gril+ms is not compared
+    assert (
+        f"- Character-level language modelling, test bits per character, equal tokens: {gated}"
+        in report
+    )
+    assert "gril+ms" not in report.split("## Multi-query")[0]
+    # run at other settings than the general sweep's (or with other rates): not compared
+    runs = [_lm("gril_gated", [1.0, 1.0], context=64)]
+    (tmp_path / "ablation" / "lm" / "summary.json").write_text(json.dumps({"runs": runs}))
+    assert "gril_gated wins" not in general.build(tmp_path, {}, "CPU").read_text()
+    # a small-size ablation table is not shown in a full-size report
+    (tmp_path / "ablation" / "table.md").write_text(f"{cli.SMALL_MARK}\n\n| gril_gated |\n")
+    report = general.build(tmp_path, {}, "CPU").read_text()
+    assert "_not run at this report's size (`python -m experiments.ablation`)_" in report
 
 
 def test_smoke_reproduce_general_writes_every_sweep_and_the_report(tmp_path):
