@@ -293,19 +293,25 @@ def selective(log_lam: Array, k: Array, vt: Array, q: Array, *, chunk: int) -> A
     return (o + inter).reshape(batch, h, n * c, -1)[:, :, :length]
 
 
-def selective_states(log_lam: Array, k: Array, vt: Array, q: Array) -> Array:
-    """:func:`selective`'s ``o_t`` from every state, by an associative scan (the reference)."""
+def _read_every_state(decay: Array, k: Array, vt: Array, q: Array) -> Array:
+    """``o_t`` from every state ``S_t = decay_t ⊙ S_{t−1} + U_t`` ``(B, H, T, d_k, d_v)``, by an
+    associative scan; ``decay`` broadcast against the states."""
     updates = jnp.einsum("bhtak,bhtav->bhtkv", k, vt)
-    lam = jnp.exp(log_lam.astype(updates.dtype))[..., None, None]  # (B, H, T, 1, 1)
-    states, _ = linear_scan.linear_recurrence(lam, updates, axis=2)
+    states, _ = linear_scan.linear_recurrence(decay, updates, axis=2)
     return jnp.einsum("bhtkv,bhtk->bhtv", states, q)
 
 
 def every_state(lam: Array, k: Array, vt: Array, q: Array) -> Array:
-    """``o_t`` from every state ``S_t`` ``(B, H, T, d_k, d_v)``, by an associative scan."""
-    updates = jnp.einsum("bhtak,bhtav->bhtkv", k, vt)
-    states, _ = linear_scan.linear_recurrence(lam[:, None], updates, axis=2)
-    return jnp.einsum("bhtkv,bhtk->bhtv", states, q)
+    """``o_t`` from every state, ``Λ`` ``(H, d_k, d_v)`` the same at every update: the reference
+    of the other training forms."""
+    return _read_every_state(lam[:, None], k, vt, q)
+
+
+def selective_states(log_lam: Array, k: Array, vt: Array, q: Array) -> Array:
+    """:func:`selective`'s ``o_t`` from every state, one decay per head and update (``log_lam``
+    ``(B, H, T)``): its reference."""
+    lam = jnp.exp(log_lam.astype(jnp.result_type(k, vt)))
+    return _read_every_state(lam[..., None, None], k, vt, q)
 
 
 def step(lam, q_mix, d_mix, s, k, v, q, active) -> tuple[Array, Array]:
