@@ -90,6 +90,21 @@ def _ingredients(name: str) -> list[str]:
     ]
 
 
+def best(results: dict, task: str) -> str | None:
+    """The ablation's best GRIL of a task by validation — the mean over its seed runs of the
+    validation metric each run ends with (never the test split) — among :data:`ROWS` in
+    ``results`` (:func:`tuned`); ``None`` when none finished."""
+    metric, higher = TASKS[task][2], TASKS[task][3]
+    scores = {}
+    for name in (n for n in ROWS if n in results):
+        mean, _ = protocol.spread([r.get(metric) for r in results[name]["runs"]])
+        if math.isfinite(mean):
+            scores[name] = mean
+    if not scores:
+        return None
+    return (max if higher else min)(scores, key=scores.get)
+
+
 def _stats(result, metric) -> tuple[float, float]:
     return protocol.spread([r.get("test_" + metric) for r in result["runs"]])
 
@@ -163,7 +178,7 @@ def build(results, only, small: bool = False) -> pathlib.Path:
     """``<results>/ablation/table.md`` and ``ablation.png`` from the sweeps' summaries."""
     results = pathlib.Path(results)
     folder = results / "ablation"
-    by_task, settings, shared = {}, [], []
+    by_task, settings, shared, chosen = {}, [], [], []
     for task in only:
         general = _load(results / TASKS[task][1] / "summary.json")
         own = _load(folder / task / "summary.json")
@@ -173,11 +188,15 @@ def build(results, only, small: bool = False) -> pathlib.Path:
             settings.append(f"{task} {json.dumps(_fixed(first))}")
             read = [n for n in by_task[task] if n not in {r["mixer"] for r in own["runs"]}]
             shared.append(f"{task} ({', '.join(read) or 'none'})")
+            if best(by_task[task], task):
+                chosen.append(f"{task}: **{best(by_task[task], task)}**")
     intro = INTRO.format(
         shared="; ".join(shared) or "none", settings="; ".join(settings) or "none run"
     )
+    pick = ("The best GRIL by validation (the mean of its seed runs' final validation metric; the "
+            "test split is not looked at): " + "; ".join(chosen) + ".") if chosen else ""  # fmt: skip
     text = "\n".join([*([cli.SMALL_MARK, ""] if small else []), "# GRIL's ingredients, ablated",
-                      "", intro, "", table(by_task)])  # fmt: skip
+                      "", intro, "", table(by_task), pick])  # fmt: skip
     (folder / "table.md").write_text(text)
     figure(by_task, folder / "ablation.png")
     return folder / "table.md"

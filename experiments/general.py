@@ -138,10 +138,10 @@ VERDICT = {
     "listops": ("accuracy", True, "{:.1%}", lambda s: "test accuracy"),
     "lm": ("bpc", False, "{:.3f}", lambda s: "test bits per character, equal tokens"),
 }  # fmt: skip
-#: The GRIL variants compared with every other mixer: the paper's, one decay per head, and the
-#: ablation's full variant (its runs read from ``<results>/ablation/<task>`` where they ran at the
-#: general sweep's settings and rates).
-GRILS = ("gril", "gril_scalar", "gril_gated")
+#: The GRIL variants compared with every other mixer: the paper's and one decay per head; beside
+#: them the ablation's best GRIL by validation (:func:`experiments.ablation.best`) where the
+#: ablation ran at the general sweep's settings and rates.
+GRILS = ("gril", "gril_scalar")
 
 
 def compare(ours: dict, other: dict, metric: str, higher: bool) -> tuple[str, float | None]:
@@ -159,15 +159,15 @@ def compare(ours: dict, other: dict, metric: str, higher: bool) -> tuple[str, fl
 
 
 def _ablated(results: pathlib.Path, name: str, summary: dict) -> list[dict]:
-    """The ablation's :data:`GRILS` runs of task ``name`` that ran at the settings and rates of a
-    run of its general sweep (``summary``), for the verdict."""
-    extra = _load(results / "ablation" / name / "summary.json")
-    if name not in ablation.TASKS or not extra or "runs" not in extra:
+    """The ablation's best GRIL of task ``name`` by validation (:func:`experiments.ablation.best`)
+    where it ran at the settings and rates of a run of the general sweep (``summary``) and is not
+    one of its mixers, for the verdict; else nothing."""
+    found = ablation.tuned(_load(results / "ablation" / name / "summary.json"), summary)
+    chosen = ablation.best(found, name) if name in ablation.TASKS else None
+    if chosen is None or chosen in {r["mixer"] for r in summary["runs"]}:
         return []
     alike = [ablation._fixed(r) for r in summary["runs"]]
-    return [r for r in extra["runs"]
-            if r["mixer"] in GRILS and r["mixer"] not in {g["mixer"] for g in summary["runs"]}
-            and ablation._fixed(r) in alike]  # fmt: skip
+    return [found[chosen]] if ablation._fixed(found[chosen]) in alike else []
 
 
 def ablation_section(results: pathlib.Path, small: bool) -> list[str]:
@@ -195,14 +195,15 @@ def verdict(results: pathlib.Path) -> list[str]:
         summary = _load(results / FOLDERS[name] / "summary.json")
         if not summary or not all("sweep" in r for r in summary.get("runs", [])):
             continue
-        groups = {}
-        for r in summary["runs"] + _ablated(results, name, summary):
+        groups, best = {}, _ablated(results, name, summary)
+        for r in summary["runs"] + best:
             groups.setdefault(point(r["settings"]), {})[r["mixer"]] = r
+        grils = [*GRILS, *(r["mixer"] for r in best)]
         for where, tuned in groups.items():
-            for ours in (g for g in GRILS if g in tuned):
+            for ours in (g for g in grils if g in tuned):
                 cells = []
                 for mixer, other in tuned.items():
-                    if mixer in GRILS and mixer <= ours:
+                    if mixer in grils and grils.index(mixer) <= grils.index(ours):
                         continue
                     word, diff = compare(tuned[ours], other, metric, higher)
                     text = (

@@ -31,12 +31,25 @@ def test_table_marks_the_ingredients_and_adds_only_the_baselines_run_alike():
     assert ablation._ingredients("gril+ms") == ["ms"]
 
 
+def test_the_best_variant_is_chosen_on_validation_never_on_test():
+    rows = {"gril+ms": _tuned("gril+ms", [2.0, 2.0]), "gril_gated": _tuned("gril_gated", [1.9, 1.9]),
+            "attention": _tuned("attention", [1.0, 1.0])}  # fmt: skip
+    for name, validation in (("gril+ms", 1.7), ("gril_gated", 1.8), ("attention", 0.5)):
+        for run in rows[name]["runs"]:
+            run["bpc"] = validation  # gril+ms: worse on test, better on validation
+    assert ablation.best(rows, "lm") == "gril+ms"  # a baseline is never the best GRIL
+    rows["gril+ms"]["runs"][1]["bpc"] = None  # a seed that did not finish: no mean
+    assert ablation.best(rows, "lm") == "gril_gated"
+    assert ablation.best({"attention": rows["attention"]}, "lm") is None
+
+
 def test_smoke_run_writes_the_table_and_the_figure(tmp_path):
     ablation.main(["--smoke", "--results", str(tmp_path), "--only", "lm", "--rows", "gril_gated"])
     text = (tmp_path / "ablation" / "table.md").read_text()
     assert text.startswith(cli.SMALL_MARK)
     row = next(line for line in text.splitlines() if line.startswith("| gril_gated |"))
     assert "✓ | ✓ | ✓ | ✓" in row and "not run" not in row
+    assert "The best GRIL by validation" in text and "lm: **gril_gated**" in text
     assert (tmp_path / "ablation" / "ablation.png").stat().st_size > 1000
 
 
