@@ -11,7 +11,8 @@ param_dtype, rngs) → module``); :func:`make_mixer` checks the sizes and looks 
   decays that factorise (one per head; ``α βᵀ``), whose training form is matrix products;
   ``"gril_gated"`` takes every ingredient of :data:`INGREDIENTS` (a decay per head and token,
   multiscale decays, an output gate after each head's normalisation, unit keys and queries), and
-  :data:`ABLATION` names GRIL with them added one at a time and the full one with each removed;
+  :data:`ABLATION` names GRIL with them added one at a time and the full one with each removed
+  (but the last added, whose removal is the row before the full one);
 * ``"linear_attention"`` — the same mixer with ``window=1, decay="none"``: causal linear attention
   (docs/design.md §13);
 * ``"attention"`` — causal softmax attention (:func:`attend`, in the inputs' precision) with rotary
