@@ -60,10 +60,10 @@ def _load(path: pathlib.Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _fixed(result: dict) -> dict:
+def fixed(result: dict) -> dict:
     """A tune result's settings but for :data:`FREE`, and the rates its sweep tried."""
-    fixed = {k: v for k, v in result["settings"].items() if k not in FREE}
-    return fixed | {"rates": sorted(r["settings"]["lr"] for r in result.get("sweep", []))}
+    kept = {k: v for k, v in result["settings"].items() if k not in FREE}
+    return kept | {"rates": sorted(r["settings"]["lr"] for r in result.get("sweep", []))}
 
 
 def tuned(summary, general=None) -> dict:
@@ -73,9 +73,9 @@ def tuned(summary, general=None) -> dict:
     if not summary or "runs" not in summary:
         return {}
     out = {r["mixer"]: r for r in summary["runs"]}
-    reference = _fixed(summary["runs"][0])
+    reference = fixed(summary["runs"][0])
     for r in (general or {}).get("runs", []):
-        if r["mixer"] in SHARED and _fixed(r) == reference:
+        if r["mixer"] in SHARED and fixed(r) == reference:
             out.setdefault(r["mixer"], r)
     return out
 
@@ -185,7 +185,7 @@ def build(results, only, small: bool = False) -> pathlib.Path:
         by_task[task] = tuned(own, general)
         first = next(iter(by_task[task].values()), None)
         if first is not None:
-            settings.append(f"{task} {json.dumps(_fixed(first))}")
+            settings.append(f"{task} {json.dumps(fixed(first))}")
             read = [n for n in by_task[task] if n not in {r["mixer"] for r in own["runs"]}]
             shared.append(f"{task} ({', '.join(read) or 'none'})")
             if best(by_task[task], task):

@@ -166,8 +166,8 @@ def _ablated(results: pathlib.Path, name: str, summary: dict) -> list[dict]:
     chosen = ablation.best(found, name) if name in ablation.TASKS else None
     if chosen is None or chosen in {r["mixer"] for r in summary["runs"]}:
         return []
-    alike = [ablation._fixed(r) for r in summary["runs"]]
-    return [found[chosen]] if ablation._fixed(found[chosen]) in alike else []
+    alike = [ablation.fixed(r) for r in summary["runs"]]
+    return [found[chosen]] if ablation.fixed(found[chosen]) in alike else []
 
 
 def ablation_section(results: pathlib.Path, small: bool) -> list[str]:
